@@ -1,0 +1,64 @@
+"""An expat element stream that enforces RFC 6120 §11.1 and size limits.
+
+XMPP forbids comments, processing instructions, DTDs and entity
+declarations; anything else the parser accepts could be used to grow
+memory or smuggle content, so they close the stream (``restricted-xml``).
+Stanza size, nesting depth and attribute counts are bounded
+(``policy-violation``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.words.xish import domish
+
+from chatbx_server.xmpp.stanzas import StreamError
+
+
+class SafeElementStream(domish.ExpatElementStream):
+    """domish's expat stream with XMPP's restrictions and our limits."""
+
+    def __init__(self, max_stanza_size: int, max_depth: int, max_attributes: int) -> None:
+        super().__init__()
+        self.maxStanzaSize = max_stanza_size
+        self.max_depth = max_depth
+        self.max_attributes = max_attributes
+        self.depth = 0
+        p = self.parser
+        p.CommentHandler = self._restricted
+        p.ProcessingInstructionHandler = self._restricted
+        p.StartDoctypeDeclHandler = self._restricted
+        p.EntityDeclHandler = self._restricted
+        p.UnparsedEntityDeclHandler = self._restricted
+        p.NotationDeclHandler = self._restricted
+        p.ElementDeclHandler = self._restricted
+        p.AttlistDeclHandler = self._restricted
+        p.SkippedEntityHandler = self._restricted
+        p.ExternalEntityRefHandler = self._restricted_ext
+
+    def _restricted(self, *args: Any) -> None:
+        raise StreamError("restricted-xml")
+
+    def _restricted_ext(self, *args: Any) -> int:
+        raise StreamError("restricted-xml")
+
+    def parse(self, buffer: bytes) -> None:
+        try:
+            super().parse(buffer)
+        except domish.ParserError as exc:
+            if "Maximum stanza size" in str(exc) or "Maximum element count" in str(exc):
+                raise StreamError("policy-violation", "stanza too large") from None
+            raise StreamError("not-well-formed") from None
+
+    def _onStartElement(self, name: str, attrs: dict) -> None:
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise StreamError("policy-violation", "elements nested too deeply")
+        if len(attrs) > self.max_attributes:
+            raise StreamError("policy-violation", "too many attributes")
+        super()._onStartElement(name, attrs)
+
+    def _onEndElement(self, name: str) -> None:
+        self.depth -= 1
+        super()._onEndElement(name)

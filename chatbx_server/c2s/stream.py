@@ -1,0 +1,414 @@
+"""The client stream (RFC 6120): header, STARTTLS, SASL, bind, stanzas.
+
+One protocol object per connection. During negotiation it handles the
+few top-level elements itself; once a resource is bound every stanza is
+checked (namespace, 'from'), stamped with the full JID and handed to the
+router: no XPath observers on the hot path.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import TYPE_CHECKING, Any, Optional
+from uuid import uuid4
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.xish import domish
+
+from chatbx_server.c2s.parser import SafeElementStream
+from chatbx_server.c2s.sasl import (AuthThrottle, SASLExchange, SASLFailure, decode_payload,
+                                    failure_element, features_element, mechanisms_for)
+from chatbx_server.c2s.session import ClientSession
+from chatbx_server.xmpp import ns
+from chatbx_server.xmpp.jid import JID, InvalidJID
+from chatbx_server.xmpp.stanzas import StanzaError, StreamError, error_reply, result_reply
+
+if TYPE_CHECKING:
+    from chatbx_server.server import Server
+
+log = Logger()
+
+STANZAS = frozenset(("message", "presence", "iq"))
+MAX_SASL_FAILURES = 5
+
+# Negotiation states, in order.
+CONNECTED, TLS_NEEDED, AUTH_NEEDED, BIND_NEEDED, BOUND, CLOSED = range(6)
+
+
+class C2SStream(Protocol):
+    """One client connection."""
+
+    def __init__(self, factory: "C2SFactory") -> None:
+        self.factory = factory
+        self.server = factory.server
+        self.state = CONNECTED
+        self.secure = factory.direct_tls
+        self.host: Optional[str] = None
+        self.stream_id = ""
+        self.header_sent = False
+        self.parser: Optional[SafeElementStream] = None
+        self.sasl: Optional[SASLExchange] = None
+        self.sasl_failures = 0
+        self.mechanisms: list[str] = []
+        self.user: Optional[JID] = None
+        self.session: Optional[ClientSession] = None
+        self.peer = ""
+
+    # -- connection ------------------------------------------------------
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        self.peer = getattr(peer, "host", "") or ""
+        if not self.factory.admit(self):
+            self.transport.abortConnection()
+            return
+        self._reset_parser()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.state = CLOSED
+        self.factory.release(self)
+        self._end_session()
+        self.parser = None
+
+    def _reset_parser(self) -> None:
+        limits = self.factory.limits
+        parser = SafeElementStream(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
+        parser.DocumentStartEvent = self._on_stream_start
+        parser.ElementEvent = self._on_element
+        parser.DocumentEndEvent = self._on_stream_end
+        self.parser = parser
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.parser is None:
+            return
+        try:
+            self.parser.parse(data)
+        except StreamError as exc:
+            self.close_stream(exc.condition, exc.text)
+        except Exception:
+            log.failure("c2s stream from {peer} failed", peer=self.peer)
+            self.close_stream("internal-server-error")
+
+    # -- output ----------------------------------------------------------
+    def send_element(self, element: domish.Element) -> None:
+        if self.state != CLOSED:
+            self.transport.write(element.toXml().encode("utf-8"))
+
+    def send_raw(self, data: str) -> None:
+        if self.state != CLOSED:
+            self.transport.write(data.encode("utf-8"))
+
+    def _send_header(self) -> None:
+        self.stream_id = uuid4().hex
+        host = self.host or next(iter(sorted(self.server.hosts)))
+        self.send_raw(
+            "<?xml version='1.0'?>"
+            f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}' "
+            f"id='{self.stream_id}' from='{host}' version='1.0' xml:lang='en'>")
+        self.header_sent = True
+
+    def close_stream(self, condition: Optional[str] = None, text: Optional[str] = None) -> None:
+        """Close with a stream error (RFC 6120 §4.9) or cleanly."""
+        if self.state == CLOSED:
+            return
+        if condition is not None:
+            if not self.header_sent:
+                self._send_header()
+            self.send_element(StreamError(condition, text).element())
+            log.info("c2s stream error {condition} for {peer}", condition=condition, peer=self.peer)
+        self.send_raw("</stream:stream>")
+        self.state = CLOSED
+        self.parser = None
+        self._end_session()
+        self.transport.loseConnection()
+
+    def _end_session(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        self.session = None
+        session.closed = True
+        self.server.sessions.remove(session)
+        self.server.events.fire_all("session/closed", session)
+
+    # -- stream header ---------------------------------------------------
+    def _on_stream_start(self, root: domish.Element) -> None:
+        to = root.getAttribute("to")
+        if to:
+            try:
+                self.host = JID.parse(to).host
+            except InvalidJID:
+                self.host = None
+        if root.uri != ns.STREAMS or root.name != "stream":
+            raise StreamError("invalid-namespace")
+        if root.defaultUri != ns.CLIENT:
+            raise StreamError("invalid-namespace")
+        if self.host not in self.server.hosts:
+            self.host = None
+            raise StreamError("host-unknown")
+        if root.getAttribute("version", "0.9") < "1.0":
+            raise StreamError("unsupported-version")
+        self._send_header()
+        features = domish.Element((ns.STREAMS, "features"))
+        if not self.secure:
+            self.state = TLS_NEEDED
+            features.addElement((ns.TLS, "starttls")).addElement("required")
+        elif self.user is None:
+            self.state = AUTH_NEEDED
+            self.mechanisms = mechanisms_for(self._bindings())
+            for child in features_element(self.mechanisms, self._bindings()):
+                features.addChild(child)
+        else:
+            self.state = BIND_NEEDED
+            features.addElement((ns.BIND, "bind"))
+            features.addElement((ns.SESSION, "session")).addElement("optional")
+            for child in self.server.modules.stream_features(self):
+                features.addChild(child)
+        self.send_element(features)
+
+    def _on_stream_end(self) -> None:
+        self.close_stream()
+
+    def _bindings(self) -> dict[str, bytes]:
+        cached = getattr(self, "_cb_cache", None)
+        if cached is None:
+            cached = self.factory.channel_bindings(self.transport)
+            self._cb_cache = cached
+        return cached
+
+    # -- elements --------------------------------------------------------
+    def _on_element(self, element: domish.Element) -> None:
+        state = self.state
+        if state == BOUND:
+            self._on_stanza(element)
+        elif state == TLS_NEEDED:
+            self._on_starttls(element)
+        elif state == AUTH_NEEDED:
+            self._on_sasl(element)
+        elif state == BIND_NEEDED:
+            self._on_bind(element)
+
+    def _on_starttls(self, element: domish.Element) -> None:
+        if element.uri == ns.TLS and element.name == "starttls":
+            self.send_element(domish.Element((ns.TLS, "proceed")))
+            self.transport.startTLS(self.factory.tls_context())
+            self.secure = True
+            self._reset_parser()
+            return
+        if element.uri == ns.SASL and element.name == "auth":
+            # RFC 6120 §6.4.4 with §5.3.1: TLS is mandatory here.
+            self.send_element(failure_element("encryption-required"))
+            return
+        raise StreamError("policy-violation", "STARTTLS is required")
+
+    def _on_sasl(self, element: domish.Element) -> None:
+        if element.uri != ns.SASL:
+            if element.name in STANZAS:
+                raise StreamError("not-authorized")
+            raise StreamError("policy-violation", "authenticate first")
+        try:
+            if element.name == "auth":
+                if self.sasl is not None:
+                    raise SASLFailure("malformed-request")
+                self.sasl = SASLExchange(self.server, self.host or "", element.getAttribute("mechanism", ""),
+                                         self.mechanisms, self._bindings())
+                d = self.sasl.start(decode_payload(element))
+            elif element.name == "response":
+                if self.sasl is None:
+                    raise SASLFailure("malformed-request")
+                d = self.sasl.step(decode_payload(element))
+            elif element.name == "abort":
+                raise SASLFailure("aborted")
+            else:
+                raise StreamError("unsupported-stanza-type")
+        except SASLFailure as exc:
+            d = defer.fail(exc)
+        d.addCallbacks(self._sasl_step, self._sasl_failed)
+        d.addErrback(self._crash)
+
+    def _sasl_step(self, result: tuple[str, Any]) -> None:
+        if self.state != AUTH_NEEDED:
+            return
+        kind, data = result
+        if kind == "challenge":
+            self.send_element(_with_b64(domish.Element((ns.SASL, "challenge")), data))
+            return
+        jid, additional = data
+        self.sasl = None
+        self.user = jid
+        self.factory.throttle.succeeded(self.peer)
+        self.send_element(_with_b64(domish.Element((ns.SASL, "success")), additional))
+        log.info("c2s {peer} authenticated as {user}", peer=self.peer, user=jid.bare)
+        self._reset_parser()  # RFC 6120 §6.4.6: stream restart
+
+    def _sasl_failed(self, failure: Failure) -> None:
+        failure.trap(SASLFailure)
+        self.sasl = None
+        if self.state != AUTH_NEEDED:
+            return
+        condition = failure.value.condition
+        self.sasl_failures += 1
+        element = failure_element(condition, failure.value.text)
+
+        def answer() -> None:
+            if self.state != AUTH_NEEDED:
+                return
+            self.send_element(element)
+            if self.sasl_failures >= MAX_SASL_FAILURES:
+                self.close_stream("policy-violation", "too many authentication failures")
+
+        if condition == "aborted":
+            answer()
+        else:
+            self.factory.throttle.delay_call(self.peer, answer)
+
+    def _crash(self, failure: Failure) -> None:
+        log.failure("c2s negotiation for {peer} failed", failure, peer=self.peer)
+        self.close_stream("internal-server-error")
+
+    def _on_bind(self, element: domish.Element) -> None:
+        if element.name != "iq" or element.uri != ns.CLIENT:
+            raise StreamError("not-authorized")
+        bind = element.firstChildElement()
+        if (element.getAttribute("type") != "set" or bind is None
+                or bind.uri != ns.BIND or bind.name != "bind"):
+            # Only binding is allowed before a resource is bound (RFC 6120 §7.1).
+            self.send_element(error_reply(element, "not-authorized"))
+            return
+        resource = None
+        for child in bind.elements():
+            if child.name == "resource":
+                resource = str(child).strip() or None
+        assert self.user is not None
+        if resource is None:
+            resource = base64.b32encode(os.urandom(10)).decode().rstrip("=").lower()
+        try:
+            full = JID.parse(f"{self.user.bare}/{resource}")
+        except InvalidJID:
+            self.send_element(error_reply(element, "bad-request", text="invalid resource"))
+            return
+        session = ClientSession(self, full, self.peer, secure=self.secure)
+        replaced = self.server.sessions.add(session)
+        if replaced is not None:
+            # RFC 6120 §7.7.2.2: the older session is the one that goes.
+            replaced.close("conflict", "replaced by a new connection")
+        self.session = session
+        self.state = BOUND
+        reply = result_reply(element)
+        reply.addElement((ns.BIND, "bind")).addElement("jid", content=full.full)
+        reply.attributes.pop("from", None)
+        reply.attributes.pop("to", None)
+        self.send_element(reply)
+        self.server.events.fire_all("session/bound", session)
+
+    def _on_stanza(self, stanza: domish.Element) -> None:
+        session = self.session
+        assert session is not None
+        if stanza.name in STANZAS and stanza.uri != ns.CLIENT:
+            raise StreamError("invalid-namespace")
+        if stanza.uri != ns.CLIENT or stanza.name not in STANZAS:
+            result = self.server.events.fire(f"stream-element/{stanza.uri}:{stanza.name}", (session, stanza))
+            if result is None:
+                raise StreamError("unsupported-stanza-type")
+            return
+        sender = stanza.getAttribute("from")
+        if sender is not None and sender != session.jid.full:
+            try:
+                sender_jid = JID.parse(sender)
+            except InvalidJID:
+                raise StreamError("invalid-from") from None
+            if sender_jid.bare != session.bare or (sender_jid.resource not in (None, session.resource)):
+                raise StreamError("invalid-from")  # RFC 6120 §8.1.2.1
+        stanza["from"] = session.jid.full
+        if stanza.name == "iq" and self._legacy_session(stanza):
+            return
+        try:
+            result = self.server.router.route(stanza, session)
+        except StanzaError as exc:
+            self.server.router.bounce(stanza, exc.condition, exc.text)
+            return
+        except Exception:
+            log.failure("routing a {name} from {user} failed", name=stanza.name, user=session.bare)
+            self.server.router.bounce(stanza, "internal-server-error")
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._route_failed, stanza)
+
+    def _route_failed(self, failure: Failure, stanza: domish.Element) -> None:
+        log.failure("handling a {name} failed", failure, name=stanza.name)
+        self.server.router.bounce(stanza, "internal-server-error")
+
+    def _legacy_session(self, iq: domish.Element) -> bool:
+        # RFC 3921 session establishment: old clients still send it.
+        payload = iq.firstChildElement()
+        if (payload is None or payload.uri != ns.SESSION or iq.getAttribute("type") != "set"
+                or iq.getAttribute("to") not in (None, self.host)):
+            return False
+        reply = result_reply(iq)
+        reply.attributes.pop("to", None)
+        reply["to"] = iq["from"]
+        self.send_element(reply)
+        return True
+
+
+def _with_b64(element: domish.Element, data: bytes) -> domish.Element:
+    # RFC 6120 §6.4.6: '=' marks additional data that is empty.
+    element.addContent(base64.b64encode(data).decode() if data else "=")
+    return element
+
+
+class C2SFactory(Factory):
+    """Builds client streams for one listening port."""
+
+    def __init__(self, server: "Server", tls: Any, direct_tls: bool = False) -> None:
+        self.server = server
+        self.tls = tls
+        self.direct_tls = direct_tls
+        self.limits = server.config.limits
+        # Shared by every c2s listener of the server: the limits are per
+        # address, whichever port it comes in on.
+        shared = getattr(server, "c2s_shared", None)
+        if shared is None:
+            shared = server.c2s_shared = (
+                AuthThrottle(server.clock, self.limits.auth_failure_delay,
+                             self.limits.auth_failure_max_delay), {})
+        self.throttle: AuthThrottle = shared[0]
+        self._per_ip: dict[str, int] = shared[1]
+
+    def buildProtocol(self, addr: Any) -> C2SStream:
+        return C2SStream(self)
+
+    def admit(self, stream: C2SStream) -> bool:
+        count = self._per_ip.get(stream.peer, 0)
+        if count >= self.limits.max_connections_per_ip:
+            log.warn("c2s connection limit reached for {peer}", peer=stream.peer)
+            return False
+        self._per_ip[stream.peer] = count + 1
+        stream._admitted = True  # type: ignore[attr-defined]
+        return True
+
+    def release(self, stream: C2SStream) -> None:
+        if not getattr(stream, "_admitted", False):
+            return
+        stream._admitted = False  # type: ignore[attr-defined]
+        count = self._per_ip.get(stream.peer, 1) - 1
+        if count <= 0:
+            self._per_ip.pop(stream.peer, None)
+        else:
+            self._per_ip[stream.peer] = count
+
+    def tls_context(self) -> Any:
+        return self.tls.server_context_factory()
+
+    def channel_bindings(self, transport: Any) -> dict[str, bytes]:
+        from chatbx_server.tls import channel_binding
+
+        out: dict[str, bytes] = {}
+        for cb_type in ("tls-exporter", "tls-server-end-point"):
+            data = channel_binding(transport, cb_type)
+            if data:
+                out[cb_type] = data
+        return out

@@ -1,0 +1,71 @@
+"""The feature registry: module name -> dotted class path.
+
+Only enabled modules are imported. Adding a protocol means one line here
+and one module beside this file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+REGISTRY: dict[str, str] = {
+    "message": "chatbx_server.features.message.MessageFeature",
+    "roster": "chatbx_server.features.roster.RosterFeature",
+    "presence": "chatbx_server.features.presence.PresenceFeature",
+    "offline": "chatbx_server.features.offline.OfflineFeature",
+    "disco": "chatbx_server.features.disco.DiscoFeature",
+    "ping": "chatbx_server.features.ping.PingFeature",
+    "version": "chatbx_server.features.version.VersionFeature",
+    "time": "chatbx_server.features.time.TimeFeature",
+    "last": "chatbx_server.features.last.LastActivityFeature",
+    "contact_info": "chatbx_server.features.contact_info.ContactInfoFeature",
+}
+
+#: what a modern public server runs when the config names no modules
+DEFAULT_MODULES: tuple[str, ...] = (
+    "message", "roster", "presence", "offline", "disco", "ping",
+    "version", "time", "last", "contact_info",
+)
+
+
+def load_class(name: str) -> Any:
+    """Import the feature class registered as ``name``."""
+    try:
+        path = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown module {name!r} (known: {', '.join(sorted(REGISTRY))})") from None
+    module_name, _, class_name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def enabled_modules(config: Any) -> tuple[str, ...]:
+    names = getattr(config, "modules", None)
+    return tuple(names) if names is not None else DEFAULT_MODULES
+
+
+def build_module_options(cls: Any, config: Any) -> Any:
+    """The feature's Options built from ``[modules.<name>]`` (validated)."""
+    if cls.Options is None:
+        return None
+    raw = dict(getattr(config, "module_options", {}).get(cls.name, {}) or {})
+    from chatbx_server.config import build_options
+
+    return build_options(cls.Options, raw, f"modules.{cls.name}", getattr(config, "path", None))
+
+
+def validate_module_options(config: Any) -> None:
+    """Raise ConfigError for an unknown module or bad module options."""
+    from chatbx_server.config import ConfigError
+
+    names = enabled_modules(config)
+    for name in list(names) + list(getattr(config, "module_options", {}) or {}):
+        try:
+            cls = load_class(name)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} in {getattr(config, 'path', None) or 'the configuration'}") from None
+        build_module_options(cls, config)
+
+
+__all__ = ["REGISTRY", "DEFAULT_MODULES", "load_class", "enabled_modules",
+           "build_module_options", "validate_module_options"]

@@ -1,0 +1,1 @@
+"""XMPP building blocks shared by every part of the server."""
