@@ -63,7 +63,7 @@ def validate_module_options(config: Any) -> None:
         try:
             cls = load_class(name)
         except ValueError as exc:
-            raise ConfigError(f"{exc} in {getattr(config, 'path', None) or 'the configuration'}") from None
+            raise ConfigError(str(exc), "modules", getattr(config, "path", None)) from None
         build_module_options(cls, config)
 
 

@@ -1,0 +1,439 @@
+"""chatbxctl: the operator's command line (accounts, schema, certificates, config).
+
+Runs without a reactor: the stores are used through a threadless Database
+whose Deferreds have already fired when ``run`` returns, so each command is
+plain synchronous code. Every failure is one line on stderr
+(``chatbxctl: error: ...``) and exit code 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TextIO, TypeVar
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from chatbx_server.config import Config, ConfigError, load_config, prepare_domain
+
+__all__ = ["CLIError", "main", "run"]
+
+PROG = "chatbxctl"
+T = TypeVar("T")
+
+
+class CLIError(Exception):
+    """A failure reported as one line, exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(CLIError):
+    """Arguments that do not make a command (exit code 2, like argparse)."""
+
+    exit_code = 2
+
+
+# --- helpers ------------------------------------------------------------------
+
+def _result(d: Deferred[T]) -> T:
+    """The value of an already-fired Deferred (threadless Database)."""
+    box: list[Any] = []
+    d.addBoth(box.append)
+    if not box:
+        raise CLIError("internal error: database call did not complete synchronously")
+    value = box[0]
+    if isinstance(value, Failure):
+        value.raiseException()
+    return value
+
+
+def _safe_url(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"
+
+
+def _one_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)  # SQLAlchemy wraps the driver's error
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _user_jid(text: str, config: Config) -> str:
+    """A prepared bare user JID on a configured domain, or CLIError."""
+    try:
+        from chatbx_server.xmpp.jid import JID, InvalidJID
+    except ImportError:  # pragma: no cover - the JID module ships with chatbx
+        raise CLIError("the JID module is missing") from None
+    try:
+        jid = JID.parse(text.strip())
+    except InvalidJID as exc:
+        raise CLIError(f"invalid JID {text!r}: {exc}") from None
+    if not jid.user or jid.resource:
+        raise CLIError(f"not a bare user JID (user@domain): {text!r}")
+    _check_domain(jid.host, config)
+    return jid.bare
+
+
+def _check_domain(domain: str, config: Config) -> None:
+    if domain not in config.domains:
+        raise CLIError(f"unknown domain {domain} (configured: {', '.join(config.domains)})")
+
+
+def _read_password(given: str | None) -> str:
+    """The --password value, or one typed twice without echo."""
+    if given is not None:
+        password = given
+    else:
+        try:
+            password = getpass.getpass("Password: ")
+            again = getpass.getpass("Repeat password: ")
+        except (EOFError, KeyboardInterrupt):
+            raise CLIError("no password given") from None
+        if password != again:
+            raise CLIError("passwords do not match")
+    if not password:
+        raise CLIError("empty password refused")
+    return password
+
+
+class _Context:
+    """What a command needs: the config, and the database opened on demand."""
+
+    def __init__(self, config: Config, out: TextIO):
+        self.config = config
+        self.out = out
+        self._db: Any = None
+
+    @property
+    def url(self) -> str:
+        return self.config.database_url
+
+    def database(self) -> Any:
+        """A threadless Database with the schema checked (SQLite upgrades itself)."""
+        if self._db is None:
+            from chatbx_server.storage import Database
+
+            self._ensure_schema()
+            self._db = Database(self.url, threadless=True)
+        return self._db
+
+    def stores(self) -> Any:
+        from chatbx_server.storage import Stores
+
+        return Stores(self.database())
+
+    def _ensure_schema(self) -> None:
+        from chatbx_server.storage import migrate
+
+        state = str(migrate.check(self.url))
+        if state == "current":
+            return
+        if state == "ahead":
+            raise CLIError("database schema is newer than this chatbx "
+                           f"(revision {migrate.current(self.url)}); upgrade chatbx")
+        if self.url.startswith("sqlite"):
+            migrate.upgrade(self.url)  # the SQLite default upgrades itself
+            return
+        raise CLIError("database schema is behind; run: chatbxctl db upgrade")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.stop()
+            self._db = None
+
+
+# --- commands -----------------------------------------------------------------
+
+def cmd_db_upgrade(ctx: _Context, args: argparse.Namespace) -> None:
+    from chatbx_server.storage import migrate
+
+    state = str(migrate.check(ctx.url))
+    if state == "ahead":
+        raise CLIError("database schema is newer than this chatbx "
+                       f"(revision {migrate.current(ctx.url)}); upgrade chatbx")
+    head = migrate.head()
+    if state == "current":
+        print(f"database already at {head}", file=ctx.out)
+        return
+    migrate.upgrade(ctx.url)
+    print(f"database upgraded to {head}", file=ctx.out)
+
+
+def cmd_db_current(ctx: _Context, args: argparse.Namespace) -> None:
+    from chatbx_server.storage import migrate
+
+    state = str(migrate.check(ctx.url))
+    current = migrate.current(ctx.url)
+    head = migrate.head()
+    status = {
+        "current": "up to date",
+        "behind": "behind; run: chatbxctl db upgrade",
+        "empty": "empty; run: chatbxctl db upgrade",
+        "ahead": "ahead of this chatbx (written by a newer version)",
+    }[state]
+    print(f"current: {current or 'none'}", file=ctx.out)
+    print(f"head:    {head}", file=ctx.out)
+    print(f"status:  {status}", file=ctx.out)
+
+
+def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
+    if args.from_file is not None:
+        if args.jid is not None or args.password is not None:
+            raise UsageError("user add: --from-file takes no JID or --password")
+        _bulk_add(ctx, args.from_file)
+        return
+    if args.jid is None:
+        raise UsageError("user add: give a JID or --from-file FILE")
+    jid = _user_jid(args.jid, ctx.config)
+    password = _read_password(args.password)
+    from chatbx_server.storage import UserExists
+
+    try:
+        _result(ctx.stores().users.create(jid, password))
+    except UserExists:
+        raise CLIError(f"user already exists: {jid}") from None
+    print(f"added {jid}", file=ctx.out)
+
+
+def _bulk_lines(name: str) -> Iterable[tuple[int, str]]:
+    if name == "-":
+        return enumerate(sys.stdin.read().splitlines(), 1)
+    try:
+        with open(name, encoding="utf-8") as fh:
+            return enumerate(fh.read().splitlines(), 1)
+    except OSError as exc:
+        raise CLIError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CLIError(f"cannot read {name}: not UTF-8 text") from None
+
+
+def _bulk_add(ctx: _Context, name: str) -> None:
+    """Validate every line first, then create all accounts in one transaction."""
+    label = "<stdin>" if name == "-" else name
+    pairs: list[tuple[str, str]] = []
+    first_line: dict[str, int] = {}
+    for lineno, raw in _bulk_lines(name):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise CLIError(f"{label}:{lineno}: expected 'JID PASSWORD'")
+        try:
+            jid = _user_jid(parts[0], ctx.config)
+        except CLIError as exc:
+            raise CLIError(f"{label}:{lineno}: {exc}") from None
+        if jid in first_line:
+            raise CLIError(f"{label}:{lineno}: duplicate JID {jid} "
+                           f"(first on line {first_line[jid]})")
+        first_line[jid] = lineno
+        pairs.append((jid, parts[1]))
+    if not pairs:
+        raise CLIError(f"{label}: no users found")
+    from chatbx_server.storage import UserExists
+
+    try:
+        count = _result(ctx.stores().users.create_many(pairs))
+    except UserExists as exc:
+        line = first_line.get(exc.jid)
+        where = f"{label}:{line}" if line else label
+        raise CLIError(f"{where}: user already exists: {exc.jid} (no users added)") from None
+    print(f"added {count} users", file=ctx.out)
+
+
+def cmd_user_passwd(ctx: _Context, args: argparse.Namespace) -> None:
+    jid = _user_jid(args.jid, ctx.config)
+    stores = ctx.stores()
+    if not _result(stores.users.exists(jid)):
+        raise CLIError(f"unknown user {jid}")
+    password = _read_password(args.password)
+    from chatbx_server.storage import UnknownUser
+
+    try:
+        _result(stores.users.set_password(jid, password))
+    except UnknownUser:
+        raise CLIError(f"unknown user {jid}") from None
+    print(f"password changed for {jid}", file=ctx.out)
+
+
+def cmd_user_delete(ctx: _Context, args: argparse.Namespace) -> None:
+    jid = _user_jid(args.jid, ctx.config)
+    if not _result(ctx.stores().users.delete(jid)):
+        raise CLIError(f"unknown user {jid}")
+    print(f"deleted {jid}", file=ctx.out)
+
+
+def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
+    domain = None
+    if args.domain is not None:
+        try:
+            domain = prepare_domain(args.domain)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        _check_domain(domain, ctx.config)
+    for jid in _result(ctx.stores().users.list_users(domain)):
+        print(jid, file=ctx.out)
+
+
+def cmd_cert_generate(ctx: _Context, args: argparse.Namespace) -> None:
+    from chatbx_server import tls
+
+    try:
+        domain = prepare_domain(args.domain)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    cert_path, key_path = tls.self_signed_paths(ctx.config, domain)
+    existing = [p for p in (cert_path, key_path) if os.path.exists(p)]
+    if existing and not args.force:
+        raise CLIError(f"{existing[0]} exists; use --force to replace it")
+    tls.generate_self_signed(domain, cert_path, key_path, days=args.days)
+    print(f"certificate: {cert_path}", file=ctx.out)
+    print(f"key:         {key_path}", file=ctx.out)
+    print(f"SHA-256:     {tls.certificate_fingerprint(cert_path)}", file=ctx.out)
+
+
+def cmd_config_check(ctx: _Context, args: argparse.Namespace) -> None:
+    config = ctx.config
+    from chatbx_server import features
+
+    validate = getattr(features, "validate_module_options", None)
+    if validate is not None:
+        try:
+            validate(config)  # raises ConfigError naming modules.<name>.<key>
+        except ImportError as exc:
+            raise CLIError(f"cannot load an enabled module: {exc}") from None
+    # Operator-supplied certificates must exist, load and match their keys;
+    # generated ones are created at start, so they are not required here.
+    from chatbx_server import tls
+
+    pairs = {d: (e.certificate, e.key) for d, e in config.tls.domains.items()}
+    if config.tls.certificate and config.tls.key:
+        pairs.setdefault("*", (config.tls.certificate, config.tls.key))
+    for domain, (cert, key) in pairs.items():
+        keyname = "tls" if domain == "*" else f'tls.domains."{domain}"'
+        for label, file in (("certificate", cert), ("key", key)):
+            if not os.path.isfile(file):
+                raise ConfigError(f"file not found: {file}", f"{keyname}.{label}", config.path)
+        tls.TLSContexts({domain: (cert, key)})
+    where = config.path or "built-in defaults"
+    print(f"configuration OK: {where} (domains: {', '.join(config.domains)})", file=ctx.out)
+
+
+# --- argument parsing -----------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Operate a chatbx XMPP server: accounts, database, certificates.")
+    parser.add_argument("--config", "-c", metavar="FILE",
+                        default=os.environ.get("CHATBX_CONFIG"),
+                        help="TOML configuration file (default: $CHATBX_CONFIG, "
+                             "else built-in defaults)")
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+
+    def group(name: str, help_text: str) -> Any:
+        sub = groups.add_parser(name, help=help_text)
+        return sub.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(subs: Any, name: str, fn: Callable[..., None], help_text: str) -> Any:
+        p = subs.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=fn)
+        return p
+
+    db = group("db", "database schema")
+    command(db, "upgrade", cmd_db_upgrade, "apply every pending schema migration")
+    command(db, "current", cmd_db_current, "show the database's revision and the newest one")
+
+    user = group("user", "accounts")
+    p = command(user, "add", cmd_user_add, "create an account (or many with --from-file)")
+    p.add_argument("jid", nargs="?", metavar="JID")
+    p.add_argument("--password", "-p", help="password (prompted for when absent)")
+    p.add_argument("--from-file", metavar="FILE",
+                   help="lines 'JID PASSWORD' ('-' reads stdin); blank lines and # comments "
+                        "skipped; all or nothing")
+    p = command(user, "passwd", cmd_user_passwd, "change an account's password")
+    p.add_argument("jid", metavar="JID")
+    p.add_argument("--password", "-p", help="new password (prompted for when absent)")
+    p = command(user, "delete", cmd_user_delete, "delete an account and all its data")
+    p.add_argument("jid", metavar="JID")
+    p = command(user, "list", cmd_user_list, "list accounts")
+    p.add_argument("domain", nargs="?", metavar="DOMAIN")
+
+    cert = group("cert", "TLS certificates")
+    p = command(cert, "generate", cmd_cert_generate,
+                "write a self-signed certificate into data_dir/certs")
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--force", action="store_true", help="replace an existing certificate")
+    p.add_argument("--days", type=int, default=3650, help="validity (default: 3650)")
+
+    config = group("config", "configuration")
+    command(config, "check", cmd_config_check,
+            "validate the configuration and every enabled module's options")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 1 error, 2 usage)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    ctx: _Context | None = None
+    try:
+        ctx = _Context(load_config(args.config), sys.stdout)
+        args.func(ctx, args)
+        return 0
+    except CLIError as exc:
+        return _fail(str(exc), exc.exit_code)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return _fail("interrupted")
+    except Exception as exc:
+        return _fail(_describe_unexpected(exc, ctx))
+    finally:
+        if ctx is not None:
+            try:
+                ctx.close()
+            except Exception:
+                pass
+
+
+def _describe_unexpected(exc: Exception, ctx: _Context | None) -> str:
+    """One line for errors no command anticipated (database down, disk full)."""
+    try:
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+    except ImportError:  # pragma: no cover
+        DBAPIError = SQLAlchemyError = ()  # type: ignore[misc,assignment]
+    url = _safe_url(ctx.url) if ctx is not None else "the database"
+    if isinstance(exc, DBAPIError):
+        return f"cannot use database {url}: {_one_line(exc)}"
+    if isinstance(exc, SQLAlchemyError):
+        return f"database error ({url}): {_one_line(exc)}"
+    if isinstance(exc, OSError):
+        target = f" {exc.filename}" if exc.filename else ""
+        return f"cannot access{target}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def run() -> None:
+    """Console-script entry point (``chatbxctl``)."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

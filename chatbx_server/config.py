@@ -1,0 +1,600 @@
+"""chatbx configuration: a TOML file (tomllib) read into frozen dataclasses.
+
+Every error is a :class:`ConfigError` whose message names the file and the
+dotted key (``chatbx.toml: listen.c2s: ...``), so an operator can fix a typo
+without reading a traceback.  Unknown keys and wrong types are errors: a
+misspelt security setting silently ignored is worse than a refusal to start.
+
+Module options (``[modules.<name>]``) are kept raw here and validated by each
+module's ``Options`` dataclass through :func:`build_options`, the same
+validator the core sections use.
+
+Because TOML cannot hold both ``modules = [...]`` and ``[modules.<name>]``
+tables, the enabled list may be written either as the top-level array
+``modules = [...]`` (when no module has options) or as ``enabled = [...]``
+inside the ``[modules]`` table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar, Union
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "Endpoint",
+    "FrozenDict",
+    "LimitsConfig",
+    "ListenConfig",
+    "LogConfig",
+    "TLSCertConfig",
+    "TLSConfig",
+    "build_options",
+    "load_config",
+    "parse_endpoint",
+    "prepare_domain",
+]
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+class ConfigError(Exception):
+    """A configuration problem; the message names the file and the dotted key."""
+
+    def __init__(self, message: str, key: str | None = None, path: str | None = None):
+        self.key = key
+        self.path = path
+        where = path if path is not None else "<configuration>"
+        text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
+        super().__init__(text)
+
+
+class FrozenDict(Mapping[str, Any]):
+    """An immutable, hashable mapping: keeps :class:`Config` hashable."""
+
+    __slots__ = ("_data", "_hash")
+
+    def __init__(self, data: Mapping[str, Any] | None = None):
+        self._data: dict[str, Any] = dict(data or {})
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._data.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._data) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+
+def _freeze(value: Any) -> Any:
+    """Turn TOML values (lists, tables) into hashable equivalents."""
+    if isinstance(value, dict):
+        return FrozenDict({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+class Endpoint(NamedTuple):
+    """A listening address; ``port`` 0 asks the OS for a free port."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str | None = None
+    pool_size: int = 5
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Listening addresses; None means that listener is disabled."""
+
+    c2s: Endpoint | None = Endpoint("127.0.0.1", 5222)
+    c2s_tls: Endpoint | None = Endpoint("127.0.0.1", 5223)
+    s2s: Endpoint | None = None
+    http: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class TLSCertConfig:
+    certificate: str
+    key: str
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Default certificate (for every domain without its own) and per-domain ones."""
+
+    certificate: str | None = None
+    key: str | None = None
+    domains: Mapping[str, TLSCertConfig] = field(default_factory=FrozenDict)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_stanza_size: int = 262144
+    max_depth: int = 64
+    max_attributes: int = 64
+    max_connections_per_ip: int = 100
+    auth_failure_delay: float = 1.0
+    auth_failure_max_delay: float = 10.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``path`` is the file it came from (None: defaults)."""
+
+    path: str | None = None
+    domains: tuple[str, ...] = ("localhost",)
+    data_dir: str = "./chatbx-data"
+    modules: tuple[str, ...] | None = None
+    admins: tuple[str, ...] = ()
+    database: DatabaseConfig = DatabaseConfig()
+    listen: ListenConfig = ListenConfig()
+    tls: TLSConfig = TLSConfig()
+    limits: LimitsConfig = LimitsConfig()
+    log: LogConfig = LogConfig()
+    module_options: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
+
+    @property
+    def database_url(self) -> str:
+        """The effective database URL: ``[database] url`` or SQLite in data_dir."""
+        if self.database.url:
+            return self.database.url
+        try:
+            from chatbx_server.storage.database import default_sqlite_url
+        except ImportError:  # storage not importable: same convention, local copy
+            path = os.path.abspath(os.path.join(self.data_dir, "chatbx.sqlite"))
+            return "sqlite:///" + path
+        return default_sqlite_url(self.data_dir)
+
+    @property
+    def certs_dir(self) -> str:
+        """Where generated self-signed certificates live."""
+        return os.path.join(self.data_dir, "certs")
+
+    def options_for(self, name: str) -> Mapping[str, Any]:
+        """The raw ``[modules.<name>]`` table (empty when absent)."""
+        return self.module_options.get(name, FrozenDict())
+
+
+# --- the generic validator -------------------------------------------------
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+
+
+def _describe(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string",
+             list: "array", tuple: "array", dict: "table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _type_name(tp: Any) -> str:
+    if tp in _TYPE_NAMES:
+        return _TYPE_NAMES[tp]
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        return f"an array of {_type_name(typing.get_args(tp)[0]).split(' ', 1)[1]}s"
+    if origin in (dict, Mapping):
+        return "a table"
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str, path: str | None) -> Any:
+    """Check ``value`` against the annotation ``tp``; return its frozen form."""
+    if tp is Any:
+        return _freeze(value)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        candidates = [a for a in args if a is not type(None)]
+        errors = []
+        for candidate in candidates:
+            try:
+                return _convert(value, candidate, key, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        wanted = " or ".join(_type_name(c) for c in candidates)
+        raise ConfigError(f"expected {wanted}, got {_describe(value)}", key, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+                raise TypeError(f"unsupported option type {tp!r} for {key}")
+            item_type = args[0] if args else Any
+            return tuple(_convert(v, item_type, f"{key}[{i}]", path)
+                         for i, v in enumerate(value))
+    elif origin in (dict, Mapping) or tp in (dict, Mapping):
+        if isinstance(value, Mapping):
+            value_type = args[1] if len(args) == 2 else Any
+            return FrozenDict({k: _convert(v, value_type, _join(key, k), path)
+                               for k, v in value.items()})
+    elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, Mapping):
+            return build_options(tp, value, key, path)
+    else:
+        raise TypeError(f"unsupported option type {tp!r} for {key}")
+    raise ConfigError(f"expected {_type_name(tp)}, got {_describe(value)}", key, path)
+
+
+def _join(section: str, key: str) -> str:
+    """Dotted key; quotes a part that is not a bare TOML key (domains)."""
+    part = key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
+    return f"{section}.{part}" if section else part
+
+
+def build_options(cls: type[T], raw: Mapping[str, Any], section: str,
+                  path: str | None = None) -> T:
+    """Build the dataclass ``cls`` from a raw TOML table, checking every key.
+
+    Supported field types: int, float, bool, str, list[str] / tuple[str, ...]
+    (stored as tuples), dict[str, list[str]] (stored as FrozenDict of tuples),
+    nested dataclasses, ``Any`` (frozen raw value) and Optional of these.
+    A ``ValueError`` raised by the dataclass's ``__post_init__`` becomes a
+    ConfigError naming the section.
+
+    Args:
+        cls: the Options dataclass (``from __future__ import annotations`` is fine).
+        raw: the table read from TOML.
+        section: its dotted name, e.g. ``modules.offline``.
+        path: the configuration file, for the message.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"expected a table, got {_describe(raw)}", section, path)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = _join(section, key)
+        if key not in fields:
+            raise ConfigError("unknown key", dotted, path)
+        kwargs[key] = _convert(value, hints[key], dotted, path)
+    for name, f in fields.items():
+        if (name not in kwargs and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING):
+            raise ConfigError("missing required key", _join(section, name), path)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc), section or None, path) from None
+
+
+# --- field-specific parsing ------------------------------------------------
+
+def parse_endpoint(text: str, key: str = "", path: str | None = None) -> Endpoint | None:
+    """Parse ``HOST:PORT`` or ``[IPv6]:PORT``; an empty string means disabled."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"invalid address {text!r} (expected [IPV6]:PORT)", key, path)
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"invalid IPv6 address {host!r}", key, path) from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ConfigError(
+                f"invalid address {text!r} (expected HOST:PORT or [IPV6]:PORT)", key, path)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"invalid port {port_text!r} in {text!r}", key, path)
+    return Endpoint(host, int(port_text))
+
+
+def prepare_domain(domain: str) -> str:
+    """Prepare a domain (RFC 7622 domainpart): lowercase, IDNA2008, length checks.
+
+    Uses the JID module when it exists, so config and stanzas agree on form.
+
+    Raises:
+        ValueError: the domain is not acceptable.
+    """
+    try:
+        from chatbx_server.xmpp import jid as jid_module
+    except ImportError:
+        jid_module = None  # type: ignore[assignment]
+    if jid_module is not None:
+        try:
+            parsed = jid_module.JID.parse(domain)
+        except Exception as exc:  # InvalidJID and friends
+            raise ValueError(f"invalid domain {domain!r}: {exc}") from None
+        if getattr(parsed, "user", None) or getattr(parsed, "resource", None):
+            raise ValueError(f"invalid domain {domain!r}: not a bare domain")
+        return str(getattr(parsed, "host", parsed))
+    return _prepare_domain_local(domain)
+
+
+def _prepare_domain_local(domain: str) -> str:
+    import idna
+
+    text = domain.strip()
+    if text.endswith("."):
+        text = text[:-1]
+    if not text or any(c in text for c in "@/ \t"):
+        raise ValueError(f"invalid domain {domain!r}")
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            return "[" + str(ipaddress.IPv6Address(text[1:-1])) + "]"
+        except ValueError:
+            raise ValueError(f"invalid domain {domain!r}") from None
+    try:
+        ascii_form = idna.encode(text, uts46=True).decode("ascii")
+        prepared = idna.decode(ascii_form)
+    except idna.IDNAError as exc:
+        raise ValueError(f"invalid domain {domain!r}: {exc}") from None
+    if len(ascii_form) > 253:
+        raise ValueError(f"invalid domain {domain!r}: longer than 253 octets")
+    return prepared
+
+
+def _prepare_bare_jid(text: str) -> str:
+    """Prepare an admin JID; it must be a bare JID (local@domain or domain)."""
+    try:
+        from chatbx_server.xmpp import jid as jid_module
+    except ImportError:
+        jid_module = None  # type: ignore[assignment]
+    if jid_module is not None:
+        try:
+            parsed = jid_module.JID.parse(text)
+        except Exception as exc:
+            raise ValueError(f"invalid JID {text!r}: {exc}") from None
+        if getattr(parsed, "resource", None):
+            raise ValueError(f"{text!r} is not a bare JID")
+        return str(parsed)
+    if "/" in text:
+        raise ValueError(f"{text!r} is not a bare JID")
+    local, sep, domain = text.rpartition("@")
+    if sep:
+        import precis_i18n
+
+        try:
+            local = precis_i18n.get_profile("UsernameCaseMapped").enforce(local)
+        except UnicodeError as exc:
+            raise ValueError(f"invalid JID {text!r}: {exc}") from None
+        if len(local.encode()) > 1023 or any(c in local for c in "\"&'/:<>@"):
+            raise ValueError(f"invalid JID {text!r}")
+    domain = _prepare_domain_local(domain)
+    return f"{local}@{domain}" if sep else domain
+
+
+# --- loading ----------------------------------------------------------------
+
+_TOP_KEYS = ("domains", "data_dir", "modules", "admins", "database", "listen", "tls",
+             "limits", "log")
+_LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "http")
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Read and validate a configuration file; ``None`` gives all defaults.
+
+    Relative paths written in the file (``data_dir``, certificate and key
+    files) are taken relative to the file's directory, so the server finds
+    them whatever its working directory; the defaults (no file, or the key
+    absent) are relative to the working directory.
+
+    Raises:
+        ConfigError: unreadable file, invalid TOML, unknown key, wrong type or
+            value; the message names the file and the dotted key.
+    """
+    if path is None:
+        return Config()
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", None, path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", None, path) from None
+    return _parse(raw, path)
+
+
+def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
+    base = os.path.dirname(os.path.abspath(path)) if path else os.getcwd()
+
+    def resolve(value: str) -> str:
+        return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+    for key in raw:
+        if key not in _TOP_KEYS:
+            raise ConfigError("unknown key", _join("", key), path)
+    kwargs: dict[str, Any] = {"path": path}
+
+    if "domains" in raw:
+        domains = _convert(raw["domains"], tuple[str, ...], "domains", path)
+        if not domains:
+            raise ConfigError("at least one domain is required", "domains", path)
+        prepared: list[str] = []
+        for i, domain in enumerate(domains):
+            try:
+                name = prepare_domain(domain)
+            except ValueError as exc:
+                raise ConfigError(str(exc), f"domains[{i}]", path) from None
+            if name in prepared:
+                raise ConfigError(f"duplicate domain {name!r}", f"domains[{i}]", path)
+            prepared.append(name)
+        kwargs["domains"] = tuple(prepared)
+
+    if "data_dir" in raw:
+        data_dir = _convert(raw["data_dir"], str, "data_dir", path)
+        if not data_dir.strip():
+            raise ConfigError("must not be empty", "data_dir", path)
+        kwargs["data_dir"] = resolve(data_dir)
+
+    if "admins" in raw:
+        admins = _convert(raw["admins"], tuple[str, ...], "admins", path)
+        out = []
+        for i, admin in enumerate(admins):
+            try:
+                out.append(_prepare_bare_jid(admin))
+            except ValueError as exc:
+                raise ConfigError(str(exc), f"admins[{i}]", path) from None
+        kwargs["admins"] = tuple(out)
+
+    if "modules" in raw:
+        kwargs["modules"], kwargs["module_options"] = _parse_modules(raw["modules"], path)
+
+    if "database" in raw:
+        database = build_options(DatabaseConfig, raw["database"], "database", path)
+        if database.pool_size < 1:
+            raise ConfigError("must be at least 1", "database.pool_size", path)
+        if database.url is not None and not database.url.strip():
+            database = dataclasses.replace(database, url=None)
+        kwargs["database"] = database
+
+    if "listen" in raw:
+        kwargs["listen"] = _parse_listen(raw["listen"], path)
+
+    if "tls" in raw:
+        kwargs["tls"] = _parse_tls(raw["tls"], path, resolve)
+
+    if "limits" in raw:
+        limits = build_options(LimitsConfig, raw["limits"], "limits", path)
+        for f in dataclasses.fields(LimitsConfig):
+            value = getattr(limits, f.name)
+            minimum = 0 if f.name.startswith("auth_failure") else 1
+            if value < minimum:
+                raise ConfigError(f"must be at least {minimum}", f"limits.{f.name}", path)
+        if limits.auth_failure_max_delay < limits.auth_failure_delay:
+            raise ConfigError("must not be smaller than limits.auth_failure_delay",
+                              "limits.auth_failure_max_delay", path)
+        kwargs["limits"] = limits
+
+    if "log" in raw:
+        log = build_options(LogConfig, raw["log"], "log", path)
+        level = log.level.lower()
+        if level == "warning":
+            level = "warn"
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"unknown level {log.level!r} (one of {', '.join(LOG_LEVELS)})",
+                              "log.level", path)
+        kwargs["log"] = LogConfig(level=level)
+
+    return Config(**kwargs)
+
+
+def _parse_modules(value: Any, path: str | None
+                   ) -> tuple[tuple[str, ...] | None, FrozenDict]:
+    """``modules = [...]`` or ``[modules] enabled = [...]`` plus option tables."""
+    if isinstance(value, list):
+        enabled: tuple[str, ...] | None = _convert(value, tuple[str, ...], "modules", path)
+        options: dict[str, Any] = {}
+        key = "modules"
+    elif isinstance(value, dict):
+        enabled = None
+        options = {}
+        key = "modules.enabled"
+        for name, table in value.items():
+            if name == "enabled":
+                enabled = _convert(table, tuple[str, ...], key, path)
+            elif isinstance(table, dict):
+                options[name] = _freeze(table)
+            else:
+                raise ConfigError(f"expected a table of module options, got {_describe(table)}",
+                                  _join("modules", name), path)
+    else:
+        raise ConfigError(f"expected an array of module names or a table, got "
+                          f"{_describe(value)}", "modules", path)
+    if enabled is not None:
+        seen = set()
+        for i, name in enumerate(enabled):
+            if not name or name in seen:
+                raise ConfigError(f"empty or duplicate module name {name!r}",
+                                  f"{key}[{i}]", path)
+            seen.add(name)
+    return enabled, FrozenDict(options)
+
+
+def _parse_listen(value: Any, path: str | None) -> ListenConfig:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"expected a table, got {_describe(value)}", "listen", path)
+    kwargs = {}
+    for key, text in value.items():
+        dotted = _join("listen", key)
+        if key not in _LISTEN_KEYS:
+            raise ConfigError("unknown key", dotted, path)
+        text = _convert(text, str, dotted, path)
+        kwargs[key] = parse_endpoint(text, dotted, path)
+    return ListenConfig(**kwargs)
+
+
+def _parse_tls(value: Any, path: str | None, resolve: typing.Callable[[str], str]) -> TLSConfig:
+    raw = dict(value) if isinstance(value, Mapping) else value
+    domains_raw = raw.pop("domains", {}) if isinstance(raw, dict) else {}
+    tls = build_options(TLSConfig, raw, "tls", path)
+    if (tls.certificate is None) != (tls.key is None):
+        missing = "tls.key" if tls.key is None else "tls.certificate"
+        raise ConfigError("tls.certificate and tls.key must be given together", missing, path)
+    if not isinstance(domains_raw, Mapping):
+        raise ConfigError(f"expected a table, got {_describe(domains_raw)}", "tls.domains", path)
+    domains: dict[str, TLSCertConfig] = {}
+    for name, table in domains_raw.items():
+        section = _join("tls.domains", name)
+        try:
+            domain = prepare_domain(name)
+        except ValueError as exc:
+            raise ConfigError(str(exc), section, path) from None
+        entry = build_options(TLSCertConfig, table, section, path)
+        domains[domain] = TLSCertConfig(resolve(entry.certificate), resolve(entry.key))
+    return TLSConfig(
+        certificate=resolve(tls.certificate) if tls.certificate else None,
+        key=resolve(tls.key) if tls.key else None,
+        domains=FrozenDict(domains),
+    )

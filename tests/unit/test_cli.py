@@ -1,0 +1,384 @@
+"""Tests for chatbxctl (chatbx_server.cli): every command's success and error paths.
+
+Each test runs ``main([...])`` against a config in tmp_path (SQLite in the
+test's data_dir unless stated) and checks the exit code and the one-line
+output; no reactor runs.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from chatbx_server import cli
+from chatbx_server.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file at head, migrated once and copied into each test (speed)."""
+    from chatbx_server.storage import migrate
+
+    path = tmp_path_factory.mktemp("template") / "chatbx.sqlite"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
+def _write_config(tmp_path: Path, extra: str = "") -> str:
+    path = tmp_path / "chatbx.toml"
+    path.write_text(f'domains = ["localhost", "example.org"]\n'
+                    f'data_dir = "{tmp_path / "data"}"\n{extra}')
+    return str(path)
+
+
+@pytest.fixture
+def config(tmp_path: Path, migrated_sqlite: Path) -> str:
+    """A config whose SQLite database is already at head."""
+    (tmp_path / "data").mkdir()
+    shutil.copy(migrated_sqlite, tmp_path / "data" / "chatbx.sqlite")
+    return _write_config(tmp_path)
+
+
+@pytest.fixture
+def ctl(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run chatbxctl; returns (exit code, stdout, stderr) and checks no traceback leaked."""
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        if code == 1:  # exactly one line, with the prefix
+            assert err.startswith("chatbxctl: error: ") and err.count("\n") == 1, err
+        return code, out, err
+
+    return run
+
+
+def _users(ctl: Callable[..., Any], config: str) -> list[str]:
+    code, out, _ = ctl("--config", config, "user", "list")
+    assert code == 0
+    return out.split()
+
+
+def _password_ok(config: str, jid: str, password: str) -> bool:
+    from chatbx_server.config import load_config
+    from chatbx_server.storage import Database, Stores
+
+    db = Database(load_config(config).database_url, threadless=True)
+    try:
+        return cli._result(Stores(db).users.check_password(jid, password))
+    finally:
+        db.stop()
+
+
+# --- user add / list / passwd / delete ------------------------------------------
+
+def test_user_add_with_password_and_list(ctl, config: str) -> None:
+    """user add creates a prepared JID; user list shows it, filtered by domain."""
+    assert ctl("--config", config, "user", "add", "Alice@LocalHost", "--password", "s3cret") \
+        == (0, "added alice@localhost\n", "")
+    assert ctl("--config", config, "user", "add", "bob@example.org", "-p", "pw")[0] == 0
+    assert _users(ctl, config) == ["alice@localhost", "bob@example.org"]
+    code, out, _ = ctl("--config", config, "user", "list", "example.org")
+    assert (code, out) == (0, "bob@example.org\n")
+    assert _password_ok(config, "alice@localhost", "s3cret")
+
+
+def test_user_add_prompts_twice(ctl, config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --password the password is read twice with getpass."""
+    answers = iter(["typed", "typed"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt="": next(answers))
+    assert ctl("--config", config, "user", "add", "carol@localhost")[0] == 0
+    assert _password_ok(config, "carol@localhost", "typed")
+
+
+@pytest.mark.parametrize("answers, message", [
+    (["one", "two"], "passwords do not match"),
+    (["", ""], "empty password refused"),
+])
+def test_user_add_prompt_errors(ctl, config: str, monkeypatch: pytest.MonkeyPatch,
+                                answers: list[str], message: str) -> None:
+    """Mismatched or empty prompted passwords are refused and nothing is created."""
+    it = iter(answers)
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt="": next(it))
+    code, _, err = ctl("--config", config, "user", "add", "dave@localhost")
+    assert (code, err) == (1, f"chatbxctl: error: {message}\n")
+    assert _users(ctl, config) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["user", "add", "x@example.com", "-p", "pw"],
+     "unknown domain example.com (configured: localhost, example.org)"),
+    (["user", "add", "x@localhost/res", "-p", "pw"], "not a bare user JID"),
+    (["user", "add", "localhost", "-p", "pw"], "not a bare user JID"),
+    (["user", "add", "a b@localhost", "-p", "pw"], "invalid JID"),
+    (["user", "add", "x@localhost", "-p", ""], "empty password refused"),
+    (["user", "passwd", "nobody@localhost", "-p", "pw"], "unknown user nobody@localhost"),
+    (["user", "delete", "nobody@localhost"], "unknown user nobody@localhost"),
+    (["user", "list", "example.com"], "unknown domain example.com"),
+])
+def test_user_command_errors(ctl, config: str, argv: list[str], message: str) -> None:
+    """Bad JIDs, foreign domains and unknown users are one-line errors, exit 1."""
+    code, out, err = ctl("--config", config, *argv)
+    assert code == 1 and out == ""
+    assert message in err
+
+
+def test_user_add_existing_is_error(ctl, config: str) -> None:
+    """Adding an account twice fails the second time, naming the JID."""
+    assert ctl("--config", config, "user", "add", "eve@localhost", "-p", "pw")[0] == 0
+    code, _, err = ctl("--config", config, "user", "add", "eve@localhost", "-p", "pw2")
+    assert (code, err) == (1, "chatbxctl: error: user already exists: eve@localhost\n")
+    assert _password_ok(config, "eve@localhost", "pw")
+
+
+def test_user_passwd_and_delete(ctl, config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """passwd replaces the credentials (prompted); delete removes the account."""
+    assert ctl("--config", config, "user", "add", "frank@localhost", "-p", "old")[0] == 0
+    answers = iter(["new", "new"])
+    monkeypatch.setattr(cli.getpass, "getpass", lambda prompt="": next(answers))
+    assert ctl("--config", config, "user", "passwd", "frank@localhost") \
+        == (0, "password changed for frank@localhost\n", "")
+    assert _password_ok(config, "frank@localhost", "new")
+    assert not _password_ok(config, "frank@localhost", "old")
+    assert ctl("--config", config, "user", "delete", "frank@localhost") \
+        == (0, "deleted frank@localhost\n", "")
+    assert _users(ctl, config) == []
+
+
+# --- bulk import -------------------------------------------------------------------
+
+BULK = """# moved from the old server
+alice@localhost  pass one
+
+bob@example.org pw2
+  # indented comment
+Carol@localhost pw3
+"""
+
+
+def test_bulk_add_from_file(ctl, config: str, tmp_path: Path) -> None:
+    """--from-file skips blanks and comments, keeps spaces inside passwords, counts."""
+    users = tmp_path / "users.txt"
+    users.write_text(BULK)
+    assert ctl("--config", config, "user", "add", "--from-file", str(users)) \
+        == (0, "added 3 users\n", "")
+    assert _users(ctl, config) == ["alice@localhost", "bob@example.org", "carol@localhost"]
+    assert _password_ok(config, "alice@localhost", "pass one")
+
+
+def test_bulk_add_from_stdin(ctl, config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'-' reads the lines from stdin."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("g@localhost pw\nh@localhost pw\n"))
+    assert ctl("--config", config, "user", "add", "--from-file", "-")[:2] \
+        == (0, "added 2 users\n")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("a@localhost pw\nlonely@localhost\n", "users.txt:2: expected 'JID PASSWORD'"),
+    ("# x\n\na@example.com pw\n", "users.txt:3: unknown domain example.com"),
+    ("a@localhost pw\nb@x/y pw\n", "users.txt:2: not a bare user JID"),
+    ("a@localhost pw\nA@localhost pw\n", "users.txt:2: duplicate JID a@localhost (first on line 1)"),
+    ("# nothing\n", "users.txt: no users found"),
+])
+def test_bulk_add_bad_line_adds_nothing(ctl, config: str, tmp_path: Path,
+                                        content: str, message: str) -> None:
+    """A bad line is reported with its number and no account is created."""
+    users = tmp_path / "users.txt"
+    users.write_text(content)
+    code, _, err = ctl("--config", config, "user", "add", "--from-file", str(users))
+    assert code == 1 and message in err, err
+    assert _users(ctl, config) == []
+
+
+def test_bulk_add_existing_user_names_line(ctl, config: str, tmp_path: Path) -> None:
+    """An account that already exists fails the whole import, naming its line."""
+    assert ctl("--config", config, "user", "add", "bob@example.org", "-p", "pw")[0] == 0
+    users = tmp_path / "users.txt"
+    users.write_text(BULK)
+    code, _, err = ctl("--config", config, "user", "add", "--from-file", str(users))
+    assert code == 1
+    assert "users.txt:4: user already exists: bob@example.org (no users added)" in err
+    assert _users(ctl, config) == ["bob@example.org"]
+
+
+def test_bulk_add_missing_file(ctl, config: str, tmp_path: Path) -> None:
+    """An unreadable file is a one-line error."""
+    code, _, err = ctl("--config", config, "user", "add", "--from-file",
+                       str(tmp_path / "missing.txt"))
+    assert code == 1 and "cannot read" in err and "missing.txt" in err
+
+
+# --- usage ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["user"],
+    ["user", "frobnicate"],
+    ["user", "add"],
+    ["user", "add", "a@localhost", "--from-file", "x"],
+])
+def test_usage_errors_exit_2(ctl, config: str, argv: list[str]) -> None:
+    """Missing or contradictory arguments exit with 2 and no traceback."""
+    code, _, err = ctl("--config", config, *argv)
+    assert code == 2 and "error" in err
+
+
+def test_help_exits_0(ctl) -> None:
+    """--help prints usage and exits 0."""
+    code, out, _ = ctl("--help")
+    assert code == 0 and "usage: chatbxctl" in out
+
+
+# --- database --------------------------------------------------------------------------
+
+def test_sqlite_default_upgrades_itself(ctl, tmp_path: Path) -> None:
+    """A new SQLite database gets its schema on the first user command."""
+    config = _write_config(tmp_path)
+    code, out, _ = ctl("--config", config, "db", "current")
+    assert code == 0 and "current: none" in out and "status:  empty" in out
+    assert ctl("--config", config, "user", "add", "a@localhost", "-p", "pw")[0] == 0
+    code, out, _ = ctl("--config", config, "db", "current")
+    assert "status:  up to date" in out
+
+
+def test_db_upgrade_and_current(ctl, tmp_path: Path) -> None:
+    """db upgrade applies the migrations once; db current then reports up to date."""
+    from chatbx_server.storage import migrate
+
+    config = _write_config(tmp_path)
+    head = migrate.head()
+    assert ctl("--config", config, "db", "upgrade") == (0, f"database upgraded to {head}\n", "")
+    assert ctl("--config", config, "db", "upgrade") == (0, f"database already at {head}\n", "")
+    code, out, _ = ctl("--config", config, "db", "current")
+    assert out == f"current: {head}\nhead:    {head}\nstatus:  up to date\n"
+
+
+def test_postgres_behind_refuses_user_commands(ctl, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgreSQL schema behind the code is not upgraded implicitly: one line names the fix."""
+    from chatbx_server.storage import migrate
+
+    monkeypatch.setattr(migrate, "check", lambda url: migrate.SchemaState.BEHIND)
+    config = _write_config(tmp_path, '[database]\nurl = "postgresql://u@127.0.0.1:1/x"\n')
+    code, _, err = ctl("--config", config, "user", "list")
+    assert (code, err) == (1, "chatbxctl: error: database schema is behind; "
+                              "run: chatbxctl db upgrade\n")
+
+
+def test_schema_ahead_refuses(ctl, config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database written by a newer chatbx is left alone."""
+    from chatbx_server.storage import migrate
+
+    monkeypatch.setattr(migrate, "check", lambda url: migrate.SchemaState.AHEAD)
+    for argv in (["user", "list"], ["db", "upgrade"]):
+        code, _, err = ctl("--config", config, *argv)
+        assert code == 1 and "newer than this chatbx" in err
+
+
+def test_unreachable_database(ctl, tmp_path: Path) -> None:
+    """A database that refuses connections is one line naming it (no password shown)."""
+    config = _write_config(
+        tmp_path, '[database]\nurl = "postgresql://u:hunter2@127.0.0.1:1/x"\n')
+    for argv in (["user", "list"], ["db", "upgrade"], ["db", "current"]):
+        code, _, err = ctl("--config", config, *argv)
+        assert code == 1 and "cannot use database postgresql" in err and "127.0.0.1:1" in err
+        assert "hunter2" not in err
+
+
+def test_user_lifecycle_on_each_backend(ctl, tmp_path: Path, db_url: str) -> None:
+    """On SQLite and PostgreSQL: a PostgreSQL database must be upgraded first,
+    then accounts are added, listed and deleted."""
+    config = _write_config(tmp_path, f'[database]\nurl = "{db_url}"\n')
+    if db_url.startswith("postgresql"):
+        code, _, err = ctl("--config", config, "user", "add", "a@localhost", "-p", "pw")
+        assert code == 1 and "schema is behind; run: chatbxctl db upgrade" in err
+        assert ctl("--config", config, "db", "upgrade")[0] == 0
+    assert ctl("--config", config, "user", "add", "a@localhost", "-p", "pw")[0] == 0
+    assert _users(ctl, config) == ["a@localhost"]
+    assert ctl("--config", config, "user", "delete", "a@localhost")[0] == 0
+    assert _users(ctl, config) == []
+
+
+# --- cert and config ---------------------------------------------------------------------
+
+def test_cert_generate_refuses_overwrite_without_force(ctl, config: str, tmp_path: Path) -> None:
+    """cert generate writes data_dir/certs/DOMAIN.crt/.key once; --force replaces them."""
+    code, out, _ = ctl("--config", config, "cert", "generate", "Example.ORG")
+    crt = tmp_path / "data" / "certs" / "example.org.crt"
+    assert code == 0 and str(crt) in out and "SHA-256:" in out
+    first = crt.read_bytes()
+    code, _, err = ctl("--config", config, "cert", "generate", "example.org")
+    assert code == 1 and "exists; use --force" in err
+    assert crt.read_bytes() == first
+    assert ctl("--config", config, "cert", "generate", "example.org", "--force")[0] == 0
+    assert crt.read_bytes() != first
+
+
+def test_cert_generate_invalid_domain(ctl, config: str) -> None:
+    """An invalid domain is refused."""
+    code, _, err = ctl("--config", config, "cert", "generate", "bad domain")
+    assert code == 1 and "invalid domain" in err
+
+
+def test_config_check_ok_validates_modules(ctl, config: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """config check loads the file and hands it to the module validator."""
+    from chatbx_server import features
+
+    seen: list[Any] = []
+    monkeypatch.setattr(features, "validate_module_options", seen.append, raising=False)
+    code, out, _ = ctl("--config", config, "config", "check")
+    assert code == 0 and out.startswith(f"configuration OK: {config}")
+    assert seen and seen[0].domains == ("localhost", "example.org")
+
+
+def test_config_check_reports_module_option_error(ctl, config: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module option error from the validator is reported as one line."""
+    from chatbx_server import features
+
+    def bad(config: Any) -> None:
+        raise ConfigError("unknown key", "modules.ping.intervall", config.path)
+
+    monkeypatch.setattr(features, "validate_module_options", bad, raising=False)
+    code, _, err = ctl("--config", config, "config", "check")
+    assert (code, err) == (1, f"chatbxctl: error: {config}: modules.ping.intervall: unknown key\n")
+
+
+def test_config_check_reports_config_errors(ctl, tmp_path: Path) -> None:
+    """A bad key in the file is reported by any command, naming key and file."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[listen]\nc2s = 5222\n')
+    code, _, err = ctl("--config", str(path), "config", "check")
+    assert code == 1 and f"{path}: listen.c2s: expected a string, got integer" in err
+
+
+def test_config_check_missing_certificate(ctl, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator certificate that does not exist is reported with its key."""
+    from chatbx_server import features
+
+    monkeypatch.setattr(features, "validate_module_options", lambda c: None, raising=False)
+    config = _write_config(tmp_path, '[tls.domains."example.org"]\n'
+                                     'certificate = "nope.crt"\nkey = "nope.key"\n')
+    code, _, err = ctl("--config", config, "config", "check")
+    assert code == 1 and 'tls.domains."example.org".certificate: file not found' in err
+
+
+def test_missing_config_file(ctl, tmp_path: Path) -> None:
+    """A config path that does not exist is a one-line error."""
+    code, _, err = ctl("--config", str(tmp_path / "none.toml"), "user", "list")
+    assert code == 1 and "none.toml: cannot read" in err
+
+
+def test_run_exits_with_main_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console entry point exits with main()'s return value."""
+    monkeypatch.setattr(cli, "main", lambda argv=None: 3)
+    with pytest.raises(SystemExit) as info:
+        cli.run()
+    assert info.value.code == 3

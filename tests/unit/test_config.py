@@ -1,0 +1,243 @@
+"""Tests for chatbx_server.config: TOML -> frozen dataclasses, errors naming key and file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from chatbx_server.config import (
+    Config,
+    ConfigError,
+    Endpoint,
+    FrozenDict,
+    build_options,
+    load_config,
+    parse_endpoint,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "chatbx.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "chatbx.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_file() -> None:
+    """No file gives the documented defaults: localhost, loopback c2s ports, s2s/http off."""
+    config = load_config(None)
+    assert config.domains == ("localhost",)
+    assert config.data_dir == "./chatbx-data"
+    assert config.modules is None
+    assert config.listen.c2s == Endpoint("127.0.0.1", 5222)
+    assert config.listen.c2s_tls == Endpoint("127.0.0.1", 5223)
+    assert config.listen.s2s is None and config.listen.http is None
+    assert config.limits.max_stanza_size == 262144
+    assert config.database.url is None and config.database.pool_size == 5
+    assert config.database_url.startswith("sqlite:///")
+    assert config.database_url.endswith("chatbx-data/chatbx.sqlite")
+    assert config.log.level == "info"
+
+
+def test_example_file_loads_and_matches_defaults() -> None:
+    """The shipped chatbx.example.toml is valid and documents the default values."""
+    config = load_config(str(EXAMPLE))
+    defaults = load_config(None)
+    assert config.domains == defaults.domains
+    assert config.listen == defaults.listen
+    assert config.limits == defaults.limits
+    assert config.database == defaults.database
+    assert config.log == defaults.log
+
+
+def test_full_file_is_parsed_and_frozen(tmp_path: Path) -> None:
+    """Every section parses into hashable, immutable values; paths are file-relative."""
+    path = write(tmp_path, """
+domains = ["Example.ORG", "chat.example.net."]
+data_dir = "data"
+admins = ["Admin@Example.org"]
+
+[modules]
+enabled = ["ping", "offline"]
+
+[modules.offline]
+max_messages = 50
+
+[database]
+url = "postgresql://postgres@127.0.0.1:5432/test"
+pool_size = 10
+
+[listen]
+c2s = "0.0.0.0:0"
+c2s_tls = "[::1]:5223"
+s2s = ""
+http = "127.0.0.1:5280"
+
+[tls]
+certificate = "certs/all.pem"
+key = "/etc/chatbx/all.key"
+
+[tls.domains."Chat.Example.NET"]
+certificate = "net.crt"
+key = "net.key"
+
+[limits]
+max_stanza_size = 1000
+auth_failure_delay = 2
+
+[log]
+level = "DEBUG"
+""")
+    config = load_config(path)
+    assert config.path == path
+    assert config.domains == ("example.org", "chat.example.net")
+    assert config.data_dir == str(tmp_path / "data")
+    assert config.admins == ("admin@example.org",)
+    assert config.modules == ("ping", "offline")
+    assert config.module_options["offline"] == {"max_messages": 50}
+    assert config.database.pool_size == 10
+    assert config.database_url.startswith("postgresql://")
+    assert config.listen.c2s == ("0.0.0.0", 0)
+    assert config.listen.c2s_tls == ("::1", 5223)
+    assert config.listen.s2s is None
+    assert config.listen.http == ("127.0.0.1", 5280)
+    assert config.tls.certificate == str(tmp_path / "certs" / "all.pem")
+    assert config.tls.key == "/etc/chatbx/all.key"
+    assert config.tls.domains["chat.example.net"].certificate == str(tmp_path / "net.crt")
+    assert config.limits.auth_failure_delay == 2.0
+    assert isinstance(config.limits.auth_failure_delay, float)
+    assert config.log.level == "debug"
+    hash(config)
+    with pytest.raises(AttributeError):
+        config.domains = ()  # type: ignore[misc]
+
+
+def test_modules_array_form(tmp_path: Path) -> None:
+    """The top-level array form enables modules without any options tables."""
+    config = load_config(write(tmp_path, 'modules = ["ping"]\n'))
+    assert config.modules == ("ping",)
+    assert config.module_options == {}
+
+
+@pytest.mark.parametrize("text, key, message", [
+    ("domain = ['x']", "domain", "unknown key"),
+    ("domains = 'localhost'", "domains", "expected an array of strings, got string"),
+    ("domains = [1]", "domains[0]", "expected a string, got integer"),
+    ("domains = []", "domains", "at least one domain"),
+    ("domains = ['a b']", "domains[0]", "invalid domain"),
+    ("domains = ['x.org', 'X.org']", "domains[1]", "duplicate domain"),
+    ("admins = ['a@b/c']", "admins[0]", "not a bare JID"),
+    ("modules = 'ping'", "modules", "expected an array of module names or a table"),
+    ("modules = ['ping', 'ping']", "modules[1]", "duplicate"),
+    ("[modules]\nping = 3", "modules.ping", "expected a table of module options"),
+    ("[database]\npool_size = '5'", "database.pool_size", "expected an integer, got string"),
+    ("[database]\npool_size = 0", "database.pool_size", "at least 1"),
+    ("[database]\nuri = 'x'", "database.uri", "unknown key"),
+    ("[listen]\nc2s = 5222", "listen.c2s", "expected a string, got integer"),
+    ("[listen]\nc2s = 'localhost'", "listen.c2s", "invalid address"),
+    ("[listen]\nc2s = 'localhost:99999'", "listen.c2s", "invalid port"),
+    ("[listen]\nc2s = '[::zz]:5222'", "listen.c2s", "invalid IPv6"),
+    ("[listen]\nbosh = ':1'", "listen.bosh", "unknown key"),
+    ("[tls]\ncertificate = 'a.crt'", "tls.key", "must be given together"),
+    ("[tls]\ncert = 'a.crt'", "tls.cert", "unknown key"),
+    ("[tls.domains.'x.org']\ncertificate = 'a'", 'tls.domains."x.org".key', "missing required"),
+    ("[tls.domains.'x.org']\ncertificate = 'a'\nkey = 'b'\nchain = 'c'",
+     'tls.domains."x.org".chain', "unknown key"),
+    ("[limits]\nmax_depth = true", "limits.max_depth", "expected an integer, got boolean"),
+    ("[limits]\nmax_depth = 0", "limits.max_depth", "at least 1"),
+    ("[limits]\nauth_failure_delay = 'slow'", "limits.auth_failure_delay", "expected a number"),
+    ("[limits]\nauth_failure_delay = 5.0\nauth_failure_max_delay = 1.0",
+     "limits.auth_failure_max_delay", "must not be smaller"),
+    ("[log]\nlevel = 'loud'", "log.level", "unknown level"),
+    ("log = 'info'", "log", "expected a table"),
+])
+def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str, message: str) -> None:
+    """Each bad value is refused with 'FILE: KEY: MESSAGE'."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}: {key}: ")
+    assert message in str(info.value)
+    assert info.value.key == key and info.value.path == path
+
+
+def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    """Syntax errors and unreadable files are ConfigErrors naming the file."""
+    path = write(tmp_path, "domains = [")
+    with pytest.raises(ConfigError, match=rf"^{path}: invalid TOML"):
+        load_config(path)
+    missing = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=rf"^{missing}: cannot read"):
+        load_config(missing)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("127.0.0.1:5222", ("127.0.0.1", 5222)),
+    ("localhost:0", ("localhost", 0)),
+    ("[::]:5269", ("::", 5269)),
+    ("", None),
+    ("  ", None),
+])
+def test_parse_endpoint(text: str, expected) -> None:
+    """HOST:PORT and [IPv6]:PORT parse; empty means disabled."""
+    assert parse_endpoint(text) == expected
+
+
+@dataclass(frozen=True)
+class _Options:
+    limit: int = 10
+    ratio: float = 0.5
+    enabled: bool = True
+    name: str = "x"
+    hosts: tuple[str, ...] = ()
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    maybe: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.limit < 0:
+            raise ValueError("limit must not be negative")
+
+
+def test_build_options_converts_and_freezes() -> None:
+    """Module options are checked against field types; lists become tuples."""
+    options = build_options(_Options, {
+        "limit": 3, "ratio": 1, "enabled": False, "name": "n",
+        "hosts": ["a", "b"], "groups": {"g": ["u1", "u2"]}, "maybe": 4,
+    }, "modules.demo", "f.toml")
+    assert options.limit == 3 and options.ratio == 1.0 and options.enabled is False
+    assert options.hosts == ("a", "b")
+    assert options.groups == {"g": ("u1", "u2")}
+    assert isinstance(options.groups, FrozenDict)
+    hash(options)
+    assert build_options(_Options, {}, "modules.demo") == _Options()
+
+
+@pytest.mark.parametrize("raw, key, message", [
+    ({"limt": 1}, "modules.demo.limt", "unknown key"),
+    ({"limit": "1"}, "modules.demo.limit", "expected an integer, got string"),
+    ({"enabled": 1}, "modules.demo.enabled", "expected a boolean, got integer"),
+    ({"hosts": "a"}, "modules.demo.hosts", "expected an array of strings"),
+    ({"hosts": ["a", 2]}, "modules.demo.hosts[1]", "expected a string"),
+    ({"groups": {"g": "u"}}, "modules.demo.groups.g", "expected an array of strings"),
+    ({"maybe": "x"}, "modules.demo.maybe", "expected an integer"),
+    ({"limit": -1}, "modules.demo", "limit must not be negative"),
+])
+def test_build_options_errors(raw, key: str, message: str) -> None:
+    """build_options names modules.<name>.<key> and the file for each bad option."""
+    with pytest.raises(ConfigError) as info:
+        build_options(_Options, raw, "modules.demo", "f.toml")
+    assert str(info.value).startswith(f"f.toml: {key}: ")
+    assert message in str(info.value)
+
+
+def test_config_options_for_returns_raw_table(tmp_path: Path) -> None:
+    """options_for gives the raw [modules.<name>] table, empty when absent."""
+    config = load_config(write(tmp_path, "[modules.ping]\ninterval = 5\n"))
+    assert config.modules is None
+    assert config.options_for("ping") == {"interval": 5}
+    assert config.options_for("mam") == {}
+    assert Config().options_for("ping") == {}
