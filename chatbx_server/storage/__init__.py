@@ -1,0 +1,45 @@
+"""chatbx storage: SQLAlchemy Core on a Twisted thread pool, one store per concern.
+
+``Stores(db)`` composes the stores the server uses (``server.stores.roster``
+and so on); each store's public methods return Deferreds and run their work
+in ``_txn`` functions on the database thread (see ``database.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chatbx_server.storage.database import Database, default_sqlite_url
+from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.offline import OfflineStore
+from chatbx_server.storage.roster import RosterItem, RosterStore
+from chatbx_server.storage.users import ScramCredentials, UserStore
+
+__all__ = [
+    "Database",
+    "OfflineStore",
+    "RosterItem",
+    "RosterStore",
+    "ScramCredentials",
+    "StorageError",
+    "Stores",
+    "UnknownUser",
+    "UserExists",
+    "UserStore",
+    "default_sqlite_url",
+]
+
+
+class Stores:
+    """Every store, built on one Database.
+
+    Args:
+        db: the Database.
+        clock: an ``IReactorTime`` for stored timestamps (wall clock if None).
+    """
+
+    def __init__(self, db: Database, clock: Any = None) -> None:
+        self.db = db
+        self.users = UserStore(db, clock)
+        self.roster = RosterStore(db, clock)
+        self.offline = OfflineStore(db, clock)

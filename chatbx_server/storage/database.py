@@ -1,0 +1,282 @@
+"""SQLAlchemy 2 Core on a Twisted thread pool.
+
+Every database call runs ``fn(conn, *args)`` inside one transaction on a
+dedicated :class:`~twisted.python.threadpool.ThreadPool`, so the reactor
+thread never blocks on SQL. Transient failures (a dropped connection, a
+deadlock, a serialization failure, SQLite's "database is locked") are retried
+a few times; the ``_txn`` functions are written to be safe to run again.
+
+SQLite gets one thread (it serializes writers anyway), WAL journaling and
+``PRAGMA foreign_keys=ON`` on every connection. PostgreSQL gets a connection
+pool and a thread pool of the same size.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import StaticPool
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from chatbx_server.storage.errors import StorageError
+
+__all__ = [
+    "Database",
+    "MAX_RETRIES",
+    "default_sqlite_url",
+    "is_transient_error",
+    "make_engine",
+    "normalise_url",
+]
+
+T = TypeVar("T")
+
+#: How many times a transaction is re-run after a transient error.
+MAX_RETRIES = 3
+
+# PostgreSQL SQLSTATEs worth retrying: serialization_failure, deadlock_detected,
+# and the connection-exception class (08xxx) plus admin/crash shutdown.
+_PG_TRANSIENT_CODES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+
+log = Logger(namespace="chatbx.storage")
+
+
+def default_sqlite_url(data_dir: str | Path) -> str:
+    """The SQLite URL used when the operator configures no database.
+
+    Args:
+        data_dir: the server's data directory.
+
+    Returns:
+        ``sqlite:///<data_dir>/chatbx.sqlite`` (absolute when data_dir is).
+    """
+    return f"sqlite:///{Path(data_dir) / 'chatbx.sqlite'}"
+
+
+def normalise_url(url: str) -> str:
+    """Pin ``postgresql://`` to psycopg2, the driver chatbx depends on.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3, which chatbx
+    does not install; an explicit ``postgresql+driver://`` is left alone.
+    """
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg2")
+        return u.render_as_string(hide_password=False)
+    return url
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _is_memory_sqlite(url: str) -> bool:
+    u = make_url(url)
+    return u.get_backend_name() == "sqlite" and u.database in (None, "", ":memory:")
+
+
+def make_engine(url: str, *, pool_size: int = 5, foreign_keys: bool = True) -> Engine:
+    """Build an Engine configured the way chatbx needs it.
+
+    SQLite: the driver's own implicit transaction handling is switched off
+    and SQLAlchemy emits ``BEGIN`` itself, so a transaction really starts at
+    ``engine.begin()`` (pysqlite otherwise runs reads outside it); WAL lets
+    readers (the CLI) work while the server writes. In-memory SQLite uses a
+    StaticPool so every thread sees the one database.
+
+    Args:
+        url: SQLAlchemy URL.
+        pool_size: connections kept for PostgreSQL (ignored for SQLite).
+        foreign_keys: SQLite only; migrations turn it off because batch
+            mode re-creates tables and ON DELETE CASCADE would fire.
+
+    Returns:
+        a new Engine (no connection is opened yet).
+    """
+    url = normalise_url(url)
+    if _is_sqlite(url):
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
+        if _is_memory_sqlite(url):
+            kwargs["poolclass"] = StaticPool
+        else:
+            db_path = make_url(url).database
+            assert db_path is not None
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **kwargs)
+        _install_sqlite_listeners(engine, foreign_keys=foreign_keys)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+    )
+
+
+def _install_sqlite_listeners(engine: Engine, *, foreign_keys: bool) -> None:
+    memory = _is_memory_sqlite(str(engine.url))
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite (see make_engine).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """Whether re-running the whole transaction may succeed.
+
+    Args:
+        exc: what the transaction raised.
+
+    Returns:
+        True for disconnects, deadlocks, serialization failures and SQLite's
+        "database is locked"; False for everything else (constraint
+        violations, programming errors, our own exceptions).
+    """
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    pgcode = getattr(orig, "pgcode", None)
+    if pgcode is not None:
+        return pgcode in _PG_TRANSIENT_CODES or pgcode.startswith("08")
+    if isinstance(orig, sqlite3.OperationalError):
+        msg = str(orig).lower()
+        return "database is locked" in msg or "database is busy" in msg
+    return False
+
+
+class Database:
+    """An Engine plus the thread pool that is the only place SQL runs.
+
+    Args:
+        url: SQLAlchemy URL (``sqlite:///path``, ``sqlite://``,
+            ``postgresql://...``).
+        reactor: what delivers results back to (``callFromThread``); the
+            global reactor when None.
+        pool_size: PostgreSQL connections and threads.
+        threadpool: a ThreadPool to use instead of a new one.
+        threadless: run each transaction immediately in the caller's thread
+            and return an already-fired Deferred (unit tests: deterministic,
+            no threads, no running reactor needed).
+        retry_delay: first back-off (seconds) between retries, doubled each
+            time; 0 in threadless mode.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        reactor: Any = None,
+        *,
+        pool_size: int = 5,
+        threadpool: ThreadPool | None = None,
+        threadless: bool = False,
+        retry_delay: float = 0.05,
+    ) -> None:
+        self.url = url
+        self.is_sqlite = _is_sqlite(url)
+        self.threadless = threadless
+        self.retry_delay = 0.0 if threadless else retry_delay
+        self.engine: Engine = make_engine(url, pool_size=pool_size)
+        self._stopped = False
+        self._reactor = reactor
+        self._threadpool: ThreadPool | None = None
+        if not threadless:
+            if threadpool is None:
+                threads_n = 1 if self.is_sqlite else max(1, pool_size)
+                threadpool = ThreadPool(minthreads=1, maxthreads=threads_n, name="chatbx-db")
+            self._threadpool = threadpool
+
+    @classmethod
+    def for_tests(cls, url: str = "sqlite://") -> "Database":
+        """A threadless Database: run() is synchronous (see class docs)."""
+        return cls(url, threadless=True)
+
+    @property
+    def dialect(self) -> str:
+        """The backend name: ``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    def start(self) -> None:
+        """Start the thread pool (no-op when threadless)."""
+        self._stopped = False
+        if self._threadpool is not None and not self._threadpool.started:
+            self._threadpool.start()
+
+    def stop(self) -> None:
+        """Stop the thread pool (waits for running transactions), then
+        close every pooled connection."""
+        self._stopped = True
+        if self._threadpool is not None and self._threadpool.started:
+            self._threadpool.stop()
+        self.engine.dispose()
+
+    def run(self, desc: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> defer.Deferred[T]:
+        """Run ``fn(conn, *args, **kwargs)`` in one transaction off the reactor.
+
+        Args:
+            desc: a short name for logs (never data).
+            fn: a ``_txn`` function: Core only, returns plain data, safe to
+                re-run.
+
+        Returns:
+            a Deferred firing with fn's result, or failing with its
+            exception (after retries, for transient ones).
+        """
+        if self._stopped:
+            return defer.fail(StorageError(f"database stopped (running {desc})"))
+        if self.threadless:
+            try:
+                return defer.succeed(self._run_txn(desc, fn, args, kwargs))
+            except BaseException:
+                return defer.fail()
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        assert self._threadpool is not None
+        return threads.deferToThreadPool(
+            reactor, self._threadpool, self._run_txn, desc, fn, args, kwargs
+        )
+
+    def _run_txn(
+        self, desc: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        attempt = 0
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    return fn(conn, *args, **kwargs)
+            except DBAPIError as exc:
+                if attempt >= MAX_RETRIES or not is_transient_error(exc):
+                    raise
+                attempt += 1
+                log.warn(
+                    "transient database error in {desc}, retry {attempt}/{max}: {error}",
+                    desc=desc,
+                    attempt=attempt,
+                    max=MAX_RETRIES,
+                    error=type(exc.orig).__name__,
+                )
+                if self.retry_delay:
+                    time.sleep(self.retry_delay * 2 ** (attempt - 1))

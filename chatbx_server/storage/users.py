@@ -1,0 +1,324 @@
+"""Accounts and their SCRAM credentials (RFC 5802, RFC 7677).
+
+Passwords are never stored: only salt, iteration count, StoredKey and
+ServerKey for SCRAM-SHA-1 and SCRAM-SHA-256. SASL PLAIN is checked by
+re-deriving the SHA-256 keys. PBKDF2 is slow on purpose, so it runs inside
+the ``_txn`` functions, on the database thread, never on the reactor.
+
+JIDs arrive as already-prepared bare JID strings ``user@domain``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import scramp
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from twisted.internet.defer import Deferred
+
+from chatbx_server.storage.database import Database
+from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.schema import roster_versions, scram_credentials, users
+
+__all__ = [
+    "MECHANISMS",
+    "ScramCredentials",
+    "StorageError",
+    "UnknownUser",
+    "UserExists",
+    "UserStore",
+    "split_jid",
+    "user_id_txn",
+]
+
+#: Hash names stored per account, mapped to scramp's mechanism names.
+MECHANISMS = {"SHA-1": "SCRAM-SHA-1", "SHA-256": "SCRAM-SHA-256"}
+DEFAULT_ITERATIONS = 4096
+
+
+@dataclass(frozen=True)
+class ScramCredentials:
+    """What a SCRAM server needs for one account and hash (RFC 5802 §3)."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+
+def split_jid(jid: str) -> tuple[str, str]:
+    """Split a prepared bare JID into (localpart, domain).
+
+    A localpart cannot contain '@' (RFC 7622 §3.3.1), so the first '@' is
+    the separator.
+
+    Raises:
+        ValueError: not a bare JID with a localpart.
+    """
+    username, sep, domain = jid.partition("@")
+    if not sep or not username or not domain or "/" in domain:
+        raise ValueError(f"not a bare user JID: {jid!r}")
+    return username, domain
+
+
+def user_id_txn(conn: Connection, jid: str, *, for_update: bool = False) -> int:
+    """The users.id of a local account.
+
+    Args:
+        for_update: lock the account row (PostgreSQL) so per-user
+            read-then-write sequences in other stores are serialized.
+
+    Raises:
+        UnknownUser: no such account.
+    """
+    username, domain = split_jid(jid)
+    query = sa.select(users.c.id).where(users.c.username == username, users.c.domain == domain)
+    if for_update:
+        query = query.with_for_update()
+    user_id = conn.execute(query).scalar()
+    if user_id is None:
+        raise UnknownUser(jid)
+    return int(user_id)
+
+
+def _normalise_mechanism(mechanism: str) -> str:
+    """Accept 'SHA-256', 'SCRAM-SHA-256' and 'SCRAM-SHA-256-PLUS' alike."""
+    name = mechanism.upper()
+    if name.startswith("SCRAM-"):
+        name = name[len("SCRAM-"):]
+    if name.endswith("-PLUS"):
+        name = name[: -len("-PLUS")]
+    return name
+
+
+def derive_credentials(
+    password: str, iterations: int = DEFAULT_ITERATIONS
+) -> dict[str, ScramCredentials]:
+    """SCRAM credentials for every stored mechanism (slow: PBKDF2).
+
+    Raises:
+        ValueError: the password is refused by SASLprep.
+    """
+    result = {}
+    for name, scram_name in MECHANISMS.items():
+        try:
+            salt, stored_key, server_key, count = scramp.ScramMechanism(
+                scram_name
+            ).make_auth_info(password, iteration_count=iterations)
+        except scramp.ScramException as exc:
+            raise ValueError("password not allowed (SASLprep)") from exc
+        result[name] = ScramCredentials(bytes(salt), int(count), bytes(stored_key),
+                                        bytes(server_key))
+    return result
+
+
+def _insert_credentials_txn(
+    conn: Connection, user_id: int, creds: dict[str, ScramCredentials]
+) -> None:
+    conn.execute(
+        sa.insert(scram_credentials),
+        [
+            {
+                "user_id": user_id,
+                "mechanism": name,
+                "salt": c.salt,
+                "iterations": c.iterations,
+                "stored_key": c.stored_key,
+                "server_key": c.server_key,
+            }
+            for name, c in creds.items()
+        ],
+    )
+
+
+def create_users_txn(
+    conn: Connection, pairs: list[tuple[str, str]], now: float, iterations: int
+) -> int:
+    """Insert accounts with their credentials; all or nothing.
+
+    Raises:
+        UserExists: naming the first JID that already exists (or repeats).
+    """
+    seen: set[str] = set()
+    parsed = []
+    for jid, password in pairs:
+        username, domain = split_jid(jid)
+        if jid in seen:
+            raise UserExists(jid)
+        seen.add(jid)
+        parsed.append((jid, username, domain, password))
+    # Check first so the error names the JID; the unique constraint still
+    # guards against a concurrent insert.
+    for jid, username, domain, _ in parsed:
+        found = conn.execute(
+            sa.select(users.c.id).where(users.c.username == username, users.c.domain == domain)
+        ).first()
+        if found is not None:
+            raise UserExists(jid)
+    for jid, username, domain, password in parsed:
+        creds = derive_credentials(password, iterations)
+        try:
+            user_id = conn.execute(
+                sa.insert(users).values(username=username, domain=domain, created_at=now)
+            ).inserted_primary_key[0]
+        except IntegrityError as exc:
+            raise UserExists(jid) from exc
+        conn.execute(sa.insert(roster_versions).values(user_id=user_id, version=0))
+        _insert_credentials_txn(conn, user_id, creds)
+    return len(parsed)
+
+
+def set_password_txn(conn: Connection, jid: str, password: str, iterations: int) -> None:
+    """Replace an account's credentials. Raises UnknownUser."""
+    user_id = user_id_txn(conn, jid)
+    creds = derive_credentials(password, iterations)
+    conn.execute(sa.delete(scram_credentials).where(scram_credentials.c.user_id == user_id))
+    _insert_credentials_txn(conn, user_id, creds)
+
+
+def delete_user_txn(conn: Connection, jid: str) -> bool:
+    """Delete an account; ON DELETE CASCADE removes everything it owns."""
+    username, domain = split_jid(jid)
+    result = conn.execute(
+        sa.delete(users).where(users.c.username == username, users.c.domain == domain)
+    )
+    return bool(result.rowcount)
+
+
+def user_exists_txn(conn: Connection, jid: str) -> bool:
+    """Whether the account exists."""
+    try:
+        user_id_txn(conn, jid)
+    except UnknownUser:
+        return False
+    return True
+
+
+def list_users_txn(conn: Connection, domain: str | None) -> list[str]:
+    """Every account's bare JID (optionally of one domain), sorted."""
+    query = sa.select(users.c.username, users.c.domain)
+    if domain is not None:
+        query = query.where(users.c.domain == domain)
+    # Sort in Python: database collations differ between backends.
+    return sorted(f"{u}@{d}" for u, d in conn.execute(query))
+
+
+def get_credentials_txn(conn: Connection, jid: str, mechanism: str) -> ScramCredentials | None:
+    """The stored SCRAM credentials, or None (no account / mechanism)."""
+    try:
+        username, domain = split_jid(jid)
+    except ValueError:
+        return None
+    row = conn.execute(
+        sa.select(
+            scram_credentials.c.salt,
+            scram_credentials.c.iterations,
+            scram_credentials.c.stored_key,
+            scram_credentials.c.server_key,
+        )
+        .select_from(scram_credentials.join(users))
+        .where(
+            users.c.username == username,
+            users.c.domain == domain,
+            scram_credentials.c.mechanism == _normalise_mechanism(mechanism),
+        )
+    ).first()
+    if row is None:
+        return None
+    return ScramCredentials(bytes(row.salt), int(row.iterations), bytes(row.stored_key),
+                            bytes(row.server_key))
+
+
+#: PBKDF2 rounds spent on a PLAIN attempt for an unknown account
+_DECOY_ITERATIONS = 4096
+
+
+def check_password_txn(conn: Connection, jid: str, password: str) -> bool:
+    """Whether the password matches the SCRAM-SHA-256 credentials."""
+    creds = get_credentials_txn(conn, jid, "SHA-256")
+    if creds is None:
+        # Spend the same PBKDF2 work as for a real account, so the answer
+        # time does not tell which accounts exist.
+        try:
+            scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
+                password, iteration_count=_DECOY_ITERATIONS, salt=b"\0" * 32)
+        except scramp.ScramException:
+            pass
+        return False
+    try:
+        _, stored_key, server_key, _ = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
+            password, iteration_count=creds.iterations, salt=creds.salt
+        )
+    except scramp.ScramException:
+        return False
+    return hmac.compare_digest(bytes(stored_key), creds.stored_key) and hmac.compare_digest(
+        bytes(server_key), creds.server_key
+    )
+
+
+class UserStore:
+    """Account storage for SASL, registration and the operator CLI.
+
+    Args:
+        db: the Database.
+        clock: an ``IReactorTime`` for creation times (``time.time`` if None).
+        iterations: PBKDF2 iteration count for new credentials (>= 4096).
+    """
+
+    def __init__(self, db: Database, clock: Any = None, *,
+                 iterations: int = DEFAULT_ITERATIONS) -> None:
+        self.db = db
+        self._now: Callable[[], float] = now_function(clock)
+        self.iterations = iterations
+
+    def create(self, jid: str, password: str) -> Deferred[None]:
+        """Create one account. Fails with UserExists."""
+        d = self.db.run("users.create", create_users_txn, [(jid, password)], self._now(),
+                        self.iterations)
+        d.addCallback(lambda _: None)
+        return d
+
+    def create_many(self, pairs: Iterable[tuple[str, str]]) -> Deferred[int]:
+        """Create many accounts in one transaction; all or nothing.
+
+        Returns:
+            the number created. Fails with UserExists naming a JID that
+            exists already; then nothing is written.
+        """
+        return self.db.run("users.create_many", create_users_txn, list(pairs), self._now(),
+                           self.iterations)
+
+    def set_password(self, jid: str, password: str) -> Deferred[None]:
+        """Replace the credentials. Fails with UnknownUser."""
+        return self.db.run("users.set_password", set_password_txn, jid, password,
+                           self.iterations)
+
+    def delete(self, jid: str) -> Deferred[bool]:
+        """Delete the account and all its data; False if there was none."""
+        return self.db.run("users.delete", delete_user_txn, jid)
+
+    def exists(self, jid: str) -> Deferred[bool]:
+        """Whether the account exists."""
+        return self.db.run("users.exists", user_exists_txn, jid)
+
+    def list_users(self, domain: str | None = None) -> Deferred[list[str]]:
+        """Sorted bare JIDs of all accounts, or of one domain."""
+        return self.db.run("users.list", list_users_txn, domain)
+
+    def get_credentials(self, jid: str, mechanism: str) -> Deferred[ScramCredentials | None]:
+        """SCRAM credentials for 'SHA-1' or 'SHA-256' (SCRAM- names accepted)."""
+        return self.db.run("users.get_credentials", get_credentials_txn, jid, mechanism)
+
+    def check_password(self, jid: str, password: str) -> Deferred[bool]:
+        """Check a plaintext password (SASL PLAIN); False for unknown users."""
+        return self.db.run("users.check_password", check_password_txn, jid, password)
+
+
+def now_function(clock: Any) -> Callable[[], float]:
+    """``clock.seconds`` for an injected IReactorTime, else ``time.time``."""
+    return time.time if clock is None else clock.seconds

@@ -1,0 +1,168 @@
+"""Tests for UserStore: accounts and SCRAM credentials, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import pytest
+import scramp
+import sqlalchemy as sa
+
+from chatbx_server.storage import Stores, schema
+from chatbx_server.storage.errors import UnknownUser, UserExists
+from chatbx_server.storage.roster import RosterItem
+from chatbx_server.storage.users import ScramCredentials, UserStore, split_jid
+
+
+def test_split_jid() -> None:
+    """The first '@' separates localpart and domain; non-user JIDs are refused."""
+    assert split_jid("alice@example.org") == ("alice", "example.org")
+    for bad in ("example.org", "@example.org", "alice@", "alice@example.org/res"):
+        with pytest.raises(ValueError):
+            split_jid(bad)
+
+
+def test_create_and_exists(stores: Stores, result_of: Any) -> None:
+    """A created account exists; others do not; its creation time is the clock's."""
+    assert result_of(stores.users.create("alice@example.org", "secret")) is None
+    assert result_of(stores.users.exists("alice@example.org")) is True
+    assert result_of(stores.users.exists("bob@example.org")) is False
+    assert result_of(stores.users.exists("alice@other.org")) is False
+    created = result_of(stores.db.run("t", lambda c: c.execute(
+        sa.select(schema.users.c.created_at)).scalar()))
+    assert created == 1000.0
+
+
+def test_create_twice_raises_user_exists(stores: Stores, result_of: Any) -> None:
+    """Creating an existing account fails with UserExists naming it."""
+    result_of(stores.users.create("alice@example.org", "secret"))
+    with pytest.raises(UserExists) as info:
+        result_of(stores.users.create("alice@example.org", "other"))
+    assert info.value.jid == "alice@example.org"
+    assert result_of(stores.users.check_password("alice@example.org", "secret"))
+
+
+def test_create_many_is_all_or_nothing(stores: Stores, result_of: Any) -> None:
+    """create_many writes every account, or none when one already exists."""
+    assert result_of(stores.users.create_many(
+        [("a@x.org", "pa"), ("b@x.org", "pb")])) == 2
+    with pytest.raises(UserExists) as info:
+        result_of(stores.users.create_many([("c@x.org", "pc"), ("b@x.org", "pb")]))
+    assert info.value.jid == "b@x.org"
+    assert result_of(stores.users.exists("c@x.org")) is False
+    with pytest.raises(UserExists) as info:
+        result_of(stores.users.create_many([("d@x.org", "1"), ("d@x.org", "2")]))
+    assert info.value.jid == "d@x.org"
+    assert result_of(stores.users.list_users()) == ["a@x.org", "b@x.org"]
+
+
+def test_list_users_sorted_and_by_domain(stores: Stores, result_of: Any) -> None:
+    """list_users returns sorted bare JIDs, optionally of one domain."""
+    result_of(stores.users.create_many(
+        [("zed@b.org", "p"), ("amy@b.org", "p"), ("bob@a.org", "p")]))
+    assert result_of(stores.users.list_users()) == ["amy@b.org", "bob@a.org", "zed@b.org"]
+    assert result_of(stores.users.list_users("b.org")) == ["amy@b.org", "zed@b.org"]
+    assert result_of(stores.users.list_users("none.org")) == []
+
+
+def test_credentials_are_valid_scram(stores: Stores, result_of: Any) -> None:
+    """Stored SHA-1 and SHA-256 credentials are RFC 5802 keys of the password,
+    and the password itself is not stored anywhere."""
+    result_of(stores.users.create("alice@example.org", "pencil"))
+    for mech, hash_name in (("SHA-1", "sha1"), ("SHA-256", "sha256")):
+        creds = result_of(stores.users.get_credentials("alice@example.org", mech))
+        assert isinstance(creds, ScramCredentials)
+        assert creds.iterations == 4096
+        salted = hashlib.pbkdf2_hmac(hash_name, b"pencil", creds.salt, creds.iterations)
+        client_key = hmac.new(salted, b"Client Key", hash_name).digest()
+        assert creds.stored_key == hashlib.new(hash_name, client_key).digest()
+        assert creds.server_key == hmac.new(salted, b"Server Key", hash_name).digest()
+    # SCRAM mechanism names are accepted too.
+    assert result_of(stores.users.get_credentials("alice@example.org", "SCRAM-SHA-256-PLUS")) \
+        == result_of(stores.users.get_credentials("alice@example.org", "SHA-256"))
+    rows = result_of(stores.db.run("t", lambda c: [tuple(r) for r in c.execute(
+        sa.select(schema.scram_credentials))]))
+    assert len(rows) == 2
+    assert not any(b"pencil" in bytes(v) for r in rows for v in r if isinstance(v, bytes))
+
+
+def test_get_credentials_unknown(stores: Stores, result_of: Any) -> None:
+    """No credentials for unknown users or mechanisms."""
+    result_of(stores.users.create("alice@example.org", "pencil"))
+    assert result_of(stores.users.get_credentials("bob@example.org", "SHA-256")) is None
+    assert result_of(stores.users.get_credentials("alice@example.org", "SHA-512")) is None
+
+
+def test_credentials_work_with_a_scram_exchange(stores: Stores, result_of: Any) -> None:
+    """A real SCRAM-SHA-256 client/server exchange succeeds with the stored keys."""
+    result_of(stores.users.create("alice@example.org", "pencil"))
+    creds = result_of(stores.users.get_credentials("alice@example.org", "SHA-256"))
+    mech = scramp.ScramMechanism("SCRAM-SHA-256")
+    server = mech.make_server(lambda _u: (creds.salt, creds.stored_key, creds.server_key,
+                                          creds.iterations))
+    client = scramp.ScramClient(["SCRAM-SHA-256"], "alice", "pencil")
+    server.set_client_first(client.get_client_first())
+    client.set_server_first(server.get_server_first())
+    server.set_client_final(client.get_client_final())
+    client.set_server_final(server.get_server_final())  # raises on a bad signature
+
+
+def test_check_password(stores: Stores, result_of: Any) -> None:
+    """check_password accepts the password and refuses others and unknown users."""
+    result_of(stores.users.create("alice@example.org", "pencil"))
+    assert result_of(stores.users.check_password("alice@example.org", "pencil")) is True
+    assert result_of(stores.users.check_password("alice@example.org", "Pencil")) is False
+    assert result_of(stores.users.check_password("alice@example.org", "")) is False
+    assert result_of(stores.users.check_password("bob@example.org", "pencil")) is False
+
+
+def test_set_password(stores: Stores, result_of: Any) -> None:
+    """set_password replaces both credentials; unknown users raise UnknownUser."""
+    result_of(stores.users.create("alice@example.org", "old"))
+    before = result_of(stores.users.get_credentials("alice@example.org", "SHA-1"))
+    assert result_of(stores.users.set_password("alice@example.org", "new")) is None
+    assert result_of(stores.users.check_password("alice@example.org", "new")) is True
+    assert result_of(stores.users.check_password("alice@example.org", "old")) is False
+    assert result_of(stores.users.get_credentials("alice@example.org", "SHA-1")) != before
+    with pytest.raises(UnknownUser):
+        result_of(stores.users.set_password("bob@example.org", "x"))
+
+
+def test_delete_cascades(stores: Stores, result_of: Any) -> None:
+    """Deleting an account removes its credentials, roster, requests and
+    offline messages, and nobody else's."""
+    result_of(stores.users.create_many([("alice@x.org", "p"), ("bob@x.org", "p")]))
+    for user in ("alice@x.org", "bob@x.org"):
+        result_of(stores.roster.set_item(user, RosterItem("carol@y.org")))
+        result_of(stores.roster.add_request(user, "dave@y.org", None))
+        result_of(stores.offline.store(user, "<message/>", 10))
+    assert result_of(stores.users.delete("alice@x.org")) is True
+    assert result_of(stores.users.delete("alice@x.org")) is False
+
+    def counts(conn: Any) -> dict[str, int]:
+        return {t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
+                for t in schema.metadata.sorted_tables}
+
+    assert result_of(stores.db.run("t", counts)) == {
+        "users": 1, "scram_credentials": 2, "roster_items": 1, "roster_versions": 1,
+        "subscription_requests": 1, "offline_messages": 1,
+    }
+    assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
+
+
+def test_saslprep_refused_password(stores: Stores, result_of: Any) -> None:
+    """A password SASLprep prohibits is refused (ValueError), nothing stored."""
+    with pytest.raises(ValueError):
+        result_of(stores.users.create("alice@example.org", "bad\u0007"))
+    assert result_of(stores.users.exists("alice@example.org")) is False
+
+
+def test_iterations_are_configurable(database: Any, result_of: Any) -> None:
+    """A store built with more iterations stores that count."""
+    store = UserStore(database, iterations=5000)
+    result_of(store.create("alice@example.org", "p"))
+    creds = result_of(store.get_credentials("alice@example.org", "SHA-256"))
+    assert creds.iterations == 5000
+    assert result_of(store.check_password("alice@example.org", "p")) is True
