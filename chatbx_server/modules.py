@@ -131,10 +131,13 @@ class ModuleManager:
     def __init__(self, server: "Server") -> None:
         self.server = server
         self._loaded: dict[str, Feature] = {}
+        self._enabled: frozenset[str] = frozenset()
 
     def load_all(self, names: Iterable[str]) -> None:
         from chatbx_server import features as registry
 
+        names = tuple(names)
+        self._enabled = frozenset(names)
         for name in names:
             self._load(name, registry, ())
 
@@ -146,6 +149,10 @@ class ModuleManager:
         cls = registry.load_class(name)
         for dep in cls.depends:
             self._load(dep, registry, chain + (name,))
+        for dep in cls.soft_depends:
+            # Loaded first when enabled anyway; never pulled in.
+            if dep in self._enabled:
+                self._load(dep, registry, chain + (name,))
         options = registry.build_module_options(cls, self.server.config)
         feature = cls(self.server, options)
         feature.setup()

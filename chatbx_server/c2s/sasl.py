@@ -96,6 +96,10 @@ class SASLExchange:
             jid = JID.parse(f"{username}@{self.host}")
         except InvalidJID:
             raise SASLFailure("not-authorized") from None
+        if jid.user is None or jid.resource is not None or jid.host != self.host:
+            # The username is a localpart: "alice@other.example/" must not
+            # parse into another hosted domain's account.
+            raise SASLFailure("not-authorized")
         if authzid:
             try:
                 wanted = JID.parse(authzid)
@@ -140,7 +144,8 @@ class SASLExchange:
         self.jid = self._user_jid(username, self.scram.authzid)
         creds = yield self.server.stores.users.get_credentials(self.jid.bare, self.scram.hash_name)
         if creds is None:
-            creds = decoy_credentials(self.server.secret, self.scram.hash_name, self.jid.bare)
+            creds = decoy_credentials(self.server.secret, self.scram.hash_name, self.jid.bare,
+                                      iterations=getattr(self.server.stores.users, "iterations", 4096))
         else:
             creds = Credentials(creds.salt, creds.iterations, creds.stored_key, creds.server_key)
         return ("challenge", self.scram.server_first(creds))

@@ -203,13 +203,16 @@ class ScramServer:
         return b"v=" + base64.b64encode(server_signature)
 
 
-def decoy_credentials(secret: bytes, hash_name: str, username: str) -> Credentials:
+def decoy_credentials(secret: bytes, hash_name: str, username: str,
+                      iterations: int = 4096, salt_length: int = 32) -> Credentials:
     """Stable fake credentials for an unknown user.
 
     The exchange then fails at the proof, like a wrong password, so the
-    answer does not reveal which accounts exist.
+    answer does not reveal which accounts exist. Salt length and iteration
+    count must match what the user store writes (scramp: 32-byte salts),
+    or the server-first-message itself tells real accounts from fake ones.
     """
     algo = HASHES[hash_name]
-    salt = hmac.digest(secret, b"salt:" + username.encode(), algo)[:16]
+    salt = hmac.digest(secret, b"salt:" + username.encode(), "sha512")[:salt_length]
     key = hmac.digest(secret, b"key:" + username.encode(), algo)
-    return Credentials(salt, 4096, key, key)
+    return Credentials(salt, iterations, key, key)

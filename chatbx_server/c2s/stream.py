@@ -57,6 +57,9 @@ class C2SStream(Protocol):
         self.user: Optional[JID] = None
         self.session: Optional[ClientSession] = None
         self.peer = ""
+        #: elements received while a SASL step or a delayed failure is
+        #: pending; None when not holding (see _hold)
+        self._held: Optional[list[domish.Element]] = None
 
     # -- connection ------------------------------------------------------
     def connectionMade(self) -> None:
@@ -76,17 +79,30 @@ class C2SStream(Protocol):
     def _reset_parser(self) -> None:
         limits = self.factory.limits
         parser = SafeElementStream(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
-        parser.DocumentStartEvent = self._on_stream_start
-        parser.ElementEvent = self._on_element
-        parser.DocumentEndEvent = self._on_stream_end
+
+        def current(handler: Any) -> Any:
+            # A parser replaced in the middle of a read (STARTTLS, SASL
+            # success) goes on parsing the rest of that read: drop what it
+            # finds. RFC 6120 §5.4.3.3: data after <starttls/> is discarded.
+            def call(*args: Any) -> None:
+                if self.parser is parser:
+                    handler(*args)
+            return call
+
+        parser.DocumentStartEvent = current(self._on_stream_start)
+        parser.ElementEvent = current(self._on_element)
+        parser.DocumentEndEvent = current(self._on_stream_end)
         self.parser = parser
 
     def dataReceived(self, data: bytes) -> None:
-        if self.parser is None:
+        parser = self.parser
+        if parser is None:
             return
         try:
-            self.parser.parse(data)
+            parser.parse(data)
         except StreamError as exc:
+            if self.parser is not None and self.parser is not parser:
+                return  # the replaced parser choked on discarded bytes
             self.close_stream(exc.condition, exc.text)
         except Exception:
             log.failure("c2s stream from {peer} failed", peer=self.peer)
@@ -137,11 +153,16 @@ class C2SStream(Protocol):
     # -- stream header ---------------------------------------------------
     def _on_stream_start(self, root: domish.Element) -> None:
         to = root.getAttribute("to")
+        host = None
         if to:
             try:
-                self.host = JID.parse(to).host
+                host = JID.parse(to).host
             except InvalidJID:
-                self.host = None
+                pass
+        if self.host is not None and host != self.host:
+            # A restarted stream (after STARTTLS or SASL) stays on its host.
+            raise StreamError("host-unknown", "the stream was restarted for another host")
+        self.host = host
         if root.uri != ns.STREAMS or root.name != "stream":
             raise StreamError("invalid-namespace")
         if root.defaultUri != ns.CLIENT:
@@ -149,7 +170,7 @@ class C2SStream(Protocol):
         if self.host not in self.server.hosts:
             self.host = None
             raise StreamError("host-unknown")
-        if root.getAttribute("version", "0.9") < "1.0":
+        if _major_version(root.getAttribute("version")) < 1:
             raise StreamError("unsupported-version")
         self._send_header()
         features = domish.Element((ns.STREAMS, "features"))
@@ -181,6 +202,9 @@ class C2SStream(Protocol):
 
     # -- elements --------------------------------------------------------
     def _on_element(self, element: domish.Element) -> None:
+        if self._held is not None:
+            self._held.append(element)
+            return
         state = self.state
         if state == BOUND:
             self._on_stanza(element)
@@ -226,8 +250,40 @@ class C2SStream(Protocol):
                 raise StreamError("unsupported-stanza-type")
         except SASLFailure as exc:
             d = defer.fail(exc)
+        if not d.called:
+            self._hold()
         d.addCallbacks(self._sasl_step, self._sasl_failed)
         d.addErrback(self._crash)
+
+    def _hold(self) -> None:
+        """Process nothing more until the pending SASL answer is sent.
+
+        Without this a client could pipeline guesses: each would be checked
+        at once and only the failure answers delayed, while a right guess
+        succeeds immediately, so the throttle would slow nothing.
+        """
+        if self._held is None:
+            self._held = []
+            self.transport.pauseProducing()
+
+    def _release(self, replay: bool = True) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        self.transport.resumeProducing()
+        if not replay:
+            return
+        for index, element in enumerate(held):
+            if self.state == CLOSED:
+                return
+            if self._held is not None:
+                self._held.extend(held[index:])  # a replayed step is pending again
+                return
+            try:
+                self._on_element(element)
+            except StreamError as exc:
+                self.close_stream(exc.condition, exc.text)
+                return
 
     def _sasl_step(self, result: tuple[str, Any]) -> None:
         if self.state != AUTH_NEEDED:
@@ -235,7 +291,11 @@ class C2SStream(Protocol):
         kind, data = result
         if kind == "challenge":
             self.send_element(_with_b64(domish.Element((ns.SASL, "challenge")), data))
+            self._release()
             return
+        # RFC 6120 §6.4.6: nothing the client sent before seeing <success/>
+        # belongs to the restarted stream.
+        self._release(replay=False)
         jid, additional = data
         self.sasl = None
         self.user = jid
@@ -259,10 +319,13 @@ class C2SStream(Protocol):
             self.send_element(element)
             if self.sasl_failures >= MAX_SASL_FAILURES:
                 self.close_stream("policy-violation", "too many authentication failures")
+                return
+            self._release()
 
         if condition == "aborted":
             answer()
         else:
+            self._hold()
             self.factory.throttle.delay_call(self.peer, answer)
 
     def _crash(self, failure: Failure) -> None:
@@ -352,6 +415,14 @@ class C2SStream(Protocol):
         reply["to"] = iq["from"]
         self.send_element(reply)
         return True
+
+
+def _major_version(version: Optional[str]) -> int:
+    """RFC 6120 §4.7.5: "major.minor", each a non-negative integer; absent is 0.9."""
+    major, dot, minor = (version or "0.9").partition(".")
+    if not (dot and major.isdigit() and minor.isdigit()):
+        raise StreamError("unsupported-version")
+    return int(major)
 
 
 def _with_b64(element: domish.Element, data: bytes) -> domish.Element:

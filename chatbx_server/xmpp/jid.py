@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Optional
 
+import idna
 from precis_i18n import get_profile
 
 _LOCAL = get_profile("UsernameCaseMapped")
@@ -32,9 +33,10 @@ def _prep_domain(domain: str) -> str:
         if domain.isascii():
             prepared = domain.lower()
         else:
-            prepared = get_profile("IdentifierClass").enforce(domain).lower()
-            prepared = prepared.encode("idna").decode("ascii")
-    except UnicodeError as exc:  # precis_i18n raises UnicodeEncodeError
+            # RFC 7622 §3.2 wants IDNA2008 (RFC 5891); Python's "idna"
+            # codec is IDNA2003 and maps e.g. "ß" to "ss".
+            prepared = idna.encode(domain, uts46=True).decode("ascii")
+    except (UnicodeError, idna.IDNAError) as exc:
         raise InvalidJID(f"bad domainpart: {exc}") from None
     for label in prepared.split("."):
         if not label or len(label) > 63:

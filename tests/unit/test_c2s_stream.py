@@ -1,0 +1,585 @@
+"""The client stream (RFC 6120 §4-§8) driven byte by byte over a StringTransport:
+stream header checks, STARTTLS, SASL (with the throttle on the fake clock),
+resource binding and the checks on every stanza."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Optional
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.words.xish import domish
+
+from chatbx_server.c2s.stream import C2SFactory
+from chatbx_server.xmpp import ns
+from tests.unit.fakes import create_user, make_server
+from tests.unit.test_scram import client_final
+
+BINDINGS = {"tls-exporter": b"\x05" * 32}
+
+
+class TLSTransport(StringTransport):
+    """A StringTransport that records startTLS instead of lacking it."""
+
+    def __init__(self, peer: str = "10.0.0.1") -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", peer, 40000))
+        self.tls_started: list[Any] = []
+
+    def startTLS(self, context: Any) -> None:  # noqa: N802 (Twisted's name)
+        self.tls_started.append(context)
+
+
+class FakeTLS:
+    """Stands in for TLSContexts: hands out a marker context factory."""
+
+    context = object()
+
+    def server_context_factory(self) -> Any:
+        return self.context
+
+
+class Client:
+    """One connection: writes bytes to the stream and parses what comes back."""
+
+    def __init__(self, factory: C2SFactory, peer: str = "10.0.0.1") -> None:
+        self.factory = factory
+        self.transport = TLSTransport(peer)
+        self.proto = factory.buildProtocol(self.transport.getPeer())
+        self.proto.makeConnection(self.transport)
+        self.headers: list[domish.Element] = []
+        self.ended = 0
+        self._pending: list[domish.Element] = []
+        self._offset = 0
+        self._parser: Any = None
+
+    # -- input to the server -----------------------------------------------
+    def send(self, data: str | bytes) -> None:
+        self.proto.dataReceived(data.encode() if isinstance(data, str) else data)
+
+    def header(self, to: str = "localhost", version: str = "1.0", xmlns: str = ns.CLIENT,
+               stream_ns: str = ns.STREAMS) -> None:
+        attrs = f" to='{to}'" if to else ""
+        attrs += f" version='{version}'" if version else ""
+        self.send(f"<?xml version='1.0'?><stream:stream xmlns='{xmlns}' "
+                  f"xmlns:stream='{stream_ns}'{attrs}>")
+
+    # -- output of the server ----------------------------------------------
+    def _new_parser(self) -> None:
+        parser = domish.elementStream()
+        parser.DocumentStartEvent = self.headers.append
+        parser.ElementEvent = self._pending.append
+        parser.DocumentEndEvent = lambda: setattr(self, "ended", self.ended + 1)
+        self._parser = parser
+
+    def received(self) -> list[domish.Element]:
+        """Elements sent since the last call (stream headers are in .headers)."""
+        data = self.transport.value()[self._offset:]
+        self._offset += len(data)
+        for i, chunk in enumerate(data.split(b"<?xml version='1.0'?>")):
+            if i > 0:
+                self._new_parser()
+            if chunk:
+                self._parser.parse(chunk)
+        out, self._pending[:] = list(self._pending), []
+        return out
+
+    def one(self) -> domish.Element:
+        elements = self.received()
+        assert len(elements) == 1, [e.toXml() for e in elements]
+        return elements[0]
+
+    def stream_error(self) -> Optional[str]:
+        """The condition of a stream error among what was received, if any."""
+        for el in self.received():
+            if el.uri == ns.STREAMS and el.name == "error":
+                return [c.name for c in el.elements() if c.name != "text"][0]
+        return None
+
+    def lose(self) -> None:
+        self.proto.connectionLost(None)
+
+    # -- conversations -----------------------------------------------------
+    def features(self) -> domish.Element:
+        els = self.received()
+        feats = [e for e in els if e.name == "features"]
+        assert feats, [e.toXml() for e in els]
+        return feats[0]
+
+    def scram(self, user: str = "alice", password: str = "pencil",
+              mechanism: str = "SCRAM-SHA-256", gs2: str = "n,,", cb: bytes = b"") -> domish.Element:
+        """A SCRAM exchange; returns the <success/> or <failure/> element."""
+        bare = f"n={user},r=cnonce"
+        first = base64.b64encode((gs2 + bare).encode()).decode()
+        self.send(f"<auth xmlns='{ns.SASL}' mechanism='{mechanism}'>{first}</auth>")
+        challenge = self.one()
+        if challenge.name != "challenge":
+            return challenge
+        server_first = base64.b64decode(str(challenge))
+        hash_name = "SHA-1" if "SHA-1" in mechanism else "SHA-256"
+        final = client_final(hash_name, password, bare, server_first, gs2, cb)
+        self.send(f"<response xmlns='{ns.SASL}'>{base64.b64encode(final).decode()}</response>")
+        return self.one()
+
+    def plain(self, user: str, password: str) -> None:
+        payload = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        self.send(f"<auth xmlns='{ns.SASL}' mechanism='PLAIN'>{payload}</auth>")
+
+    def bind(self, resource: Optional[str] = None) -> domish.Element:
+        inner = f"<resource>{resource}</resource>" if resource else ""
+        self.send(f"<iq type='set' id='bind1'><bind xmlns='{ns.BIND}'>{inner}</bind></iq>")
+        return self.one()
+
+    def login(self, resource: Optional[str] = "res", user: str = "alice") -> str:
+        """Header, SCRAM, restart, bind; return the bound full JID."""
+        self.header()
+        self.features()
+        success = self.scram(user)
+        assert success.name == "success", success.toXml()
+        self.header()
+        self.features()
+        reply = self.bind(resource)
+        assert reply["type"] == "result", reply.toXml()
+        return str(reply.bind.jid)
+
+
+@pytest.fixture
+def server():
+    srv = make_server(modules=["message"], domains=("localhost", "example.org"),
+                      config_text="[limits]\nmax_connections_per_ip = 3\n"
+                                  "auth_failure_delay = 2.0\nauth_failure_max_delay = 5.0\n")
+    create_user(srv, "alice@localhost", "pencil")
+    create_user(srv, "bob@localhost", "secret")
+    return srv
+
+
+@pytest.fixture
+def tls_factory(server, monkeypatch):
+    """A direct-TLS listener (XEP-0368) whose connections have channel bindings."""
+    factory = C2SFactory(server, FakeTLS(), direct_tls=True)
+    monkeypatch.setattr(factory, "channel_bindings", lambda transport: dict(BINDINGS))
+    return factory
+
+
+@pytest.fixture
+def client(tls_factory):
+    return Client(tls_factory)
+
+
+def mechanisms(features: domish.Element) -> list[str]:
+    for child in features.elements():
+        if child.uri == ns.SASL and child.name == "mechanisms":
+            return [str(m) for m in child.elements()]
+    return []
+
+
+def children(features: domish.Element) -> list[tuple[str, str]]:
+    return [(c.uri, c.name) for c in features.elements()]
+
+
+def bound_closed(server) -> list:
+    closed: list = []
+    server.events.on("session/closed", closed.append)
+    return closed
+
+
+# -- stream header -----------------------------------------------------------
+
+def test_header_reply(client):
+    """The server answers with its own header (from = the requested host, an id, version 1.0)."""
+    client.header(to="Example.ORG")
+    client.features()
+    (header,) = client.headers
+    assert header["from"] == "example.org" and header["version"] == "1.0" and header["id"]
+    assert header.uri == ns.STREAMS and header.name == "stream"
+
+
+@pytest.mark.parametrize("kwargs,condition", [
+    ({"to": "unknown.example"}, "host-unknown"),
+    ({"to": ""}, "host-unknown"),
+    ({"to": "@@bad"}, "host-unknown"),
+    ({"xmlns": "jabber:server"}, "invalid-namespace"),
+    ({"stream_ns": "urn:wrong"}, "invalid-namespace"),
+    ({"version": ""}, "unsupported-version"),
+    ({"version": "0.9"}, "unsupported-version"),
+    ({"version": "abc"}, "unsupported-version"),
+    ({"version": "1"}, "unsupported-version"),
+])
+def test_header_errors(client, kwargs, condition):
+    """Bad headers close the stream with the matching stream error, after a header of our own."""
+    client.header(**kwargs)
+    assert client.stream_error() == condition
+    assert client.headers, "a stream error needs a stream header first"
+    assert client.ended == 1
+    assert client.transport.disconnecting
+
+
+# -- STARTTLS ----------------------------------------------------------------
+
+def test_starttls_required_then_upgrade(server, monkeypatch):
+    """Plain connections are offered only a required STARTTLS; <starttls/> is
+    answered <proceed/>, TLS starts, and the restarted stream offers SASL."""
+    factory = C2SFactory(server, FakeTLS(), direct_tls=False)
+    monkeypatch.setattr(factory, "channel_bindings", lambda transport: {})
+    c = Client(factory)
+    c.header()
+    feats = c.features()
+    assert children(feats) == [(ns.TLS, "starttls")]
+    assert feats.firstChildElement().firstChildElement().name == "required"
+    c.send(f"<starttls xmlns='{ns.TLS}'/>")
+    assert c.one().name == "proceed"
+    assert c.transport.tls_started == [FakeTLS.context]
+    c.header()
+    feats = c.features()
+    assert mechanisms(feats) == ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]
+    assert (ns.SASL_CB, "sasl-channel-binding") not in children(feats)
+
+
+def test_auth_before_starttls(server):
+    """<auth/> on a plain stream gets encryption-required; a stanza is a policy violation."""
+    c = Client(C2SFactory(server, FakeTLS(), direct_tls=False))
+    c.header()
+    c.features()
+    c.plain("alice", "pencil")
+    failure = c.one()
+    assert failure.name == "failure" and failure.firstChildElement().name == "encryption-required"
+    c.send("<message to='bob@localhost'><body>x</body></message>")
+    assert c.stream_error() == "policy-violation"
+
+
+# -- SASL --------------------------------------------------------------------
+
+def test_mechanisms_with_bindings(client):
+    """With channel bindings, -PLUS mechanisms and the XEP-0440 list are offered."""
+    client.header()
+    feats = client.features()
+    assert mechanisms(feats) == ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256",
+                                 "SCRAM-SHA-1", "PLAIN"]
+    cb = [c for c in feats.elements() if c.name == "sasl-channel-binding"][0]
+    assert [t["type"] for t in cb.elements()] == ["tls-exporter"]
+
+
+def test_full_scram_login_and_bind(client, server):
+    """SCRAM-SHA-256 login, restart with bind and session features, client-chosen resource."""
+    bound: list = []
+    server.events.on("session/bound", bound.append)
+    client.header()
+    client.features()
+    success = client.scram()
+    assert success.name == "success" and base64.b64decode(str(success)).startswith(b"v=")
+    client.header()
+    feats = client.features()
+    assert (ns.BIND, "bind") in children(feats) and (ns.SESSION, "session") in children(feats)
+    assert mechanisms(feats) == []
+    reply = client.bind("Phone")
+    assert reply["type"] == "result" and reply["id"] == "bind1"
+    assert str(reply.bind.jid) == "alice@localhost/Phone"
+    assert server.sessions.get("alice@localhost", "Phone") is client.proto.session
+    assert [s.jid.full for s in bound] == ["alice@localhost/Phone"]
+
+
+def test_scram_plus_login(client):
+    """SCRAM-SHA-256-PLUS with the connection's tls-exporter data succeeds."""
+    client.header()
+    client.features()
+    result = client.scram(mechanism="SCRAM-SHA-256-PLUS", gs2="p=tls-exporter,,",
+                          cb=BINDINGS["tls-exporter"])
+    assert result.name == "success"
+
+
+def test_server_chosen_resource(client):
+    """Without a requested resource the server picks a random one."""
+    jid = client.login(resource=None)
+    assert jid.startswith("alice@localhost/") and len(jid) > len("alice@localhost/") + 8
+
+
+def test_bind_features_include_modules(server, monkeypatch):
+    """Stream features of loaded modules are offered after authentication."""
+    extra = domish.Element(("urn:example:feature", "thing"))
+    monkeypatch.setattr(server.modules, "stream_features", lambda session: [extra])
+    factory = C2SFactory(server, FakeTLS(), direct_tls=True)
+    monkeypatch.setattr(factory, "channel_bindings", lambda t: {})
+    c = Client(factory)
+    c.header()
+    c.features()
+    assert c.scram().name == "success"
+    c.header()
+    assert ("urn:example:feature", "thing") in children(c.features())
+
+
+def test_resource_conflict_closes_older(tls_factory, server):
+    """Binding a resource already in use closes the older stream with conflict."""
+    closed = bound_closed(server)
+    first = Client(tls_factory, "10.0.0.1")
+    second = Client(tls_factory, "10.0.0.2")
+    first.login("same")
+    old_session = first.proto.session
+    second.login("same")
+    assert first.stream_error() == "conflict"
+    assert first.ended == 1
+    assert server.sessions.get("alice@localhost", "same") is second.proto.session
+    assert closed == [old_session]
+
+
+def test_legacy_session_iq(client):
+    """The RFC 3921 session iq is answered with an empty result."""
+    client.login()
+    client.send(f"<iq type='set' id='s1'><session xmlns='{ns.SESSION}'/></iq>")
+    reply = client.one()
+    assert reply["type"] == "result" and reply["id"] == "s1" and reply["to"] == "alice@localhost/res"
+
+
+def test_stanza_before_auth(client):
+    """A stanza before authentication closes the stream with not-authorized."""
+    client.header()
+    client.features()
+    client.send("<message to='bob@localhost'><body>x</body></message>")
+    assert client.stream_error() == "not-authorized"
+
+
+def test_other_iq_before_bind(client):
+    """Before binding only the bind iq is allowed (RFC 6120 §7.1)."""
+    client.header()
+    client.features()
+    client.scram()
+    client.header()
+    client.features()
+    client.send("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+    reply = client.one()
+    assert reply["type"] == "error" and reply.error.firstChildElement().name == "not-authorized"
+
+
+def test_bad_resource(client):
+    """An invalid resource is refused with bad-request, the stream stays up."""
+    client.header()
+    client.features()
+    client.scram()
+    client.header()
+    client.features()
+    reply = client.bind("bad\u200dres")
+    assert reply["type"] == "error" and reply.error.firstChildElement().name == "bad-request"
+    assert client.bind("ok")["type"] == "result"
+
+
+@pytest.mark.parametrize("sender", ["bob@localhost/res", "alice@localhost/other", "@@bad", "localhost"])
+def test_invalid_from(client, sender):
+    """A 'from' that is not the client's own JID closes the stream with invalid-from."""
+    client.login()
+    client.send(f"<message from='{sender}' to='bob@localhost'><body>x</body></message>")
+    assert client.stream_error() == "invalid-from"
+
+
+def test_from_stamped_with_full_jid(tls_factory, server):
+    """Stanzas are delivered with the sender's full JID, whatever 'from' said (own bare, none)."""
+    alice = Client(tls_factory, "10.0.0.1")
+    bob = Client(tls_factory, "10.0.0.2")
+    alice.login("a")
+    bob.header()
+    bob.features()
+    assert bob.scram("bob", "secret").name == "success"
+    bob.header()
+    bob.features()
+    bob.bind("b")
+    bob.send("<presence/>")
+    bob.received()
+    alice.send("<message to='bob@localhost/b' id='m1'><body>1</body></message>")
+    alice.send("<message from='alice@localhost' to='bob@localhost/b' id='m2'><body>2</body></message>")
+    alice.send("<message from='Alice@LOCALHOST/a' to='bob@localhost/b' id='m3'><body>3</body></message>")
+    got = bob.received()
+    assert [(m["id"], m["from"]) for m in got] == [("m1", "alice@localhost/a"), ("m2", "alice@localhost/a"),
+                                                  ("m3", "alice@localhost/a")]
+
+
+def test_wrong_stanza_namespace(client):
+    """A stanza in another namespace than jabber:client is a stream error."""
+    client.login()
+    client.send("<message xmlns='jabber:server' to='bob@localhost'/>")
+    assert client.stream_error() == "invalid-namespace"
+
+
+def test_unknown_nonza(client):
+    """An unknown top-level element nobody handles is unsupported-stanza-type."""
+    client.login()
+    client.send("<enable xmlns='urn:xmpp:sm:3'/>")
+    assert client.stream_error() == "unsupported-stanza-type"
+
+
+def test_nonza_handled_by_module(client, server):
+    """A stream-element/ handler takes top-level elements of its namespace."""
+    seen: list = []
+    server.events.on("stream-element/urn:xmpp:sm:3:enable", lambda pair: seen.append(pair) or True)
+    client.login()
+    client.send("<enable xmlns='urn:xmpp:sm:3'/>")
+    assert client.received() == [] and seen[0][1].name == "enable"
+    assert seen[0][0] is client.proto.session
+
+
+def test_clean_close(client, server):
+    """</stream:stream> from the client is answered in kind and fires session/closed."""
+    closed = bound_closed(server)
+    client.login()
+    session = client.proto.session
+    client.send("</stream:stream>")
+    client.received()
+    assert client.ended == 1
+    assert closed == [session]
+    assert server.sessions.get("alice@localhost", "res") is None
+    assert client.transport.disconnecting
+    client.lose()
+    assert closed == [session]  # not twice
+
+
+def test_connection_lost_fires_closed(client, server):
+    """A dropped TCP connection ends the session too."""
+    closed = bound_closed(server)
+    client.login()
+    client.lose()
+    assert len(closed) == 1 and server.sessions.count() == 0
+
+
+def test_connection_limit_per_ip(tls_factory):
+    """Beyond max_connections_per_ip the connection is aborted; closing one frees a slot."""
+    clients = [Client(tls_factory, "10.9.9.9") for _ in range(3)]
+    assert not any(c.transport.disconnecting for c in clients)
+    fourth = Client(tls_factory, "10.9.9.9")
+    assert fourth.transport.disconnecting and fourth.transport.value() == b""
+    fourth.lose()
+    other = Client(tls_factory, "10.9.9.10")
+    assert not other.transport.disconnecting
+    clients[0].lose()
+    fifth = Client(tls_factory, "10.9.9.9")
+    assert not fifth.transport.disconnecting
+
+
+def test_sasl_failure_delayed_by_throttle(client, server):
+    """The first failure is answered at once, the next ones after a growing delay."""
+    client.header()
+    client.features()
+    client.plain("alice", "wrong")
+    assert client.one().firstChildElement().name == "not-authorized"
+    client.plain("alice", "wrong")
+    assert client.received() == []
+    server.clock.advance(1.9)
+    assert client.received() == []
+    server.clock.advance(0.1)
+    assert client.one().firstChildElement().name == "not-authorized"
+
+
+def test_success_resets_throttle(client, server, tls_factory):
+    """After a success the address starts again with no delay."""
+    client.header()
+    client.features()
+    client.plain("alice", "wrong")
+    client.received()
+    assert client.scram().name == "success"
+    other = Client(tls_factory)
+    other.header()
+    other.features()
+    other.plain("alice", "wrong")
+    assert other.one().name == "failure"
+
+
+def test_too_many_failures_close_stream(client, server):
+    """The fifth failure closes the stream with policy-violation."""
+    client.header()
+    client.features()
+    for _ in range(5):
+        client.plain("alice", "wrong")
+        server.clock.advance(10)
+    els = client.received()
+    assert [e.name for e in els] == ["failure"] * 5 + ["error"]
+    assert els[-1].firstChildElement().name == "policy-violation"
+    assert client.transport.disconnecting
+
+
+def test_abort_is_not_delayed(client):
+    """<abort/> is answered at once with aborted."""
+    client.header()
+    client.features()
+    client.send(f"<auth xmlns='{ns.SASL}' mechanism='SCRAM-SHA-256'>=</auth>")
+    assert client.one().name == "challenge"
+    client.send(f"<abort xmlns='{ns.SASL}'/>")
+    assert client.one().firstChildElement().name == "aborted"
+
+
+def test_invalid_mechanism(client):
+    """Asking for a mechanism that was not offered fails with invalid-mechanism."""
+    client.header()
+    client.features()
+    client.send(f"<auth xmlns='{ns.SASL}' mechanism='X-OAUTH'>=</auth>")
+    assert client.one().firstChildElement().name == "invalid-mechanism"
+
+
+def test_restricted_xml_closes_stream(client):
+    """Parser errors surface as stream errors on the connection."""
+    client.header()
+    client.features()
+    client.send("<!-- hi -->")
+    assert client.stream_error() == "restricted-xml"
+
+
+def test_pipelined_guesses_are_throttled(client, server):
+    """Password guesses sent without waiting for the answers are not checked
+    faster than the throttle allows: a right password pipelined behind wrong
+    ones is only accepted once the earlier failures have been answered."""
+    client.header()
+    client.features()
+    for password in ("w1", "w2", "w3"):
+        client.plain("alice", password)
+    client.plain("alice", "pencil")
+    assert [e.name for e in client.received()] == ["failure"]  # first failure: no delay
+    assert client.transport.producerState == "paused"
+    server.clock.advance(2)      # second failure: 2 s
+    assert [e.name for e in client.received()] == ["failure"]
+    server.clock.advance(3.9)    # third failure: 4 s
+    assert client.received() == []
+    server.clock.advance(0.1)
+    assert [e.name for e in client.received()] == ["failure", "success"]
+    assert client.transport.producerState == "producing"
+
+
+def test_elements_held_while_auth_in_flight(client, server, monkeypatch):
+    """While a password check runs (in a thread, in production) further
+    elements wait for its answer instead of racing it."""
+    from twisted.internet import defer
+
+    pending: list = []
+
+    def slow_check(jid, password):
+        d = defer.Deferred()
+        pending.append((d, password == "pencil"))
+        return d
+
+    monkeypatch.setattr(server.stores.users, "check_password", slow_check)
+    client.header()
+    client.features()
+    client.plain("alice", "pencil")
+    client.plain("alice", "again")
+    assert len(pending) == 1 and client.received() == []
+    d, ok = pending.pop()
+    d.callback(ok)
+    assert [e.name for e in client.received()] == ["success"]
+    assert pending == []  # the pipelined <auth/> was discarded at the restart
+
+
+def test_starttls_plaintext_injection_ignored(server):
+    """Bytes sent in the clear after <starttls/> (in the same read) are not
+    processed as if they came over TLS (CVE-2011-0411 style injection)."""
+    c = Client(C2SFactory(server, FakeTLS(), direct_tls=False))
+    c.header()
+    c.features()
+    c.send(f"<starttls xmlns='{ns.TLS}'/><auth xmlns='{ns.SASL}' mechanism='PLAIN'>"
+           + base64.b64encode(b"\0alice\0pencil").decode() + "</auth>")
+    assert [e.name for e in c.received()] == ["proceed"]
+
+
+def test_restart_must_keep_host(server, tls_factory):
+    """After SASL the restarted stream may not switch to another hosted domain."""
+    server.hosts = frozenset({"localhost", "other.example"})
+    c = Client(tls_factory)
+    c.header()
+    c.features()
+    assert c.scram().name == "success"
+    c.header(to="other.example")
+    assert c.stream_error() == "host-unknown"

@@ -1,0 +1,108 @@
+"""twistd start-up (tap.py): the database check before the reactor runs,
+and the service that starts the server before its listeners."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from chatbx_server import tap
+from chatbx_server.storage import migrate
+
+
+def fail_message(capsys, url: str) -> str:
+    """Run prepare_database expecting a refusal; return its one stderr line."""
+    with pytest.raises(SystemExit) as exc:
+        tap.prepare_database(url)
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and err.count("\n") == 1, repr(err)
+    assert err.startswith("chatbx: error: ")
+    return err
+
+
+def test_fresh_sqlite_is_upgraded(tmp_path):
+    """A new SQLite file is created and brought to the head revision."""
+    url = f"sqlite:///{tmp_path / 'chatbx.sqlite'}"
+    tap.prepare_database(url)
+    assert migrate.check(url) == migrate.SchemaState.CURRENT
+    tap.prepare_database(url)  # idempotent
+    assert migrate.current(url) == migrate.head()
+
+
+def test_behind_sqlite_is_upgraded(tmp_path, monkeypatch):
+    """A SQLite database behind the code is upgraded rather than refused."""
+    url = f"sqlite:///{tmp_path / 'chatbx.sqlite'}"
+    upgraded: list[str] = []
+    monkeypatch.setattr(migrate, "check", lambda u: migrate.SchemaState.BEHIND)
+    monkeypatch.setattr(migrate, "upgrade", lambda u: upgraded.append(u))
+    tap.prepare_database(url)
+    assert upgraded == [url]
+
+
+@pytest.fixture
+def empty_postgres(postgres_admin_engine) -> Iterator[str]:
+    """An empty throwaway PostgreSQL database (skipped when none is reachable)."""
+    from tests.conftest import _fresh_postgres
+
+    yield from _fresh_postgres(postgres_admin_engine)
+
+
+def test_empty_postgres_refused(empty_postgres, capsys):
+    """PostgreSQL is never migrated at start: an empty one is refused with the command to run."""
+    err = fail_message(capsys, empty_postgres)
+    assert "run: chatbxctl db upgrade" in err and "no chatbx schema" in err
+    assert migrate.check(empty_postgres) == migrate.SchemaState.EMPTY  # untouched
+
+
+def test_behind_postgres_refused(capsys, monkeypatch):
+    """A PostgreSQL schema behind the code is refused with the upgrade command."""
+    monkeypatch.setattr(migrate, "check", lambda u: migrate.SchemaState.BEHIND)
+    monkeypatch.setattr(migrate, "upgrade", lambda u: pytest.fail("must not migrate PostgreSQL"))
+    err = fail_message(capsys, "postgresql://x@127.0.0.1/db")
+    assert "behind" in err and "chatbxctl db upgrade" in err
+
+
+def test_ahead_refused_on_any_backend(capsys, monkeypatch, tmp_path):
+    """A schema newer than the code is refused, SQLite included (never downgraded)."""
+    monkeypatch.setattr(migrate, "check", lambda u: migrate.SchemaState.AHEAD)
+    monkeypatch.setattr(migrate, "current", lambda u: "f00d")
+    monkeypatch.setattr(migrate, "upgrade", lambda u: pytest.fail("must not migrate"))
+    err = fail_message(capsys, f"sqlite:///{tmp_path / 'x.sqlite'}")
+    assert "f00d" in err and "upgrade chatbx" in err
+
+
+def test_unreachable_database(capsys):
+    """A database that cannot be reached gives one line, not a traceback."""
+    err = fail_message(capsys, "postgresql://postgres@127.0.0.1:1/none")
+    assert "cannot use the database" in err
+
+
+def test_service_starts_server_before_listeners_and_stops_after():
+    """ChatbxService starts the server, then children; stops children, then the server."""
+    from twisted.application import service
+
+    order: list[str] = []
+
+    class FakeServer:
+        def start(self):
+            order.append("server start")
+
+        def stop(self):
+            order.append("server stop")
+
+    class Child(service.Service):
+        def startService(self):
+            order.append("listener start")
+            super().startService()
+
+        def stopService(self):
+            order.append("listener stop")
+            return super().stopService()
+
+    top = tap.ChatbxService(FakeServer())
+    Child().setServiceParent(top)
+    top.startService()
+    top.stopService()
+    assert order == ["server start", "listener start", "listener stop", "server stop"]
