@@ -147,6 +147,8 @@ class LimitsConfig:
     max_connections_per_ip: int = 100
     auth_failure_delay: float = 1.0
     auth_failure_max_delay: float = 10.0
+    #: seconds a connection may take from connecting to a bound resource
+    negotiation_timeout: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.logger import Logger
+from chatbx_server.logs import log_observer
 from twisted.words.xish import domish
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 # Priorities, highest first. Filters may drop or rewrite, archive and copy
 # observe, deliver hands the stanza over, fallback answers what is left.

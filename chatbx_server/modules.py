@@ -18,11 +18,12 @@ from twisted.words.xish import domish
 
 from chatbx_server.events import DELIVER, StanzaEvent
 from chatbx_server.xmpp.stanzas import StanzaError, error_reply, result_reply
+from chatbx_server.logs import log_observer
 
 if TYPE_CHECKING:
     from chatbx_server.server import Server
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 IQResult = Union[None, domish.Element, Awaitable[Optional[domish.Element]]]
 IQHandler = Callable[[StanzaEvent], IQResult]

@@ -17,11 +17,12 @@ from twisted.words.xish import domish
 from chatbx_server.events import StanzaEvent
 from chatbx_server.xmpp.jid import JID, InvalidJID, parse_or_none
 from chatbx_server.xmpp.stanzas import error_reply, is_error_or_result
+from chatbx_server.logs import log_observer
 
 if TYPE_CHECKING:
     from chatbx_server.server import Server
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 STANZA_NAMES = frozenset(("message", "presence", "iq"))
 

@@ -20,8 +20,9 @@ from chatbx_server.features import enabled_modules
 from chatbx_server.modules import ModuleManager
 from chatbx_server.router import Router
 from chatbx_server.sessions import SessionManager
+from chatbx_server.logs import log_observer
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 
 class Server:

@@ -19,8 +19,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from chatbx_server import _compat  # noqa: F401  (before any wokkel import)
+from chatbx_server.logs import log_observer
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 
 class Options(usage.Options):
@@ -101,6 +102,9 @@ def makeService(options: Options) -> service.IService:
         certificates = ensure_certificates(config)
     except (ConfigError, OSError) as exc:
         _fail(str(exc))
+    from chatbx_server.logs import set_level
+
+    set_level(config.log.level)
     url = config.database.url or default_sqlite_url(config.data_dir)
     prepare_database(url)
     tls = TLSContexts(certificates)

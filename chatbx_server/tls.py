@@ -28,6 +28,8 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLContextFactory, IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
+
+from chatbx_server.logs import log_observer
 from zope.interface import implementer
 
 from chatbx_server.config import ConfigError
@@ -48,7 +50,7 @@ __all__ = [
     "get_tls_connection",
 ]
 
-log = Logger(namespace="chatbx.tls")
+log = Logger(namespace="chatbx.tls", observer=log_observer)
 
 #: TLS 1.2 suites (Mozilla "intermediate"): forward secrecy, AEAD only.
 #: TLS 1.3 suites are OpenSSL's defaults, all of them modern.

@@ -19,11 +19,12 @@ from twisted.words.xish import domish
 from chatbx_server.c2s.scram import Credentials, ScramError, ScramServer, decoy_credentials
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
+from chatbx_server.logs import log_observer
 
 if TYPE_CHECKING:
     from chatbx_server.server import Server
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 SCRAM_MECHANISMS = {
     "SCRAM-SHA-256-PLUS": ("SHA-256", True),

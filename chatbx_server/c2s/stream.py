@@ -26,11 +26,12 @@ from chatbx_server.c2s.session import ClientSession
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
 from chatbx_server.xmpp.stanzas import StanzaError, StreamError, error_reply, result_reply
+from chatbx_server.logs import log_observer
 
 if TYPE_CHECKING:
     from chatbx_server.server import Server
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
 MAX_SASL_FAILURES = 5
@@ -60,6 +61,7 @@ class C2SStream(Protocol):
         #: elements received while a SASL step or a delayed failure is
         #: pending; None when not holding (see _hold)
         self._held: Optional[list[domish.Element]] = None
+        self._timeout: Any = None
 
     # -- connection ------------------------------------------------------
     def connectionMade(self) -> None:
@@ -69,9 +71,23 @@ class C2SStream(Protocol):
             self.transport.abortConnection()
             return
         self._reset_parser()
+        # Bounded: a connection that never logs in does not stay forever.
+        self._timeout = self.server.clock.callLater(
+            self.factory.limits.negotiation_timeout, self._negotiation_timed_out)
+
+    def _negotiation_timed_out(self) -> None:
+        self._timeout = None
+        if self.state not in (BOUND, CLOSED):
+            self.close_stream("connection-timeout", "negotiation took too long")
+
+    def _cancel_timeout(self) -> None:
+        timeout, self._timeout = self._timeout, None
+        if timeout is not None and timeout.active():
+            timeout.cancel()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.state = CLOSED
+        self._cancel_timeout()
         self.factory.release(self)
         self._end_session()
         self.parser = None
@@ -360,6 +376,7 @@ class C2SStream(Protocol):
             replaced.close("conflict", "replaced by a new connection")
         self.session = session
         self.state = BOUND
+        self._cancel_timeout()
         reply = result_reply(element)
         reply.addElement((ns.BIND, "bind")).addElement("jid", content=full.full)
         reply.attributes.pop("from", None)

@@ -41,8 +41,9 @@ from chatbx_server.features.time import xep0082_datetime
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
 from chatbx_server.xmpp import ns
+from chatbx_server.logs import log_observer
 
-log = Logger()
+log = Logger(observer=log_observer)
 
 HINTS = "urn:xmpp:hints"
 CHATSTATES = "http://jabber.org/protocol/chatstates"

@@ -24,6 +24,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+
+from chatbx_server.logs import log_observer
 from twisted.python.threadpool import ThreadPool
 
 from chatbx_server.storage.errors import StorageError
@@ -46,7 +48,7 @@ MAX_RETRIES = 3
 # and the connection-exception class (08xxx) plus admin/crash shutdown.
 _PG_TRANSIENT_CODES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 
-log = Logger(namespace="chatbx.storage")
+log = Logger(namespace="chatbx.storage", observer=log_observer)
 
 
 def default_sqlite_url(data_dir: str | Path) -> str:

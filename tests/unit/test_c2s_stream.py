@@ -583,3 +583,21 @@ def test_restart_must_keep_host(server, tls_factory):
     assert c.scram().name == "success"
     c.header(to="other.example")
     assert c.stream_error() == "host-unknown"
+
+
+def test_negotiation_timeout_closes_idle_connection(server, tls_factory):
+    """A connection that does not bind a resource in time is closed with connection-timeout."""
+    c = Client(tls_factory)
+    c.header()
+    c.features()
+    server.clock.advance(tls_factory.limits.negotiation_timeout + 1)
+    assert c.stream_error() == "connection-timeout"
+
+
+def test_bound_connection_outlives_negotiation_timeout(server, tls_factory):
+    """Once a resource is bound the negotiation timer is gone."""
+    c = Client(tls_factory)
+    c.login()
+    server.clock.advance(tls_factory.limits.negotiation_timeout + 1)
+    assert c.stream_error() is None
+    assert not c.transport.disconnecting
