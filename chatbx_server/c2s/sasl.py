@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from chatbx_server.c2s.scram import Credentials, ScramError, ScramServer, decoy_credentials
+from chatbx_server.c2s.scram import ScramError, ScramServer, decoy_credentials
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
 from chatbx_server.logs import log_observer
@@ -147,8 +147,6 @@ class SASLExchange:
         if creds is None:
             creds = decoy_credentials(self.server.secret, self.scram.hash_name, self.jid.bare,
                                       iterations=getattr(self.server.stores.users, "iterations", 4096))
-        else:
-            creds = Credentials(creds.salt, creds.iterations, creds.stored_key, creds.server_key)
         return ("challenge", self.scram.server_first(creds))
 
     @defer.inlineCallbacks

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 HASHES = {"SHA-1": "sha1", "SHA-256": "sha256"}
+#: bytes of salt for new credentials (and for decoys, which must look alike)
+SALT_LENGTH = 32
 
 
 class ScramError(Exception):
@@ -27,6 +29,8 @@ class ScramError(Exception):
 
 @dataclass(frozen=True)
 class Credentials:
+    """What a SCRAM server keeps for one account and hash (RFC 5802 §3)."""
+
     salt: bytes
     iterations: int
     stored_key: bytes
@@ -36,25 +40,38 @@ class Credentials:
 def salted_password(hash_name: str, password: str, salt: bytes, iterations: int) -> bytes:
     """Hi(Normalize(password), salt, i) of RFC 5802 §2.2.
 
-    The password is prepared with the OpaqueString profile (RFC 8265,
-    which replaced SASLprep for passwords).
+    Normalize is SASLprep (RFC 4013), what SCRAM clients apply; a password
+    SASLprep refuses raises ValueError.
     """
-    from precis_i18n import get_profile
+    from scramp.utils import saslprep
 
-    prepared = get_profile("OpaqueString").enforce(password)
+    try:
+        prepared = saslprep(password)
+    except Exception as exc:  # scramp raises its own error type
+        raise ValueError("password not allowed (SASLprep)") from exc
     return hashlib.pbkdf2_hmac(HASHES[hash_name], prepared.encode("utf-8"), salt, iterations)
 
 
 def derive_credentials(hash_name: str, password: str, salt: Optional[bytes] = None,
                        iterations: int = 4096) -> Credentials:
     """The stored form of a password: what the server keeps (RFC 5802 §3)."""
-    salt = salt if salt is not None else os.urandom(16)
+    salt = salt if salt is not None else os.urandom(SALT_LENGTH)
     salted = salted_password(hash_name, password, salt, iterations)
     algo = HASHES[hash_name]
     client_key = hmac.digest(salted, b"Client Key", algo)
     stored_key = hashlib.new(algo, client_key).digest()
     server_key = hmac.digest(salted, b"Server Key", algo)
     return Credentials(salt, iterations, stored_key, server_key)
+
+
+def verify_password(credentials: Credentials, hash_name: str, password: str) -> bool:
+    """Whether ``password`` matches stored credentials (for SASL PLAIN)."""
+    try:
+        derived = derive_credentials(hash_name, password, credentials.salt, credentials.iterations)
+    except ValueError:
+        return False
+    return (hmac.compare_digest(derived.stored_key, credentials.stored_key)
+            and hmac.compare_digest(derived.server_key, credentials.server_key))
 
 
 def _unescape_saslname(value: str) -> str:
@@ -204,7 +221,7 @@ class ScramServer:
 
 
 def decoy_credentials(secret: bytes, hash_name: str, username: str,
-                      iterations: int = 4096, salt_length: int = 32) -> Credentials:
+                      iterations: int = 4096, salt_length: int = SALT_LENGTH) -> Credentials:
     """Stable fake credentials for an unknown user.
 
     The exchange then fails at the proof, like a wrong password, so the

@@ -10,17 +10,15 @@ JIDs arrive as already-prepared bare JID strings ``user@domain``.
 
 from __future__ import annotations
 
-import hmac
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-import scramp
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from twisted.internet.defer import Deferred
 
+from chatbx_server.c2s import scram
 from chatbx_server.storage.database import Database
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.schema import roster_versions, scram_credentials, users
@@ -36,19 +34,13 @@ __all__ = [
     "user_id_txn",
 ]
 
-#: Hash names stored per account, mapped to scramp's mechanism names.
+#: Hash names stored per account, with their SASL mechanism names.
 MECHANISMS = {"SHA-1": "SCRAM-SHA-1", "SHA-256": "SCRAM-SHA-256"}
 DEFAULT_ITERATIONS = 4096
 
 
-@dataclass(frozen=True)
-class ScramCredentials:
-    """What a SCRAM server needs for one account and hash (RFC 5802 §3)."""
-
-    salt: bytes
-    iterations: int
-    stored_key: bytes
-    server_key: bytes
+#: the SCRAM module's credentials type: one definition for store and server
+ScramCredentials = scram.Credentials
 
 
 def split_jid(jid: str) -> tuple[str, str]:
@@ -104,17 +96,8 @@ def derive_credentials(
     Raises:
         ValueError: the password is refused by SASLprep.
     """
-    result = {}
-    for name, scram_name in MECHANISMS.items():
-        try:
-            salt, stored_key, server_key, count = scramp.ScramMechanism(
-                scram_name
-            ).make_auth_info(password, iteration_count=iterations)
-        except scramp.ScramException as exc:
-            raise ValueError("password not allowed (SASLprep)") from exc
-        result[name] = ScramCredentials(bytes(salt), int(count), bytes(stored_key),
-                                        bytes(server_key))
-    return result
+    return {name: scram.derive_credentials(name, password, iterations=iterations)
+            for name in MECHANISMS}
 
 
 def _insert_credentials_txn(
@@ -244,21 +227,10 @@ def check_password_txn(conn: Connection, jid: str, password: str) -> bool:
     if creds is None:
         # Spend the same PBKDF2 work as for a real account, so the answer
         # time does not tell which accounts exist.
-        try:
-            scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
-                password, iteration_count=_DECOY_ITERATIONS, salt=b"\0" * 32)
-        except scramp.ScramException:
-            pass
+        decoy = scram.Credentials(b"\0" * scram.SALT_LENGTH, _DECOY_ITERATIONS, b"", b"")
+        scram.verify_password(decoy, "SHA-256", password)
         return False
-    try:
-        _, stored_key, server_key, _ = scramp.ScramMechanism("SCRAM-SHA-256").make_auth_info(
-            password, iteration_count=creds.iterations, salt=creds.salt
-        )
-    except scramp.ScramException:
-        return False
-    return hmac.compare_digest(bytes(stored_key), creds.stored_key) and hmac.compare_digest(
-        bytes(server_key), creds.server_key
-    )
+    return scram.verify_password(creds, "SHA-256", password)
 
 
 class UserStore:

@@ -249,8 +249,8 @@ def test_final_without_proof_or_bad_base64_is_malformed():
         assert err.value.condition == "malformed-request"
 
 
-def test_password_is_prepared_with_opaquestring():
-    """Passwords are NFC-normalised, so composed and decomposed forms match (RFC 8265)."""
+def test_password_is_prepared_with_saslprep():
+    """Passwords are SASLprep-normalised (RFC 5802 §2.2), so composed and decomposed forms match."""
     salt = b"s" * 16
     a = derive_credentials("SHA-256", "caf\u00e9", salt=salt)
     b = derive_credentials("SHA-256", "cafe\u0301", salt=salt)
