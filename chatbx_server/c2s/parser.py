@@ -15,6 +15,8 @@ from twisted.words.xish import domish
 
 from chatbx_server.xmpp.stanzas import StreamError
 
+PARSE_CHUNK = 4096
+
 
 class SafeElementStream(domish.ExpatElementStream):
     """domish's expat stream with XMPP's restrictions and our limits."""
@@ -25,6 +27,7 @@ class SafeElementStream(domish.ExpatElementStream):
         self.max_depth = max_depth
         self.max_attributes = max_attributes
         self.depth = 0
+        self.stanza_start = 0
         p = self.parser
         p.CommentHandler = self._restricted
         p.ProcessingInstructionHandler = self._restricted
@@ -45,14 +48,30 @@ class SafeElementStream(domish.ExpatElementStream):
 
     def parse(self, buffer: bytes) -> None:
         try:
-            super().parse(buffer)
+            # Small pieces: domish checks its byte count after each Parse()
+            # call, so an oversized start tag (a self-closing stanza with a
+            # huge attribute) is caught before it completes.
+            for start in range(0, len(buffer), PARSE_CHUNK):
+                super().parse(buffer[start:start + PARSE_CHUNK])
         except domish.ParserError as exc:
             if "Maximum stanza size" in str(exc) or "Maximum element count" in str(exc):
                 raise StreamError("policy-violation", "stanza too large") from None
             raise StreamError("not-well-formed") from None
 
+    def _check_size(self) -> None:
+        # domish checks the size only after Parse() returns, and resets it
+        # when a stanza completes: a whole oversized stanza arriving in one
+        # read (TLS hands over many records at once) would pass. Measure
+        # the stanza's bytes while it is parsed instead.
+        if self.depth >= 2 and self.parser.CurrentByteIndex - self.stanza_start > self.maxStanzaSize:
+            raise StreamError("policy-violation", "stanza too large")
+
     def _onStartElement(self, name: str, attrs: dict) -> None:
         self.depth += 1
+        if self.depth == 2:
+            self.stanza_start = self.parser.CurrentByteIndex
+        else:
+            self._check_size()
         if self.depth > self.max_depth:
             raise StreamError("policy-violation", "elements nested too deeply")
         if len(attrs) > self.max_attributes:
@@ -60,5 +79,10 @@ class SafeElementStream(domish.ExpatElementStream):
         super()._onStartElement(name, attrs)
 
     def _onEndElement(self, name: str) -> None:
+        self._check_size()
         self.depth -= 1
         super()._onEndElement(name)
+
+    def _onCdata(self, data: str) -> None:
+        self._check_size()
+        super()._onCdata(data)

@@ -161,3 +161,34 @@ def test_too_many_attributes():
     rec.feed(HEADER)
     rec.feed(b"<message " + b" ".join(b"a%d='x'" % i for i in range(8)) + b"/>")
     assert len(rec.elements) == 1
+
+
+def test_whole_oversized_stanza_in_one_read():
+    """A complete stanza over the limit that arrives in a single read is still refused."""
+    stream = SafeElementStream(max_stanza_size=65536, max_depth=64, max_attributes=64)
+    stream.DocumentStartEvent = lambda root: None
+    got = []
+    stream.ElementEvent = got.append
+    stream.DocumentEndEvent = lambda: None
+    body = "x" * 70000
+    data = ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+            f"<message to='a@b'><body>{body}</body></message>").encode()
+    with pytest.raises(StreamError) as exc:
+        stream.parse(data)
+    assert exc.value.condition == "policy-violation"
+    assert got == []
+
+
+def test_oversized_self_closing_stanza_in_one_read():
+    """A huge attribute on a self-closing stanza is refused before it completes."""
+    stream = SafeElementStream(max_stanza_size=65536, max_depth=64, max_attributes=64)
+    stream.DocumentStartEvent = lambda root: None
+    got = []
+    stream.ElementEvent = got.append
+    stream.DocumentEndEvent = lambda: None
+    data = ("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+            f"<presence status='{'y' * 70000}'/>").encode()
+    with pytest.raises(StreamError) as exc:
+        stream.parse(data)
+    assert exc.value.condition == "policy-violation"
+    assert got == []
