@@ -451,6 +451,8 @@ def _with_b64(element: domish.Element, data: bytes) -> domish.Element:
 class C2SFactory(Factory):
     """Builds client streams for one listening port."""
 
+    noisy = False  # no "Starting factory" lines; the listener logs its port
+
     def __init__(self, server: "Server", tls: Any, direct_tls: bool = False) -> None:
         self.server = server
         self.tls = tls
