@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import Any, Iterator, Mapping
 
 import constantly
 import twisted.python.compat as _tw_compat
 
 
-def _iteritems(d):  # type: ignore[no-untyped-def]
+def _iteritems(d: Mapping[Any, Any]) -> Iterator[tuple[Any, Any]]:
     return iter(d.items())
 
 
-def _itervalues(d):  # type: ignore[no-untyped-def]
+def _itervalues(d: Mapping[Any, Any]) -> Iterator[Any]:
     return iter(d.values())
 
 
@@ -59,7 +60,7 @@ def install() -> None:
                 setattr(mod, attr, getattr(constantly, attr))
             sys.modules["twisted.python.constants"] = mod
             import twisted.python
-            twisted.python.constants = mod  # type: ignore[attr-defined]
+            twisted.python.constants = mod
 
 
 install()

@@ -244,8 +244,8 @@ def _bulk_add(ctx: _Context, name: str) -> None:
     try:
         count = _result(ctx.stores().users.create_many(pairs))
     except UserExists as exc:
-        line = first_line.get(exc.jid)
-        where = f"{label}:{line}" if line else label
+        dup_line = first_line.get(exc.jid)
+        where = f"{label}:{dup_line}" if dup_line else label
         raise CLIError(f"{where}: user already exists: {exc.jid} (no users added)") from None
     print(f"added {count} users", file=ctx.out)
 

@@ -8,8 +8,10 @@ left as twistd shows them.
 
 from __future__ import annotations
 
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            globalLogPublisher)
+from typing import cast
+
+from twisted.logger import (FilteringLogObserver, ILogFilterPredicate, ILogObserver, LogLevel,
+                            LogLevelFilterPredicate, globalLogPublisher)
 
 _LEVELS = {
     "debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
@@ -18,10 +20,16 @@ _LEVELS = {
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 
-#: the observer every chatbx Logger writes to
-log_observer = FilteringLogObserver(lambda event: globalLogPublisher(event), [_predicate])
+#: the observer every chatbx Logger writes to. The casts are for mypy only:
+#: zope.interface's ``@implementer`` (and a plain callable observer) are not
+#: visible to it, so providers of ILogObserver/ILogFilterPredicate look
+#: incompatible with the interface types Twisted annotates.
+log_observer: ILogObserver = cast(ILogObserver, FilteringLogObserver(
+    cast(ILogObserver, lambda event: globalLogPublisher(event)),
+    [cast(ILogFilterPredicate, _predicate)]))
 
 
 def set_level(level: str) -> None:
     """Apply ``[log] level`` (already validated by the config loader)."""
-    _predicate.setLogLevelForNamespace(None, _LEVELS[level.lower()])
+    # "" is the default namespace (Twisted treats any falsy namespace so).
+    _predicate.setLogLevelForNamespace("", _LEVELS[level.lower()])

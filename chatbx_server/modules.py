@@ -9,7 +9,8 @@ disco handler.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Iterable, Optional, Union
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Iterable, Optional, Union,
+                    cast)
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -36,8 +37,9 @@ class Feature:
     name: ClassVar[str] = ""
     #: the specification and version implemented, e.g. "XEP-0199 2.0.1"
     spec: ClassVar[str] = ""
-    #: disco#info features of the server (host JID)
-    disco_features: ClassVar[tuple[str, ...]] = ()
+    #: disco#info features of the server (host JID); not a ClassVar: a
+    #: feature may shadow it per instance in setup() (version's ``hide``)
+    disco_features: tuple[str, ...] = ()
     #: disco#info identities of the server: (category, type, name)
     disco_identities: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     #: disco#info features of every account's bare JID
@@ -71,6 +73,7 @@ class Feature:
         self.hook(f"iq-{type}/{target}/{xmlns}:{name}", lambda ev: self._answer(ev, handler), priority)
 
     def _answer(self, event: StanzaEvent, handler: IQHandler) -> Any:
+        result: Any  # the handler's IQResult, a Failure, or a Deferred
         try:
             result = handler(event)
         except Exception:
@@ -88,7 +91,7 @@ class Feature:
         iq = event.stanza
         if isinstance(result, Failure):
             if result.check(StanzaError):
-                reply = error_reply(iq, result.value)
+                reply = error_reply(iq, cast(StanzaError, result.value))
             elif result.check(NotImplementedError):
                 reply = error_reply(iq, "feature-not-implemented")
             else:

@@ -32,7 +32,7 @@ class Server:
 
     def __init__(self, config: Any, clock: Any = None, database: Any = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[no-redef]
+            from twisted.internet import reactor as clock
         self.config = config
         self.clock = clock
         self.hosts: frozenset[str] = frozenset(config.domains)

@@ -20,12 +20,13 @@ class SessionManager:
 
     def remove(self, session: Any) -> bool:
         """Forget ``session`` unless another one took its resource."""
-        resources = self._by_bare.get(session.bare)
-        if not resources or resources.get(session.resource) is not session:
+        bare, resource = session.bare, session.resource
+        resources = self._by_bare.get(bare)
+        if not resources or resources.get(resource) is not session:
             return False
-        del resources[session.resource]
+        del resources[resource]
         if not resources:
-            del self._by_bare[session.bare]
+            del self._by_bare[bare]
         return True
 
     def get(self, bare: str, resource: Optional[str]) -> Optional[Any]:

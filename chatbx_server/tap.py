@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import internet, service
 from twisted.internet import endpoints
@@ -119,4 +119,5 @@ def makeService(options: Options) -> service.IService:
         factory = C2SFactory(server, tls, direct_tls=True)
         endpoint = _endpoint(reactor, listen.c2s_tls, tls.server_context_factory())
         internet.StreamServerEndpointService(endpoint, factory).setServiceParent(top)
-    return top
+    # MultiService provides IService through @implementer, which mypy cannot see.
+    return cast(service.IService, top)

@@ -185,7 +185,10 @@ def _check_files(pair: tuple[str, str], key: str, path: str | None) -> None:
 
 # --- contexts -----------------------------------------------------------------
 
-def _alpn_select(conn: SSL.Connection, offered: list[bytes]) -> bytes | object:
+# pyOpenSSL names the "no ALPN" sentinel's type privately; the annotation is
+# never evaluated (postponed annotations), so only mypy reads it.
+def _alpn_select(conn: SSL.Connection,
+                 offered: list[bytes]) -> bytes | SSL._NoOverlappingProtocols:
     for proto in ALPN_PROTOCOLS:
         if proto in offered:
             return proto

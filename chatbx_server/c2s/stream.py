@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 from uuid import uuid4
 
 from twisted.internet import defer
@@ -42,6 +42,13 @@ CONNECTED, TLS_NEEDED, AUTH_NEEDED, BIND_NEEDED, BOUND, CLOSED = range(6)
 
 class C2SStream(Protocol):
     """One client connection."""
+
+    # Type-only: Protocol declares Optional[ITransport], but this protocol
+    # runs on a TCP/TLS transport (startTLS, abortConnection, producer
+    # methods) set before connectionMade, and zope.interface methods (no
+    # ``self``) are not callable through the interface type without the
+    # mypy-zope plugin.
+    transport: Any
 
     def __init__(self, factory: "C2SFactory") -> None:
         self.factory = factory
@@ -85,7 +92,7 @@ class C2SStream(Protocol):
         if timeout is not None and timeout.active():
             timeout.cancel()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.state = CLOSED
         self._cancel_timeout()
         self.factory.release(self)
@@ -322,12 +329,13 @@ class C2SStream(Protocol):
 
     def _sasl_failed(self, failure: Failure) -> None:
         failure.trap(SASLFailure)
+        exc = cast(SASLFailure, failure.value)  # trap() let only SASLFailure through
         self.sasl = None
         if self.state != AUTH_NEEDED:
             return
-        condition = failure.value.condition
+        condition = exc.condition
         self.sasl_failures += 1
-        element = failure_element(condition, failure.value.text)
+        element = failure_element(condition, exc.text)
 
         def answer() -> None:
             if self.state != AUTH_NEEDED:

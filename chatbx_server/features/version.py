@@ -25,7 +25,7 @@ SOFTWARE_NAME = "chatbx"
 class VersionFeature(Feature):
     name = "version"
     spec = "XEP-0092 1.1 (Software Version)"
-    disco_features = (ns.VERSION,)
+    disco_features: tuple[str, ...] = (ns.VERSION,)  # setup() may empty it
 
     @dataclass(frozen=True)
     class Options:

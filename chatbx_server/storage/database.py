@@ -255,7 +255,7 @@ class Database:
                 return defer.fail()
         reactor = self._reactor
         if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+            from twisted.internet import reactor
         assert self._threadpool is not None
         return threads.deferToThreadPool(
             reactor, self._threadpool, self._run_txn, desc, fn, args, kwargs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, cast
 
 from alembic import command
 from alembic.config import Config
@@ -77,13 +77,14 @@ def _connect(target: str | Engine) -> Iterator[Connection]:
             sqlite = conn.dialect.name == "sqlite"
             if sqlite:
                 # Outside any transaction, or SQLite ignores the pragma.
-                conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+                # driver_connection is None only for a closed connection.
+                cast(Any, conn.connection.driver_connection).execute("PRAGMA foreign_keys=OFF")
             try:
                 yield conn
             finally:
                 if sqlite and not isinstance(target, str):
                     conn.rollback()
-                    conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+                    cast(Any, conn.connection.driver_connection).execute("PRAGMA foreign_keys=ON")
     finally:
         if isinstance(target, str):
             engine.dispose()

@@ -11,7 +11,7 @@ JIDs arrive as already-prepared bare JID strings ``user@domain``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -146,9 +146,11 @@ def create_users_txn(
     for jid, username, domain, password in parsed:
         creds = derive_credentials(password, iterations)
         try:
-            user_id = conn.execute(
+            # A single-row INSERT always has a primary key row (SQLAlchemy
+            # types it Optional for executemany).
+            user_id = cast("sa.Row[Any]", conn.execute(
                 sa.insert(users).values(username=username, domain=domain, created_at=now)
-            ).inserted_primary_key[0]
+            ).inserted_primary_key)[0]
         except IntegrityError as exc:
             raise UserExists(jid) from exc
         conn.execute(sa.insert(roster_versions).values(user_id=user_id, version=0))
@@ -252,8 +254,7 @@ class UserStore:
         """Create one account. Fails with UserExists."""
         d = self.db.run("users.create", create_users_txn, [(jid, password)], self._now(),
                         self.iterations)
-        d.addCallback(lambda _: None)
-        return d
+        return d.addCallback(lambda _: None)
 
     def create_many(self, pairs: Iterable[tuple[str, str]]) -> Deferred[int]:
         """Create many accounts in one transaction; all or nothing.
