@@ -165,6 +165,14 @@ def test_sni_selects_domain_certificate(certs) -> None:
     assert _san_names(client)[0] == "example.org"
 
 
+def test_contexts_release_idle_buffers(certs) -> None:
+    """Every domain's context frees OpenSSL's buffers on idle connections (memory per connection)."""
+    contexts = TLSContexts(certs)
+    for domain in contexts.domains:
+        # set_mode(0) adds nothing and returns the mode in force.
+        assert contexts.context_for(domain).set_mode(0) & SSL.MODE_RELEASE_BUFFERS
+
+
 def test_tls_1_1_is_refused(certs) -> None:
     """A client limited to TLS 1.1 cannot complete a handshake."""
     contexts = TLSContexts(certs)
