@@ -187,9 +187,7 @@ class RosterFeature(Feature):
         return d
 
     async def _fetch(self, user: str) -> RosterState:
-        roster = self.server.stores.roster
-        version, items = await roster.get_roster(user)
-        requests = await roster.list_requests(user)
+        version, items, requests = await self.server.stores.roster.load(user)
         return RosterState(version, items, requests)
 
     def _changed(self, user: str, state: RosterState) -> None:

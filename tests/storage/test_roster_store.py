@@ -104,3 +104,13 @@ def test_subscription_requests(roster: Any, db_clock: Any, result_of: Any) -> No
     assert result_of(roster.remove_request(ALICE, "zoe@b.org")) is False
     assert result_of(roster.list_requests(ALICE)) == [("amy@b.org", None)]
     assert result_of(roster.get_version(ALICE)) == 0  # requests are not roster changes
+
+
+def test_load_returns_version_items_and_requests(roster: Any, result_of: Any) -> None:
+    """load() gives what get_roster() and list_requests() give, in one transaction."""
+    item = RosterItem("bob@example.org", subscription="to")
+    result_of(roster.set_item(ALICE, item))
+    result_of(roster.add_request(ALICE, "zoe@b.org", "hi"))
+    assert result_of(roster.load(ALICE)) == (1, [item], [("zoe@b.org", "hi")])
+    with pytest.raises(UnknownUser):
+        result_of(roster.load("nobody@example.org"))
