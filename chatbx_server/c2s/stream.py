@@ -97,25 +97,28 @@ class C2SStream(Protocol):
         self._cancel_timeout()
         self.factory.release(self)
         self._end_session()
-        self.parser = None
+        self._detach_parser()
 
     def _reset_parser(self) -> None:
+        self._detach_parser()
         limits = self.factory.limits
         parser = SafeElementStream(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
-
-        def current(handler: Any) -> Any:
-            # A parser replaced in the middle of a read (STARTTLS, SASL
-            # success) goes on parsing the rest of that read: drop what it
-            # finds. RFC 6120 §5.4.3.3: data after <starttls/> is discarded.
-            def call(*args: Any) -> None:
-                if self.parser is parser:
-                    handler(*args)
-            return call
-
-        parser.DocumentStartEvent = current(self._on_stream_start)
-        parser.ElementEvent = current(self._on_element)
-        parser.DocumentEndEvent = current(self._on_stream_end)
+        parser.DocumentStartEvent = self._on_stream_start
+        parser.ElementEvent = self._on_element
+        parser.DocumentEndEvent = self._on_stream_end
         self.parser = parser
+
+    def _detach_parser(self) -> None:
+        """Forget the parser; what it still parses of the current read is dropped.
+
+        A parser replaced in the middle of a read (STARTTLS, SASL success,
+        closing) goes on parsing the rest of that read: RFC 6120 §5.4.3.3,
+        data after <starttls/> is discarded, never acted on.
+        """
+        old, self.parser = self.parser, None
+        if old is not None:
+            old.DocumentStartEvent = old.ElementEvent = _discard
+            old.DocumentEndEvent = _discard
 
     def dataReceived(self, data: bytes) -> None:
         parser = self.parser
@@ -160,7 +163,7 @@ class C2SStream(Protocol):
             log.info("c2s stream error {condition} for {peer}", condition=condition, peer=self.peer)
         self.send_raw("</stream:stream>")
         self.state = CLOSED
-        self.parser = None
+        self._detach_parser()
         self._end_session()
         self.transport.loseConnection()
 
@@ -440,6 +443,10 @@ class C2SStream(Protocol):
         reply["to"] = iq["from"]
         self.send_element(reply)
         return True
+
+
+def _discard(*args: Any) -> None:
+    """Event handler of a parser that was replaced or closed."""
 
 
 def _major_version(version: Optional[str]) -> int:
