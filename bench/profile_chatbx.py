@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Profile chatbx under a benchmark scenario with py-spy, and say where the time goes.
+
+Starts chatbx (pinned to the first CPU, load generator on the others), runs
+one scenario from bench/xmppload while `py-spy record --format raw` samples the
+server, then attributes every sample to the first category found walking from
+the innermost frame outwards: TLS, expat parse, domish building, serialization,
+writes, routing/delivery, c2s stream, storage, reactor, other. Divided by the
+messages the scenario delivered, that is microseconds per message per stage.
+
+    python3 bench/profile_chatbx.py --scenario throughput [--keep]
+    python3 bench/profile_chatbx.py --scenario idle --idle-count 2000   # object counts per connection
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from xmppload import scenarios, servers  # noqa: E402
+from xmppload.scenarios import Target  # noqa: E402
+
+# (category, regex on "function (file:line)"), tried in order on each frame from the leaf outwards
+CATEGORIES = [
+    ("socket I/O (send/recv syscalls)", re.compile(r"untilConcludes|\.(writeSomeData|_dataReceived|doRead) \("
+                                                   r"(twisted/internet/tcp)")),
+    ("TLS (pyOpenSSL/OpenSSL)", re.compile(r"OpenSSL/|twisted/protocols/tls\.py|_sslverify|cffi")),
+    ("serialization (toXml)", re.compile(r"(^|\.)(toXml|serialize|escapeToXml|_escape) \(|Serializer")),
+    ("expat parse (C)", re.compile(r"(^|\.)parse \(.*(domish|parser)\.py")),
+    ("domish building", re.compile(r"domish\.py|chatbx_server/c2s/parser\.py")),
+    ("writes (transport buffering)", re.compile(r"twisted/internet/(abstract|tcp|_newtls)\.py")),
+    ("routing / delivery / features", re.compile(r"chatbx_server/(router|events|sessions|modules|features/)")),
+    ("c2s stream + session", re.compile(r"chatbx_server/c2s/")),
+    ("storage (DB thread handoff)", re.compile(r"chatbx_server/storage|sqlalchemy")),
+    ("xmlstream dispatch (xish)", re.compile(r"twisted/words/")),
+    ("reactor / event loop", re.compile(r"twisted/internet/|twisted/python/")),
+]
+
+
+def categorize(raw_path: str) -> tuple[Counter, int, Counter]:
+    """Samples per category, total samples, and the hottest frames (category | frame)."""
+    cats: Counter = Counter()
+    leaves: Counter = Counter()
+    total = 0
+    with open(raw_path) as fh:
+        for line in fh:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            # py-spy puts the thread name first; idle reactor time is the epoll wait
+            total += n
+            for frame in reversed(frames):
+                hit = next((name for name, rx in CATEGORIES if rx.search(frame)), None)
+                if hit:
+                    cats[hit] += n
+                    leaves[f"{hit[:12]} | {frame}"] += n
+                    break
+            else:
+                cats["other"] += n
+                leaves[f"other | {frames[-1]}"] += n
+    return cats, total, leaves
+
+
+def start(workdir: str, users: int, fan: bool, cpus: list[int], memprobe: bool,
+          trace: bool = False, release_buffers: bool = False) -> servers.ServerHandle:
+    os.makedirs(workdir, exist_ok=True)
+    port, tls_port = servers.free_port(), servers.free_port()
+    cfg = servers.write_chatbx_config(workdir, "localhost", port, tls_port)
+    if not os.path.exists(os.path.join(workdir, "users.txt")):
+        names = [f"bench{n}" for n in range(users)]
+        servers.provision_chatbx(cfg, "localhost", names, "secret", workdir)
+    if not memprobe:
+        return servers.start_chatbx(workdir, "localhost", cpus=cpus, cfg=cfg, port=port, tls_port=tls_port)
+    log_path = os.path.join(workdir, "chatbx.log")
+    twistd_args = ["-n", "--pidfile=", "--logfile", log_path, "chatbx", "--config", cfg]
+    proc = subprocess.Popen([sys.executable, "-m", "xmppload.memprobe", os.path.join(workdir, "probe"),
+                             *(["--tracemalloc"] if trace else []),
+                             *(["--release-buffers"] if release_buffers else []), "--", *twistd_args], cwd=os.path.dirname(os.path.abspath(__file__)),
+                            stdout=open(log_path + ".out", "ab"), stderr=subprocess.STDOUT,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None)
+    handle = servers.ServerHandle("chatbx", proc, port, tls_port, "localhost", workdir, log_path, {"config": cfg})
+    servers.wait_port(port, proc, 60)
+    return handle
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=("throughput", "latency", "login_rate", "idle"), default="throughput")
+    ap.add_argument("--workdir", help="reuse a chatbx workdir (users already added)")
+    ap.add_argument("--idle-count", type=int, default=2000)
+    ap.add_argument("--duration", type=float, default=6.0)
+    ap.add_argument("--rate", type=float, default=10000.0)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--tracemalloc", action="store_true", help="idle: also Python bytes by source line (slow)")
+    ap.add_argument("--release-buffers", action="store_true",
+                    help="idle what-if: patch pyOpenSSL contexts with SSL_MODE_RELEASE_BUFFERS")
+    args = ap.parse_args()
+    py_spy = shutil.which("py-spy")
+    if not py_spy and args.scenario != "idle":
+        print("py-spy not found: pip install py-spy", file=sys.stderr)
+        return 2
+    servers.raise_nofile()
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus, gen_cpus = (cpus[:1], cpus[1:]) if len(cpus) > 1 else ([], [])
+    workdir = args.workdir or tempfile.mkdtemp(prefix="chatbx-profile-")
+    handle = start(workdir, max(200, args.idle_count), False, server_cpus, memprobe=args.scenario == "idle",
+                   trace=args.tracemalloc, release_buffers=args.release_buffers)
+    if gen_cpus:
+        os.sched_setaffinity(0, set(gen_cpus))
+    target = Target("chatbx", "127.0.0.1", handle.port, "localhost", server_pid=handle.pid)
+    try:
+        if args.scenario == "idle":
+            return profile_idle(handle, target, args.idle_count)
+        raw = os.path.join(workdir, f"pyspy-{args.scenario}.txt")
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(handle.pid), "--format", "raw", "--output", raw,
+                                "--rate", "250", "--nonblocking", "--duration", str(int(args.duration + 4))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if args.scenario == "throughput":
+            coro = scenarios.throughput(target, duration=args.duration)
+        elif args.scenario == "latency":
+            coro = scenarios.latency(target, rate=args.rate, duration=args.duration)
+        else:
+            coro = scenarios.login_rate(target, duration=args.duration)
+        res = asyncio.run(coro)[0]
+        spy.wait(60)
+        print(res)
+        cats, total, leaves = categorize(raw)
+        # CPU per message from the scenario's own measurement (server CPU % over the measured
+        # window / rate), split by the sampled shares: robust to py-spy's missed samples.
+        rate = res["value"] if args.scenario != "latency" else res.get("achieved_rate", 0)
+        per_item = (res.get("server_cpu_pct", 100) / 100 * 1e6 / rate) if rate else 0.0
+        unit = "us/login" if args.scenario == "login_rate" else "us/msg"
+        print(f"\n{total} py-spy samples; server CPU {res.get('server_cpu_pct')}% at {rate:.0f}/s "
+              f"= {per_item:.1f} {unit}")
+        print(f"{'category':40s} {'share':>7s} {unit:>8s}")
+        for name, n in cats.most_common():
+            print(f"{name:40s} {100 * n / total:6.1f}% {per_item * n / total:8.2f}")
+        print("hottest frames (the frame that decided the category):")
+        for frame, n in leaves.most_common(25):
+            print(f"  {100 * n / total:5.1f}%  {frame}")
+        print(f"raw profile: {raw}")
+        return 0
+    finally:
+        handle.stop()
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def profile_idle(handle: servers.ServerHandle, target: Target, count: int) -> int:
+    """Object counts before and after `count` idle connections (memprobe reports, SIGUSR1)."""
+    probe_dir = os.path.join(handle.workdir, "probe")
+
+    async def go() -> None:
+        await asyncio.sleep(1.0)
+        handle.proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(2.0)
+        conns, errors = await scenarios.login_many(target, range(count), 100, 120.0)
+        await asyncio.sleep(2.0)
+        handle.proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(3.0)
+        print(f"{len(conns)} idle connections, {len(errors)} failures")
+        scenarios.close_all(conns)
+
+    asyncio.run(go())
+    before, after = (parse_probe(os.path.join(probe_dir, f"probe-{i}.txt")) for i in (1, 2))
+    rss = after["_rss"] - before["_rss"]
+    print(f"RSS +{rss} KiB = {rss / count:.1f} KiB per connection")
+    print(f"{'type':60s} {'per conn':>9s}")
+    diffs = {k: after.get(k, 0) - before.get(k, 0) for k in after if not k.startswith("_")}
+    for name, d in sorted(diffs.items(), key=lambda kv: -kv[1])[:30]:
+        print(f"{name:60s} {d / count:9.2f}")
+    print(f"gc-tracked objects per connection: {(after['_gc'] - before['_gc']) / count:.1f}")
+    if "_traced" in after:
+        traced = after["_traced"] - before["_traced"]
+        print(f"Python heap (tracemalloc) +{traced / count:.1f} KiB per connection; the rest of RSS "
+              f"({(rss - traced) / count:.1f} KiB) is C: OpenSSL, expat, allocator slack")
+        print(open(os.path.join(probe_dir, "probe-2.txt")).read().split("tracemalloc total")[1][:3000])
+    return 0
+
+
+def parse_probe(path: str) -> dict:
+    out: dict = {}
+    for line in open(path):
+        if line.startswith("tracemalloc total"):
+            out["_traced"] = float(line.split()[2])
+        elif line.startswith("VmRSS"):
+            out["_rss"] = int(line.split()[1])
+        elif line.startswith("gc objects"):
+            out["_gc"] = int(line.split()[-1])
+        else:
+            m = re.match(r"\s*(\d+)\s{2}(\S+)$", line)
+            if m:
+                out[m.group(2)] = int(m.group(1))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Smoke test of the benchmark (bench/compare, bench/xmppload): a tiny run against chatbx.
+
+This is not a timed test: it proves every scenario still runs end to end
+against the real server (twistd -n chatbx on free loopback ports, users via
+chatbxctl) and that every message and presence the load generator sent was
+delivered, from the right sender. The figures themselves are not checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+from xmppload import report, scram  # noqa: E402
+
+
+def test_scram_client_matches_a_scramp_server() -> None:
+    """Our SCRAM-SHA-256 client proof is accepted by scramp's server side, and we verify its signature."""
+    scramp = pytest.importorskip("scramp")
+    mech = scramp.ScramMechanism("SCRAM-SHA-256")
+    salt, stored_key, server_key, iterations = mech.make_auth_info("pencil", iteration_count=4096)
+
+    def auth_fn(username: str):
+        assert username == "user"
+        return salt, stored_key, server_key, iterations
+
+    server = mech.make_server(auth_fn)
+    client = scram.ScramClient("SCRAM-SHA-256", "user", "pencil")
+    server.set_client_first(client.first().decode())
+    final = client.final(server.get_server_first().encode())
+    server.set_client_final(final.decode())  # raises if our proof is wrong
+    assert client.verify(server.get_server_final().encode())
+    assert not client.verify(b"v=" + b"AAAA" * 11)
+
+
+def test_table_prints_ratio_of_first_to_second_server() -> None:
+    """The comparison table shows both figures and the ratio chatbx/prosody."""
+    results = [{"scenario": "login_rate", "server": "chatbx", "value": 100.0, "unit": "logins/s"},
+               {"scenario": "login_rate", "server": "prosody", "value": 400.0, "unit": "logins/s"}]
+    text = report.table(results, ["chatbx", "prosody"])
+    row = next(line for line in text.splitlines() if line.startswith("login rate"))
+    assert row.split()[-3:] == ["100.00", "400.00", "0.25"]
+
+
+@pytest.mark.integration
+def test_quick_compare_against_chatbx_delivers_everything(tmp_path: Path) -> None:
+    """`bench/compare --quick --only chatbx` runs every scenario and loses nothing it sent."""
+    pytest.importorskip("chatbx_server.tap")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
+                           "--json", str(out), "--time-limit", "90"],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=150,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log = proc.stdout.decode(errors="replace")
+    results = json.loads(out.read_text())
+    assert [r for r in results if r.get("error")] == [], log
+    by_name = {r["scenario"]: r for r in results}
+    assert {"login_rate", "throughput", "latency", "presence_fanout", "throughput_after_logins"} <= set(by_name), log
+    assert any(name.startswith("idle_memory_") for name in by_name), log
+    assert by_name["login_rate"]["completed"] > 0 and by_name["login_rate"]["failures"] == 0
+    for name in ("throughput", "latency", "presence_fanout", "throughput_after_logins"):
+        res = by_name[name]
+        assert res["sent"] > 0 and res["received"] == res["sent"] and res["lost"] == 0, res
+        assert res.get("misrouted", 0) == 0 and res.get("error_replies", 0) == 0, res
+    for name, res in by_name.items():
+        if name.startswith("idle_memory_"):
+            assert res["connections"] > 0 and res["login_failures"] == 0, res
+    assert proc.returncode == 0, log
