@@ -304,12 +304,21 @@ level = "warn"
 
 
 def chatbx_commands() -> tuple[list[str], list[str]]:
-    """How to run twistd and chatbxctl with this interpreter."""
-    twistd = shutil.which("twistd")
-    twistd_cmd = [twistd] if twistd else [sys.executable, "-m", "twisted"]
-    ctl = shutil.which("chatbxctl")
-    ctl_cmd = [ctl] if ctl else [sys.executable, "-m", "chatbx_server.cli"]
-    return twistd_cmd, ctl_cmd
+    """How to run twistd and chatbxctl with this interpreter.
+
+    The scripts beside the interpreter come first (a virtualenv that is not
+    activated), then PATH; chatbxctl also runs as a module.
+    """
+    def script(name: str) -> Optional[str]:
+        beside = os.path.join(os.path.dirname(sys.executable), name)
+        return beside if os.access(beside, os.X_OK) else shutil.which(name)
+
+    twistd = script("twistd")
+    if twistd is None:
+        raise RuntimeError("twistd not found: pip install -e . (Twisted) first")
+    ctl = script("chatbxctl")
+    ctl_cmd = [ctl] if ctl else [sys.executable, "-c", "from chatbx_server.cli import run; run()"]
+    return [twistd], ctl_cmd
 
 
 def write_chatbx_config(workdir: str, domain: str, port: int, tls_port: int) -> str:

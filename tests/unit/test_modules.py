@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.words.xish import domish
 
 from chatbx_server import features as registry
-from chatbx_server.events import DELIVER, FILTER
+from chatbx_server.events import FILTER
 from chatbx_server.modules import Feature, ModuleManager
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.stanzas import StanzaError
