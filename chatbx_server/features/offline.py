@@ -118,6 +118,8 @@ class OfflineFeature(Feature):
                 raise ValueError("max_per_user must be at least 1")
 
     def setup(self) -> None:
+        #: accounts whose stored messages are being fetched and sent
+        self._delivering: set[str] = set()
         self.hook("message/bare", self.on_offline_message, OFFLINE)
         self.hook("pre-presence/bare", self.on_presence, INITIAL_PRESENCE_PRIORITY)
 
@@ -173,11 +175,26 @@ class OfflineFeature(Feature):
         return None
 
     def deliver_to(self, session: Any) -> defer.Deferred:
-        """Send the account's stored messages to ``session``, then delete them."""
+        """Send the account's stored messages to ``session``, then delete them.
+
+        One delivery per account at a time: a second resource coming online
+        while the first one's fetch is in flight would otherwise get the same
+        rows (XEP-0160 delivers to one resource). What arrives meanwhile goes
+        to the available resources directly.
+        """
         user = session.bare
+        if user in self._delivering:
+            return defer.succeed(None)
+        self._delivering.add(user)
         d = self.server.stores.offline.fetch(user)
         d.addCallback(self._send_stored, session, user)
         d.addErrback(self._delivery_failed, user)
+
+        def done(result: Any) -> Any:
+            self._delivering.discard(user)
+            return result
+
+        d.addBoth(done)
         return d
 
     def _send_stored(self, rows: list[tuple[int, str, float]], session: Any, user: str) -> Any:

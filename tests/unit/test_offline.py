@@ -193,3 +193,34 @@ def test_storage_decision_and_parse_round_trip() -> None:
     parsed = parse_stanza(original.toXml())
     assert parsed.toXml() == original.toXml()
     assert (parsed.uri, parsed.name) == (ns.CLIENT, "message")
+
+
+def test_two_resources_coming_online_at_once_get_the_messages_once() -> None:
+    """While one delivery's fetch is in flight, a second initial presence fetches nothing again."""
+    server, bob = setup_server()
+    send(server, bob, "<message to='alice@localhost' id='m1'><body>one</body></message>")
+    store = server.stores.offline
+    real_fetch = store.fetch
+    pending: list[defer.Deferred] = []
+
+    def slow_fetch(user):
+        d = defer.Deferred()
+        real_fetch(user).addCallback(lambda rows: pending.append((d, rows)))
+        return d
+
+    store.fetch = slow_fetch
+    phone = bind(server, "alice@localhost/phone")
+    laptop = bind(server, "alice@localhost/laptop")
+    come_online(server, phone)
+    come_online(server, laptop)
+    assert len(pending) == 1
+    d, rows = pending.pop()
+    d.callback(rows)
+    assert [m["id"] for m in phone.take()] == ["m1"]
+    assert laptop.take() == []
+    assert count(server) == 0
+    # The guard is released: the next login fetches again (and finds nothing).
+    store.fetch = real_fetch
+    tablet = bind(server, "alice@localhost/tablet")
+    come_online(server, tablet)
+    assert tablet.take() == []
