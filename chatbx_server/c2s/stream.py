@@ -69,6 +69,9 @@ class C2SStream(Protocol):
         #: pending; None when not holding (see _hold)
         self._held: Optional[list[domish.Element]] = None
         self._timeout: Any = None
+        self._cb_cache: Optional[dict[str, bytes]] = None
+        #: counted in the factory's per-address connection limit
+        self.admitted = False
 
     # -- connection ------------------------------------------------------
     def connectionMade(self) -> None:
@@ -220,11 +223,10 @@ class C2SStream(Protocol):
         self.close_stream()
 
     def _bindings(self) -> dict[str, bytes]:
-        cached = getattr(self, "_cb_cache", None)
-        if cached is None:
-            cached = self.factory.channel_bindings(self.transport)
-            self._cb_cache = cached
-        return cached
+        """Channel-binding data of this TLS connection, read once."""
+        if self._cb_cache is None:
+            self._cb_cache = self.factory.channel_bindings(self.transport)
+        return self._cb_cache
 
     # -- elements --------------------------------------------------------
     def _on_element(self, element: domish.Element) -> None:
@@ -492,13 +494,13 @@ class C2SFactory(Factory):
             log.warn("c2s connection limit reached for {peer}", peer=stream.peer)
             return False
         self._per_ip[stream.peer] = count + 1
-        stream._admitted = True  # type: ignore[attr-defined]
+        stream.admitted = True
         return True
 
     def release(self, stream: C2SStream) -> None:
-        if not getattr(stream, "_admitted", False):
+        if not stream.admitted:
             return
-        stream._admitted = False  # type: ignore[attr-defined]
+        stream.admitted = False
         count = self._per_ip.get(stream.peer, 1) - 1
         if count <= 0:
             self._per_ip.pop(stream.peer, None)
