@@ -274,6 +274,20 @@ def start_prosody(workdir: str, domain: str = "localhost", cpus: Optional[Sequen
     return handle
 
 
+def prosodyctl_register(workdir: str, user: str, domain: str, password: str) -> None:
+    """Create one account the ordinary way, ``prosodyctl register``.
+
+    `compare` logs in with it beside a bulk-written account: proof that the
+    files `provision_prosody` writes are what Prosody itself writes.
+    """
+    cfg = os.path.join(workdir, "prosody.cfg.lua")
+    result = subprocess.run(["prosodyctl", "--config", cfg, "register", user, domain, password],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, timeout=60)
+    if result.returncode != 0:
+        raise RuntimeError(f"prosodyctl register failed: {result.stdout.decode(errors='replace')}")
+
+
 def ensure_prosody() -> None:
     """Install the Debian prosody package when `prosody` is not on PATH."""
     if shutil.which("prosody"):
