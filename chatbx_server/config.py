@@ -149,6 +149,8 @@ class LimitsConfig:
     auth_failure_max_delay: float = 10.0
     #: seconds a connection may take from connecting to a bound resource
     negotiation_timeout: float = 60.0
+    #: bytes queued for a client that stopped reading before it is dropped
+    max_output_buffer: int = 4194304
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Optional, cast
 from uuid import uuid4
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from chatbx_server.c2s.parser import SafeElementStream
 from chatbx_server.c2s.sasl import (AuthThrottle, SASLExchange, SASLFailure, decode_payload,
@@ -40,6 +42,7 @@ MAX_SASL_FAILURES = 5
 CONNECTED, TLS_NEEDED, AUTH_NEEDED, BIND_NEEDED, BOUND, CLOSED = range(6)
 
 
+@implementer(IPushProducer)
 class C2SStream(Protocol):
     """One client connection."""
 
@@ -72,6 +75,9 @@ class C2SStream(Protocol):
         self._cb_cache: Optional[dict[str, bytes]] = None
         #: counted in the factory's per-address connection limit
         self.admitted = False
+        #: bytes written while the transport says its buffer is full; None
+        #: while the client keeps up
+        self._backlog: Optional[int] = None
 
     # -- connection ------------------------------------------------------
     def connectionMade(self) -> None:
@@ -81,6 +87,9 @@ class C2SStream(Protocol):
             self.transport.abortConnection()
             return
         self._reset_parser()
+        # Learn when the client stops reading (IPushProducer, below), so what
+        # we queue for it stays bounded.
+        self.transport.registerProducer(self, True)
         # Bounded: a connection that never logs in does not stay forever.
         self._timeout = self.server.clock.callLater(
             self.factory.limits.negotiation_timeout, self._negotiation_timed_out)
@@ -140,11 +149,41 @@ class C2SStream(Protocol):
     # -- output ----------------------------------------------------------
     def send_element(self, element: domish.Element) -> None:
         if self.state != CLOSED:
-            self.transport.write(element.toXml().encode("utf-8"))
+            self._write(element.toXml().encode("utf-8"))
 
     def send_raw(self, data: str) -> None:
         if self.state != CLOSED:
-            self.transport.write(data.encode("utf-8"))
+            self._write(data.encode("utf-8"))
+
+    def _write(self, data: bytes) -> None:
+        backlog = self._backlog
+        if backlog is not None:
+            backlog += len(data)
+            self._backlog = backlog
+            if backlog > self.factory.limits.max_output_buffer:
+                self._drop_slow_reader()
+                return
+        self.transport.write(data)
+
+    def _drop_slow_reader(self) -> None:
+        # What is queued will never be read: do not wait for it to drain.
+        log.warn("c2s {peer}: client stopped reading, output buffer full", peer=self.peer)
+        self._backlog = None
+        self.close_stream("policy-violation", "output buffer full: the client does not read")
+        self.transport.abortConnection()
+
+    # -- flow control: the transport tells us when the client stops reading --
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: count what we queue beyond it."""
+        if self._backlog is None:
+            self._backlog = 0
+
+    def resumeProducing(self) -> None:
+        """The client caught up."""
+        self._backlog = None
+
+    def stopProducing(self) -> None:
+        """The connection is going away; connectionLost cleans up."""
 
     def _send_header(self) -> None:
         self.stream_id = uuid4().hex
@@ -168,6 +207,8 @@ class C2SStream(Protocol):
         self.state = CLOSED
         self._detach_parser()
         self._end_session()
+        # A registered producer keeps a TLS transport from shutting down.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _end_session(self) -> None:

@@ -601,3 +601,53 @@ def test_bound_connection_outlives_negotiation_timeout(server, tls_factory):
     server.clock.advance(tls_factory.limits.negotiation_timeout + 1)
     assert c.stream_error() is None
     assert not c.transport.disconnecting
+
+
+def test_client_that_stops_reading_is_dropped_at_the_output_bound(server, tls_factory):
+    """Once the transport reports a full buffer, queued bytes are counted; past
+    max_output_buffer the stream is closed with policy-violation and aborted."""
+    c = Client(tls_factory)
+    c.login()
+    assert c.transport.producer is c.proto  # the stream learns about back-pressure
+    session = c.proto.session
+    c.received()
+    body = "x" * 1000
+    c.proto.pauseProducing()  # what the transport does when its buffer is full
+    limit = tls_factory.limits.max_output_buffer
+    sent = 0
+    while not c.transport.disconnected and sent < limit // 1000 + 10:
+        msg = domish.Element((ns.CLIENT, "message"))
+        msg["to"] = session.jid.full
+        msg.addElement("body", content=body)
+        session.send(msg)
+        sent += 1
+    assert c.transport.disconnected
+    assert sent > limit // 1100  # not before the bound
+    assert c.stream_error() == "policy-violation"
+
+
+def test_client_that_catches_up_is_not_dropped(server, tls_factory):
+    """Pauses that end (resumeProducing) reset the count: a slow but reading client stays."""
+    c = Client(tls_factory)
+    c.login()
+    session = c.proto.session
+    limit = tls_factory.limits.max_output_buffer
+    for _ in range(3):
+        c.proto.pauseProducing()
+        for _ in range(limit // 2000):
+            msg = domish.Element((ns.CLIENT, "message"))
+            msg["to"] = session.jid.full
+            msg.addElement("body", content="y" * 1000)
+            session.send(msg)
+        c.proto.resumeProducing()
+    assert not c.transport.disconnecting
+
+
+def test_closing_unregisters_the_producer(server, tls_factory):
+    """A TLS transport shuts down only once no producer is registered: closing must unregister."""
+    c = Client(tls_factory)
+    c.login()
+    assert c.transport.producer is c.proto
+    c.send("</stream:stream>")
+    assert c.transport.producer is None
+    assert c.transport.disconnecting
