@@ -69,10 +69,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _user_jid(text: str, config: Config) -> str:
     """A prepared bare user JID on a configured domain, or CLIError."""
-    try:
-        from chatbx_server.xmpp.jid import JID, InvalidJID
-    except ImportError:  # pragma: no cover - the JID module ships with chatbx
-        raise CLIError("the JID module is missing") from None
+    from chatbx_server.xmpp.jid import JID, InvalidJID
+
     try:
         jid = JID.parse(text.strip())
     except InvalidJID as exc:
@@ -305,12 +303,10 @@ def cmd_config_check(ctx: _Context, args: argparse.Namespace) -> None:
     config = ctx.config
     from chatbx_server import features
 
-    validate = getattr(features, "validate_module_options", None)
-    if validate is not None:
-        try:
-            validate(config)  # raises ConfigError naming modules.<name>.<key>
-        except ImportError as exc:
-            raise CLIError(f"cannot load an enabled module: {exc}") from None
+    try:
+        features.validate_module_options(config)  # ConfigError names modules.<name>.<key>
+    except ImportError as exc:
+        raise CLIError(f"cannot load an enabled module: {exc}") from None
     # Operator-supplied certificates must exist, load and match their keys;
     # generated ones are created at start, so they are not required here.
     from chatbx_server import tls
@@ -410,10 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _describe_unexpected(exc: Exception, ctx: _Context | None) -> str:
     """One line for errors no command anticipated (database down, disk full)."""
-    try:
-        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-    except ImportError:  # pragma: no cover
-        DBAPIError = SQLAlchemyError = ()  # type: ignore[misc,assignment]
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
     url = _safe_url(ctx.url) if ctx is not None else "the database"
     if isinstance(exc, DBAPIError):
         return f"cannot use database {url}: {_one_line(exc)}"

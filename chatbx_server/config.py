@@ -27,6 +27,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar, Union
 
+from chatbx_server.xmpp.jid import InvalidJID, JID
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -179,11 +181,8 @@ class Config:
         """The effective database URL: ``[database] url`` or SQLite in data_dir."""
         if self.database.url:
             return self.database.url
-        try:
-            from chatbx_server.storage.database import default_sqlite_url
-        except ImportError:  # storage not importable: same convention, local copy
-            path = os.path.abspath(os.path.join(self.data_dir, "chatbx.sqlite"))
-            return "sqlite:///" + path
+        from chatbx_server.storage.database import default_sqlite_url
+
         return default_sqlite_url(self.data_dir)
 
     @property
@@ -343,79 +342,29 @@ def parse_endpoint(text: str, key: str = "", path: str | None = None) -> Endpoin
 
 
 def prepare_domain(domain: str) -> str:
-    """Prepare a domain (RFC 7622 domainpart): lowercase, IDNA2008, length checks.
-
-    Uses the JID module when it exists, so config and stanzas agree on form.
+    """Prepare a domain (RFC 7622 domainpart) exactly as JIDs in stanzas are.
 
     Raises:
         ValueError: the domain is not acceptable.
     """
     try:
-        from chatbx_server.xmpp import jid as jid_module
-    except ImportError:
-        jid_module = None  # type: ignore[assignment]
-    if jid_module is not None:
-        try:
-            parsed = jid_module.JID.parse(domain)
-        except Exception as exc:  # InvalidJID and friends
-            raise ValueError(f"invalid domain {domain!r}: {exc}") from None
-        if getattr(parsed, "user", None) or getattr(parsed, "resource", None):
-            raise ValueError(f"invalid domain {domain!r}: not a bare domain")
-        return str(getattr(parsed, "host", parsed))
-    return _prepare_domain_local(domain)
-
-
-def _prepare_domain_local(domain: str) -> str:
-    import idna
-
-    text = domain.strip()
-    if text.endswith("."):
-        text = text[:-1]
-    if not text or any(c in text for c in "@/ \t"):
-        raise ValueError(f"invalid domain {domain!r}")
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            return "[" + str(ipaddress.IPv6Address(text[1:-1])) + "]"
-        except ValueError:
-            raise ValueError(f"invalid domain {domain!r}") from None
-    try:
-        ascii_form = idna.encode(text, uts46=True).decode("ascii")
-        prepared = idna.decode(ascii_form)
-    except idna.IDNAError as exc:
+        parsed = JID.parse(domain)
+    except InvalidJID as exc:
         raise ValueError(f"invalid domain {domain!r}: {exc}") from None
-    if len(ascii_form) > 253:
-        raise ValueError(f"invalid domain {domain!r}: longer than 253 octets")
-    return prepared
+    if parsed.user or parsed.resource:
+        raise ValueError(f"invalid domain {domain!r}: not a bare domain")
+    return parsed.host
 
 
 def _prepare_bare_jid(text: str) -> str:
     """Prepare an admin JID; it must be a bare JID (local@domain or domain)."""
     try:
-        from chatbx_server.xmpp import jid as jid_module
-    except ImportError:
-        jid_module = None  # type: ignore[assignment]
-    if jid_module is not None:
-        try:
-            parsed = jid_module.JID.parse(text)
-        except Exception as exc:
-            raise ValueError(f"invalid JID {text!r}: {exc}") from None
-        if getattr(parsed, "resource", None):
-            raise ValueError(f"{text!r} is not a bare JID")
-        return str(parsed)
-    if "/" in text:
+        parsed = JID.parse(text)
+    except InvalidJID as exc:
+        raise ValueError(f"invalid JID {text!r}: {exc}") from None
+    if parsed.resource:
         raise ValueError(f"{text!r} is not a bare JID")
-    local, sep, domain = text.rpartition("@")
-    if sep:
-        import precis_i18n
-
-        try:
-            local = precis_i18n.get_profile("UsernameCaseMapped").enforce(local)
-        except UnicodeError as exc:
-            raise ValueError(f"invalid JID {text!r}: {exc}") from None
-        if len(local.encode()) > 1023 or any(c in local for c in "\"&'/:<>@"):
-            raise ValueError(f"invalid JID {text!r}")
-    domain = _prepare_domain_local(domain)
-    return f"{local}@{domain}" if sep else domain
+    return parsed.full
 
 
 # --- loading ----------------------------------------------------------------

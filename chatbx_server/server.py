@@ -39,10 +39,9 @@ class Server:
         self.events = EventBus()
         self.sessions = SessionManager()
         if database is None:
-            from chatbx_server.storage.database import Database, default_sqlite_url
+            from chatbx_server.storage.database import Database
 
-            url = config.database.url or default_sqlite_url(config.data_dir)
-            database = Database(url, clock, pool_size=config.database.pool_size)
+            database = Database(config.database_url, clock, pool_size=config.database.pool_size)
         self.database = database
         from chatbx_server.storage import Stores
 

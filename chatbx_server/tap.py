@@ -92,7 +92,6 @@ def makeService(options: Options) -> service.IService:
     from chatbx_server.config import ConfigError, load_config
     from chatbx_server.features import validate_module_options
     from chatbx_server.server import Server
-    from chatbx_server.storage.database import default_sqlite_url
     from chatbx_server.tls import TLSContexts, ensure_certificates
 
     try:
@@ -105,7 +104,7 @@ def makeService(options: Options) -> service.IService:
     from chatbx_server.logs import set_level
 
     set_level(config.log.level)
-    url = config.database.url or default_sqlite_url(config.data_dir)
+    url = config.database_url
     prepare_database(url)
     tls = TLSContexts(certificates)
     server = Server(config, reactor)
