@@ -518,7 +518,7 @@ class C2SFactory(Factory):
         self.limits = server.config.limits
         # Shared by every c2s listener of the server: the limits are per
         # address, whichever port it comes in on.
-        shared = getattr(server, "c2s_shared", None)
+        shared = server.c2s_shared
         if shared is None:
             shared = server.c2s_shared = (
                 AuthThrottle(server.clock, self.limits.auth_failure_delay,

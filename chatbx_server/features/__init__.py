@@ -7,7 +7,10 @@ and one module beside this file.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chatbx_server.config import Config
 
 REGISTRY: dict[str, str] = {
     "message": "chatbx_server.features.message.MessageFeature",
@@ -39,31 +42,31 @@ def load_class(name: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def enabled_modules(config: Any) -> tuple[str, ...]:
-    names = getattr(config, "modules", None)
+def enabled_modules(config: "Config") -> tuple[str, ...]:
+    names = config.modules
     return tuple(names) if names is not None else DEFAULT_MODULES
 
 
-def build_module_options(cls: Any, config: Any) -> Any:
+def build_module_options(cls: Any, config: "Config") -> Any:
     """The feature's Options built from ``[modules.<name>]`` (validated)."""
     if cls.Options is None:
         return None
-    raw = dict(getattr(config, "module_options", {}).get(cls.name, {}) or {})
+    raw = dict(config.module_options.get(cls.name, {}))
     from chatbx_server.config import build_options
 
-    return build_options(cls.Options, raw, f"modules.{cls.name}", getattr(config, "path", None))
+    return build_options(cls.Options, raw, f"modules.{cls.name}", config.path)
 
 
-def validate_module_options(config: Any) -> None:
+def validate_module_options(config: "Config") -> None:
     """Raise ConfigError for an unknown module or bad module options."""
     from chatbx_server.config import ConfigError
 
     names = enabled_modules(config)
-    for name in list(names) + list(getattr(config, "module_options", {}) or {}):
+    for name in list(names) + list(config.module_options):
         try:
             cls = load_class(name)
         except ValueError as exc:
-            raise ConfigError(str(exc), "modules", getattr(config, "path", None)) from None
+            raise ConfigError(str(exc), "modules", config.path) from None
         build_module_options(cls, config)
 
 
