@@ -72,13 +72,20 @@ def _fresh_postgres(admin: sa.Engine | str) -> Iterator[str]:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def postgres_url(postgres_admin_engine: sa.Engine | str) -> Iterator[str]:
+    """The URL of a throwaway PostgreSQL database, dropped afterwards
+    (skipped when PostgreSQL is unreachable, failed when it is required)."""
+    yield from _fresh_postgres(postgres_admin_engine)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh, empty database (no tables) on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db' / 'chatbx.sqlite'}"
     else:
-        yield from _fresh_postgres(request.getfixturevalue("postgres_admin_engine"))
+        yield request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

@@ -28,7 +28,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -191,34 +190,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
             report.sections.append((f"chatbx server {i} log", server.log_text()[-20000:]))
 
 
-def _postgres_required() -> bool:
-    return bool(os.environ.get("CI")) or os.environ.get("CHATBX_REQUIRE_POSTGRES") == "1"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Optional[str]]:
     """None for SQLite (the default database in data_dir), or the URL of a
-    throwaway PostgreSQL database dropped afterwards."""
+    throwaway PostgreSQL database dropped afterwards (tests/conftest.py)."""
     if request.param == "sqlite":
         yield None
-        return
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
-    admin = request.getfixturevalue("postgres_admin_engine")
-    if isinstance(admin, str):
-        if _postgres_required():
-            pytest.fail(admin + " (required: CI or CHATBX_REQUIRE_POSTGRES=1)")
-        pytest.skip(admin)
-    name = f"chatbx_itest_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name, drivername="postgresql")
-    try:
-        yield make_url(url).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    else:
+        yield request.getfixturevalue("postgres_url")
 
 
 def _factory(root: Path, servers: list[ChatbxServer]) -> Callable[..., ChatbxServer]:
