@@ -38,6 +38,7 @@ from twisted.words.xish import domish
 
 from chatbx_server.events import DELIVER, OFFLINE, StanzaEvent
 from chatbx_server.features.time import xep0082_datetime
+from chatbx_server.features.presence import parse_priority
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
 from chatbx_server.xmpp import ns
@@ -89,17 +90,6 @@ def parse_stanza(xml: str) -> domish.Element:
     if len(result) != 1:
         raise ValueError("stored offline message is not exactly one element")
     return result[0]
-
-
-def presence_priority(stanza: domish.Element) -> int:
-    """The <priority/> of a presence (RFC 6121 §4.7.2.3); 0 when absent or bad."""
-    for child in stanza.elements():
-        if child.name == "priority":
-            try:
-                return max(-128, min(127, int(str(child).strip())))
-            except ValueError:
-                return 0
-    return 0
 
 
 class OfflineFeature(Feature):
@@ -169,7 +159,11 @@ class OfflineFeature(Feature):
         if (session is None or stanza.getAttribute("to") is not None
                 or stanza.getAttribute("type") is not None or session.presence is not None):
             return None
-        if presence_priority(stanza) < 0:
+        try:
+            priority = parse_priority(stanza)
+        except ValueError:
+            return None  # the presence module refuses it: the session stays unavailable
+        if priority < 0:
             return None  # RFC 6121 §8.5.2.1.1: never to a negative priority
         self.deliver_to(session)
         return None

@@ -224,3 +224,14 @@ def test_two_resources_coming_online_at_once_get_the_messages_once() -> None:
     tablet = bind(server, "alice@localhost/tablet")
     come_online(server, tablet)
     assert tablet.take() == []
+
+
+def test_refused_presence_gets_no_offline_messages() -> None:
+    """An initial presence with a priority the presence module refuses (out of -128..127)
+    leaves the session unavailable, so it is not given the stored messages either."""
+    server, bob = setup_server()
+    send(server, bob, "<message to='alice@localhost'><body>hi</body></message>")
+    alice = bind(server, "alice@localhost/bot")
+    send(server, alice, "<presence><priority>500</priority></presence>")
+    assert alice.take() == []
+    assert count(server) == 1
