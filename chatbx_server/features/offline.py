@@ -42,6 +42,7 @@ from chatbx_server.features.presence import parse_priority
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
 from chatbx_server.xmpp import ns
+from chatbx_server.xmpp.stanzas import parse_stanza
 from chatbx_server.logs import log_observer
 
 log = Logger(observer=log_observer)
@@ -77,19 +78,6 @@ def storage_decision(stanza: domish.Element) -> Optional[bool]:
     if payload or store_hint:
         return True
     return False
-
-
-def parse_stanza(xml: str) -> domish.Element:
-    """Parse one serialized stanza (as written by ``Element.toXml()``)."""
-    result: list[domish.Element] = []
-    stream = domish.elementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = result.append
-    stream.DocumentEndEvent = lambda: None
-    stream.parse(f"<stored xmlns='{ns.CLIENT}'>".encode() + xml.encode("utf-8") + b"</stored>")
-    if len(result) != 1:
-        raise ValueError("stored offline message is not exactly one element")
-    return result[0]
 
 
 class OfflineFeature(Feature):

@@ -122,3 +122,20 @@ def is_error_or_result(stanza: domish.Element) -> bool:
     """True for stanzas that must never be answered with an error (§8.3.1)."""
     t = stanza.getAttribute("type")
     return t == "error" or (stanza.name == "iq" and t == "result")
+
+
+def parse_stanza(xml: str) -> domish.Element:
+    """Parse one serialized stanza (as written by ``Element.toXml()``).
+
+    Stored stanzas (offline messages) come back through here; the default
+    namespace is jabber:client.
+    """
+    result: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda root: None
+    stream.ElementEvent = result.append
+    stream.DocumentEndEvent = lambda: None
+    stream.parse(f"<stored xmlns='{ns.CLIENT}'>".encode() + xml.encode("utf-8") + b"</stored>")
+    if len(result) != 1:
+        raise ValueError("not exactly one stanza")
+    return result[0]

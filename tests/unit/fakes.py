@@ -13,6 +13,7 @@ from chatbx_server.config import load_config
 from chatbx_server.server import Server
 from chatbx_server.storage.database import Database
 from chatbx_server.xmpp.jid import JID
+from chatbx_server.xmpp.stanzas import parse_stanza
 
 
 class FakeStream:
@@ -98,15 +99,7 @@ def bind(server: Server, jid: str, available: bool = False, priority: int = 0) -
 
 def stanza(xml: str) -> domish.Element:
     """Parse one stanza from text (default namespace jabber:client)."""
-    from twisted.words.xish.domish import elementStream
-
-    result: list[domish.Element] = []
-    stream = elementStream()
-    stream.DocumentStartEvent = lambda root: None
-    stream.ElementEvent = result.append
-    stream.DocumentEndEvent = lambda: None
-    stream.parse(b"<stream xmlns='jabber:client'>" + xml.encode() + b"</stream>")
-    return result[0]
+    return parse_stanza(xml)
 
 
 def create_user(server: Server, jid: str, password: str = "secret") -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
-from chatbx_server.features.offline import parse_stanza, storage_decision
+from chatbx_server.features.offline import storage_decision
+from chatbx_server.xmpp.stanzas import parse_stanza
 from chatbx_server.xmpp import ns
 from tests.unit.fakes import bind, create_user, make_server, stanza
 
