@@ -77,6 +77,10 @@ class ChatbxServer:
     users: dict[str, str]
     extra_config: str = ""
     modules: Optional[list[str]] = None
+    #: hosted domains (default: localhost)
+    domains: Optional[list[str]] = None
+    #: s2s listener port: None = off, 0 = a free port picked at prepare()
+    s2s_port: Optional[int] = None
     c2s_port: int = 0
     c2s_tls_port: int = 0
     proc: Optional[subprocess.Popen] = None
@@ -94,12 +98,18 @@ class ChatbxServer:
     def write_config(self) -> None:
         self.c2s_port = free_port()
         self.c2s_tls_port = free_port()
-        lines = ['domains = ["localhost"]', f'data_dir = "{self.data_dir}"']
+        domains = self.domains or ["localhost"]
+        if self.s2s_port == 0:
+            self.s2s_port = free_port()
+        lines = ["domains = [" + ", ".join(f'"{d}"' for d in domains) + "]",
+                 f'data_dir = "{self.data_dir}"']
         if self.modules is not None:
             lines.append("modules = [" + ", ".join(f'"{m}"' for m in self.modules) + "]")
         if self.db_url:
             lines += ["[database]", f'url = "{self.db_url}"']
         lines += ["[listen]", f'c2s = "127.0.0.1:{self.c2s_port}"', f'c2s_tls = "127.0.0.1:{self.c2s_tls_port}"']
+        if self.s2s_port is not None:
+            lines.append(f's2s = "127.0.0.1:{self.s2s_port}"')
         extra = self.extra_config.strip()
         if "[limits]" not in extra:
             lines += ["[limits]", "auth_failure_delay = 0.3", "max_stanza_size = 65536"]
@@ -202,12 +212,16 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Optional[str]]:
 
 def _factory(root: Path, servers: list[ChatbxServer]) -> Callable[..., ChatbxServer]:
     def start(db_url: Optional[str] = None, users: Optional[dict[str, str]] = None,
-              extra_config: str = "", modules: Optional[list[str]] = None) -> ChatbxServer:
+              extra_config: str = "", modules: Optional[list[str]] = None,
+              domains: Optional[list[str]] = None, s2s_port: Optional[int] = None,
+              started: bool = True) -> ChatbxServer:
         server = ChatbxServer(root / f"server{len(servers)}", db_url,
-                              dict(DEFAULT_PASSWORDS if users is None else users), extra_config, modules)
+                              dict(DEFAULT_PASSWORDS if users is None else users), extra_config, modules,
+                              domains, s2s_port)
         servers.append(server)
         server.prepare()
-        server.start()
+        if started:
+            server.start()
         return server
 
     return start
@@ -215,8 +229,9 @@ def _factory(root: Path, servers: list[ChatbxServer]) -> Callable[..., ChatbxSer
 
 @pytest.fixture
 def chatbx_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., ChatbxServer]]:
-    """Factory: ``chatbx_server(db_url=None, users=None, extra_config="", modules=None)``
-    starts a server and returns its ChatbxServer; all are stopped at teardown.
+    """Factory: ``chatbx_server(db_url=None, users=None, extra_config="", modules=None,
+    domains=None, s2s_port=None, started=True)`` starts a server (or only prepares
+    it, ``started=False``) and returns its ChatbxServer; all are stopped at teardown.
     ``extra_config`` is TOML tables appended to the config (a ``[limits]``
     table there replaces the test default)."""
     servers: list[ChatbxServer] = []

@@ -1,0 +1,176 @@
+"""Two chatbx processes federate over loopback (RFC 6120/6121 across servers).
+
+Server A hosts ``a.localhost`` and server B ``b.localhost``; each reaches
+the other through ``[s2s] static_routes`` (no DNS). Once with certificates
+from a test CA both trust (``[s2s] ca_file``): the streams authenticate
+with SASL EXTERNAL (XEP-0178). Once with the self-signed certificates
+chatbx generates: the certificates prove nothing, so dialback (XEP-0220)
+authenticates, in all three roles. Users on each side subscribe to each
+other, see presence, chat both ways, and query the other server (disco,
+ping, version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from conftest import (CLIENT_TIMEOUT, ChatbxServer, Inbox, free_port, manual_subscriptions, run,
+                      slix_close, slix_login, subscribe_mutually)
+
+A, B = "a.localhost", "b.localhost"
+ALICE, BOB = f"alice@{A}", f"bob@{B}"
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_ca(folder: Path) -> tuple[Any, x509.Certificate, Path]:
+    """A test CA: key, certificate and its PEM file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name("chatbx test CA")).issuer_name(_name("chatbx test CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    path = folder / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+def make_leaf(folder: Path, domain: str, ca_key: Any, ca_cert: x509.Certificate) -> tuple[Path, Path]:
+    """A certificate for ``domain`` (and its subdomains) signed by the test CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(domain)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain), x509.DNSName(f"*.{domain}")]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = folder / f"{domain}.crt", folder / f"{domain}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
+               with_ca: bool) -> tuple[ChatbxServer, ChatbxServer]:
+    """Servers A and B, each with a static route to the other's s2s port."""
+    ports = {A: free_port(), B: free_port()}
+    tls = {A: "", B: ""}
+    ca_line = ""
+    if with_ca:
+        ca_key, ca_cert, ca_path = make_ca(tmp_path)
+        for domain in (A, B):
+            cert, key = make_leaf(tmp_path, domain, ca_key, ca_cert)
+            tls[domain] = f'[tls.domains."{domain}"]\ncertificate = "{cert}"\nkey = "{key}"\n'
+        ca_line = f'ca_file = "{ca_path}"\n'
+    servers = []
+    for domain, other, user in ((A, B, ALICE), (B, A, BOB)):
+        extra = (f"[s2s]\n{ca_line}static_routes = {{ \"{other}\" = \"127.0.0.1:{ports[other]}\" }}\n"
+                 + tls[domain])
+        servers.append(chatbx_server(users={user: "pw-" + user.split("@")[0]}, domains=[domain],
+                                     s2s_port=ports[domain], extra_config=extra))
+    return servers[0], servers[1]
+
+
+async def _client(server: ChatbxServer, jid: str) -> tuple[Any, Inbox, Inbox]:
+    client = await slix_login(server, jid)
+    manual_subscriptions(client)
+    presences = Inbox(client, "presence")
+    messages = Inbox(client, "message")
+    await client.get_roster()
+    client.send_presence()
+    return client, presences, messages
+
+
+async def _scenario(a: ChatbxServer, b: ChatbxServer) -> None:
+    alice, alice_pres, alice_msgs = await _client(a, ALICE)
+    bob, bob_pres, bob_msgs = await _client(b, BOB)
+    try:
+        await subscribe_mutually(alice, alice_pres, bob, bob_pres)
+        # Both see the other's presence once subscribed (RFC 6121 §3.1.5/§4.3).
+        await alice_pres.wait(lambda p: p["from"].bare == BOB and p["type"] in ("available", ""),
+                              what="bob's presence at alice")
+        await bob_pres.wait(lambda p: p["from"].bare == ALICE and p["type"] in ("available", ""),
+                            what="alice's presence at bob")
+        alice.send_message(mto=BOB, mbody="hello from a", mtype="chat")
+        got = await bob_msgs.wait(lambda m: m["body"] == "hello from a", what="alice's message")
+        assert got["from"].bare == ALICE
+        bob.send_message(mto=got["from"], mbody="hello from b", mtype="chat")
+        back = await alice_msgs.wait(lambda m: m["body"] == "hello from b", what="bob's answer")
+        assert back["from"].bare == BOB
+
+        # IQs to the other server and to a remote user's resource.
+        alice.register_plugin("xep_0030")
+        alice.register_plugin("xep_0199")
+        alice.register_plugin("xep_0092")
+        info = await alice.plugin["xep_0030"].get_info(jid=B, timeout=CLIENT_TIMEOUT)
+        assert "urn:xmpp:ping" in info["disco_info"]["features"]
+        await alice.plugin["xep_0199"].ping(jid=B, timeout=CLIENT_TIMEOUT)
+        version = await alice.plugin["xep_0092"].get_version(B, timeout=CLIENT_TIMEOUT)
+        assert version["software_version"]["name"]
+        bob.register_plugin("xep_0199")
+        await bob.plugin["xep_0199"].ping(jid=A, timeout=CLIENT_TIMEOUT)
+
+        # Unavailable at logout reaches the other side.
+        await slix_close(bob)
+        await alice_pres.wait(lambda p: p["from"].bare == BOB and p["type"] == "unavailable",
+                              what="bob's unavailable presence")
+    finally:
+        await slix_close(alice)
+        await slix_close(bob)
+
+
+def _status(server: ChatbxServer) -> dict[str, Any]:
+    return json.loads(server.ctl("s2s", "status", "--json").stdout)
+
+
+def _wait_status(server: ChatbxServer, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    async def poll() -> dict[str, Any]:
+        for _ in range(40):
+            status = _status(server)
+            if check(status):
+                return status
+            await asyncio.sleep(0.25)  # the status file is rewritten within a second
+        return status
+    return run(poll(), 30)
+
+
+@pytest.mark.parametrize("with_ca,method", [(True, "sasl-external"), (False, "dialback")],
+                         ids=["trusted-ca-sasl-external", "self-signed-dialback"])
+def test_two_servers_federate(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
+                              with_ca: bool, method: str) -> None:
+    """Users of two chatbx servers subscribe, see presence, chat both ways and query
+    the other server; the streams authenticate with SASL EXTERNAL when a trusted
+    CA signed the certificates, with dialback when they are self-signed."""
+    a, b = start_pair(chatbx_server, tmp_path, with_ca)
+    run(_scenario(a, b), 90)
+    status = _wait_status(a, lambda s: any(o["remote"] == B and o.get("auth") for o in s["outgoing"]))
+    out = [o for o in status["outgoing"] if o["remote"] == B]
+    assert out and out[0]["auth"] == method and out[0]["state"] == "ready", status
+    assert any(B in i["remote"] and i["auth"] == method for i in status["incoming"]), status
+    text = a.ctl("s2s", "status").stdout
+    assert f"{A} -> {B}  ready  {method}" in text
