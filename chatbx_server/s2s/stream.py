@@ -27,6 +27,7 @@ from chatbx_server.c2s.parser import SafeElementStream
 from chatbx_server.logs import log_observer
 from chatbx_server.s2s.dialback import NS_DIALBACK
 from chatbx_server.xmpp import ns
+from chatbx_server.xmpp.serializer import StreamSerializer
 from chatbx_server.xmpp.stanzas import StreamError
 
 if TYPE_CHECKING:
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
 log = Logger(namespace="chatbx.s2s", observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
-_PREFIXES = {ns.STREAMS: "stream", NS_DIALBACK: "db"}
-_IN_SCOPE = ["stream", "db"]
+#: jabber:server streams with the dialback prefix declared in the header
+SERIALIZER = StreamSerializer(ns.SERVER, {ns.STREAMS: "stream", NS_DIALBACK: "db"})
 _SERVER_PREFIX = ns.SERVER + " "
 _CLIENT_PREFIX = ns.CLIENT + " "
 
@@ -69,22 +70,13 @@ class ServerElementStream(SafeElementStream):
 
 
 def serialize(element: domish.Element) -> str:
-    """An element as it goes out on a server stream (see module docstring)."""
-    return element.toXml(prefixes=_PREFIXES, prefixesInScope=_IN_SCOPE, defaultUri=ns.CLIENT)
+    """An element as it goes out on a server stream (the shared serializer)."""
+    return SERIALIZER.serialize(element)
 
 
 def header(local: Optional[str], remote: Optional[str], stream_id: Optional[str] = None) -> str:
     """The stream header (RFC 6120 §4.7), declaring the dialback prefix (XEP-0220)."""
-    attrs = ""
-    if local:
-        attrs += f" from='{local}'"
-    if remote:
-        attrs += f" to='{remote}'"
-    if stream_id:
-        attrs += f" id='{stream_id}'"
-    return ("<?xml version='1.0'?>"
-            f"<stream:stream xmlns='{ns.SERVER}' xmlns:stream='{ns.STREAMS}' "
-            f"xmlns:db='{NS_DIALBACK}' version='1.0'{attrs}>")
+    return SERIALIZER.header(stream_id or "", local, remote, lang=None)
 
 
 def major_version(version: Optional[str]) -> int:
@@ -233,7 +225,7 @@ class S2SStream(Protocol):
                 self.send_header()
             self.send_element(StreamError(condition, text).element())
             self.manager.log_event(self, "stream-error", condition=condition, reason=text or condition)
-        self.send_raw("</stream:stream>")
+        self.send_raw(SERIALIZER.footer)
         self.closed = True
         self.cancel_auth_timer()
         self._detach_parser()
