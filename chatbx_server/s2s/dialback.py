@@ -27,8 +27,8 @@ def new_secret() -> bytes:
 def make_key(secret: bytes, receiving: str, originating: str, stream_id: str) -> str:
     """XEP-0185 §3: HMAC-SHA256(SHA256(secret), "receiving originating id"), in hex.
 
-    For ASCII names this is ``wokkel.server.generateKey`` with the secret in
-    hex; here the names may be internationalised (UTF-8).
+    For ASCII names and secret this is ``wokkel.server.generateKey``; here
+    the secret is bytes and the names may be internationalised (UTF-8).
     """
     hashed = hashlib.sha256(secret).hexdigest().encode("ascii")
     message = " ".join((receiving, originating, stream_id)).encode("utf-8")
