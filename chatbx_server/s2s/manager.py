@@ -127,7 +127,7 @@ class S2SManager:
         loop.clock = self.clock
         loop.start(period, now=False)
         self._idle_loop = loop
-        self.status_changed()
+        self.write_status()
 
     def stop(self) -> None:
         self.running = False

@@ -13,66 +13,18 @@ ping, version).
 from __future__ import annotations
 
 import asyncio
-import datetime
 import json
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from testcerts import make_ca, make_leaf
 from conftest import (CLIENT_TIMEOUT, ChatbxServer, Inbox, free_port, manual_subscriptions, run,
                       slix_close, slix_login, subscribe_mutually)
 
 A, B = "a.localhost", "b.localhost"
 ALICE, BOB = f"alice@{A}", f"bob@{B}"
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(folder: Path) -> tuple[Any, x509.Certificate, Path]:
-    """A test CA: key, certificate and its PEM file."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name("chatbx test CA")).issuer_name(_name("chatbx test CA"))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    path = folder / "ca.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert, path
-
-
-def make_leaf(folder: Path, domain: str, ca_key: Any, ca_cert: x509.Certificate) -> tuple[Path, Path]:
-    """A certificate for ``domain`` (and its subdomains) signed by the test CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(domain)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain), x509.DNSName(f"*.{domain}")]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert_path, key_path = folder / f"{domain}.crt", folder / f"{domain}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
@@ -96,7 +48,7 @@ def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
     return servers[0], servers[1]
 
 
-async def _client(server: ChatbxServer, jid: str) -> tuple[Any, Inbox, Inbox]:
+async def _client(server: Any, jid: str) -> tuple[Any, Inbox, Inbox]:
     client = await slix_login(server, jid)
     manual_subscriptions(client)
     presences = Inbox(client, "presence")
@@ -106,7 +58,9 @@ async def _client(server: ChatbxServer, jid: str) -> tuple[Any, Inbox, Inbox]:
     return client, presences, messages
 
 
-async def _scenario(a: ChatbxServer, b: ChatbxServer) -> None:
+async def scenario(a: Any, b: Any, ALICE: str = ALICE, BOB: str = BOB) -> None:
+    """RFC 6121 across two servers: ``a``/``b`` need ``c2s_port`` and ``users``."""
+    A, B = ALICE.split("@")[1], BOB.split("@")[1]
     alice, alice_pres, alice_msgs = await _client(a, ALICE)
     bob, bob_pres, bob_msgs = await _client(b, BOB)
     try:
@@ -148,7 +102,7 @@ def _status(server: ChatbxServer) -> dict[str, Any]:
     return json.loads(server.ctl("s2s", "status", "--json").stdout)
 
 
-def _wait_status(server: ChatbxServer, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+def wait_status(server: ChatbxServer, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     async def poll() -> dict[str, Any]:
         for _ in range(40):
             status = _status(server)
@@ -167,8 +121,8 @@ def test_two_servers_federate(chatbx_server: Callable[..., ChatbxServer], tmp_pa
     the other server; the streams authenticate with SASL EXTERNAL when a trusted
     CA signed the certificates, with dialback when they are self-signed."""
     a, b = start_pair(chatbx_server, tmp_path, with_ca)
-    run(_scenario(a, b), 90)
-    status = _wait_status(a, lambda s: any(o["remote"] == B and o.get("auth") for o in s["outgoing"]))
+    run(scenario(a, b), 90)
+    status = wait_status(a, lambda s: any(o["remote"] == B and o.get("auth") for o in s["outgoing"]))
     out = [o for o in status["outgoing"] if o["remote"] == B]
     assert out and out[0]["auth"] == method and out[0]["state"] == "ready", status
     assert any(B in i["remote"] and i["auth"] == method for i in status["incoming"]), status
