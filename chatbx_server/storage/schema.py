@@ -131,5 +131,7 @@ offline_messages = sa.Table(
     sa.Column("stanza", sa.Text, nullable=False, comment="serialized XML of the stanza"),
     sa.Column("created_at", sa.Double, nullable=False,
               comment="Unix time the server accepted it (for XEP-0203 delay)"),
+    sa.Column("stanza_bytes", sa.Integer, nullable=False,
+              comment="UTF-8 length of stanza; summed for the per-account byte cap"),
     sa.Index("ix_offline_messages_user_id", "user_id"),
 )
