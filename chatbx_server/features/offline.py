@@ -51,7 +51,7 @@ from chatbx_server.features.time import xep0082_datetime
 from chatbx_server.features.presence import parse_priority
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
-from chatbx_server.storage.offline import StoredMessage
+from chatbx_server.storage.offline import PAGE_BYTES, PAGE_MESSAGES, StoredMessage
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.stanzas import parse_stanza
 from chatbx_server.logs import log_observer
@@ -91,14 +91,6 @@ def storage_decision(stanza: domish.Element) -> Optional[bool]:
     return False
 
 
-#: messages fetched per query while delivering
-PAGE_MESSAGES = 100
-#: bytes of XML fetched per query while delivering (one bigger message still
-#: goes alone); also kept below a quarter of [limits] max_output_buffer, since
-#: a page is written at once and a client must not be dropped for reading it
-PAGE_BYTES = 1024 * 1024
-
-
 class _Delivery:
     """One account's delivery in progress, and the session it goes to."""
 
@@ -131,6 +123,8 @@ class OfflineFeature(Feature):
     def setup(self) -> None:
         #: accounts whose stored messages are being fetched and sent
         self._deliveries: dict[str, _Delivery] = {}
+        #: bounds of one delivery page; a page is written in one go, so it stays
+        #: well inside the c2s output buffer a client is dropped past
         self.page_messages = PAGE_MESSAGES
         self.page_bytes = max(1, min(PAGE_BYTES, self.server.config.limits.max_output_buffer // 4))
         self.hook("message/bare", self.on_offline_message, OFFLINE)

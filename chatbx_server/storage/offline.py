@@ -24,12 +24,12 @@ from chatbx_server.storage.database import Database
 from chatbx_server.storage.schema import offline_messages
 from chatbx_server.storage.users import now_function, user_id_txn
 
-__all__ = ["OfflineStore", "StoredMessage", "stanza_bytes"]
+__all__ = ["PAGE_BYTES", "PAGE_MESSAGES", "OfflineStore", "StoredMessage", "stanza_bytes"]
 
 # Keep IN (...) lists well below backend parameter limits.
 _DELETE_CHUNK = 500
 
-#: default page bounds for ``fetch``
+#: default bounds of one ``fetch`` page: what one query loads into memory
 PAGE_MESSAGES = 100
 PAGE_BYTES = 1024 * 1024
 

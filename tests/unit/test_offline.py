@@ -1,4 +1,5 @@
-"""XEP-0160 offline messages: what is stored, bounds and errors, delivery at initial presence."""
+"""XEP-0160 offline messages: what is stored, bounds (messages, bytes) and errors,
+delivery in pages when a resource starts taking bare-JID messages."""
 
 from __future__ import annotations
 
