@@ -157,7 +157,7 @@ class LimitsConfig:
     #: seconds in which auth_max_failures failures leak away again
     auth_failure_window: float = 600.0
     #: addresses and accounts the failure counters remember (each)
-    auth_failure_table_size: int = 100000
+    auth_failure_entries: int = 100000
     #: threads hashing passwords (PLAIN, account creation), apart from the database's
     hash_threads: int = 2
     #: seconds a connection may take from connecting to a bound resource

@@ -258,7 +258,7 @@ class AuthThrottle:
         """The throttle a server's ``[limits]`` describe."""
         return cls(clock, limits.auth_failure_delay, limits.auth_failure_max_delay,
                    max_failures=limits.auth_max_failures, window=limits.auth_failure_window,
-                   max_entries=limits.auth_failure_table_size)
+                   max_entries=limits.auth_failure_entries)
 
     # -- scores --------------------------------------------------------------
 

@@ -185,10 +185,10 @@ def test_auth_limits_parse(tmp_path: Path) -> None:
     """The login-throttle and hashing keys are read from [limits]."""
     config = load_config(write(tmp_path, "[limits]\nauth_max_failures = 3\n"
                                          "auth_failure_window = 60\n"
-                                         "auth_failure_table_size = 10\nhash_threads = 4\n"))
+                                         "auth_failure_entries = 10\nhash_threads = 4\n"))
     limits = config.limits
     assert (limits.auth_max_failures, limits.auth_failure_window) == (3, 60.0)
-    assert (limits.auth_failure_table_size, limits.hash_threads) == (10, 4)
+    assert (limits.auth_failure_entries, limits.hash_threads) == (10, 4)
 
 
 def test_invalid_toml_and_missing_file(tmp_path: Path) -> None:
