@@ -94,6 +94,10 @@ def make_engine(url: str, *, pool_size: int = 5, foreign_keys: bool = True) -> E
     readers (the CLI) work while the server writes. In-memory SQLite uses a
     StaticPool so every thread sees the one database.
 
+    ``hide_parameters``: an error SQLAlchemy raises (and we log) shows the
+    statement but not its values, which are message bodies, stanzas and
+    credentials.
+
     Args:
         url: SQLAlchemy URL.
         pool_size: connections kept for PostgreSQL (ignored for SQLite).
@@ -112,7 +116,7 @@ def make_engine(url: str, *, pool_size: int = 5, foreign_keys: bool = True) -> E
             db_path = make_url(url).database
             assert db_path is not None
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, **kwargs)
+        engine = create_engine(url, hide_parameters=True, **kwargs)
         _install_sqlite_listeners(engine, foreign_keys=foreign_keys)
         return engine
     return create_engine(
@@ -120,6 +124,7 @@ def make_engine(url: str, *, pool_size: int = 5, foreign_keys: bool = True) -> E
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 
@@ -214,6 +219,11 @@ class Database:
     def for_tests(cls, url: str = "sqlite://") -> "Database":
         """A threadless Database: run() is synchronous (see class docs)."""
         return cls(url, threadless=True)
+
+    @property
+    def reactor(self) -> Any:
+        """What results are delivered through (None: the global reactor)."""
+        return self._reactor
 
     @property
     def dialect(self) -> str:
