@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "003"
-down_revision = "001"
+down_revision = "002"
 branch_labels = None
 depends_on = None
 
