@@ -76,6 +76,28 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _scrub_row_values(exc: DBAPIError) -> None:
+    """Drop the driver's DETAIL lines from ``exc`` before anyone logs it.
+
+    hide_parameters keeps SQLAlchemy from printing bound values, but
+    PostgreSQL's own DETAIL of a NOT NULL or CHECK violation is "Failing row
+    contains (...)": the whole row, message bodies included.
+    """
+
+    def scrub(text: Any) -> Any:
+        if not isinstance(text, str) or "DETAIL:" not in text:
+            return text
+        return "\n".join(line for line in text.split("\n")
+                         if not line.lstrip().startswith("DETAIL:"))
+
+    for err in (exc, exc.orig):
+        if err is not None and err.args:
+            try:
+                err.args = (scrub(err.args[0]),) + tuple(err.args[1:])
+            except (AttributeError, TypeError):
+                pass
+
+
 def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -281,6 +303,7 @@ class Database:
                     return fn(conn, *args, **kwargs)
             except DBAPIError as exc:
                 if attempt >= MAX_RETRIES or not is_transient_error(exc):
+                    _scrub_row_values(exc)
                     raise
                 attempt += 1
                 log.warn(
