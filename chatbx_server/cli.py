@@ -86,10 +86,26 @@ def _check_domain(domain: str, config: Config) -> None:
         raise CLIError(f"unknown domain {domain} (configured: {', '.join(config.domains)})")
 
 
-def _read_password(given: str | None) -> str:
-    """The --password value, or one typed twice without echo."""
-    if given is not None:
-        password = given
+def _first_line(text: str) -> str:
+    """The first line without its line ending (other spaces belong to the password)."""
+    return text.splitlines()[0] if text else ""
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    """The password from --password, --password-file, --password-stdin, or
+    typed twice without echo (the default)."""
+    if args.password is not None:
+        password = args.password
+    elif args.password_file is not None:
+        try:
+            with open(args.password_file, encoding="utf-8") as fh:
+                password = _first_line(fh.readline())
+        except OSError as exc:
+            raise CLIError(f"cannot read {args.password_file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise CLIError(f"cannot read {args.password_file}: not UTF-8 text") from None
+    elif args.password_stdin:
+        password = _first_line(sys.stdin.readline())
     else:
         try:
             password = getpass.getpass("Password: ")
@@ -101,6 +117,11 @@ def _read_password(given: str | None) -> str:
     if not password:
         raise CLIError("empty password refused")
     return password
+
+
+def _password_given(args: argparse.Namespace) -> bool:
+    return (args.password is not None or args.password_file is not None
+            or args.password_stdin)
 
 
 class _Context:
@@ -185,14 +206,14 @@ def cmd_db_current(ctx: _Context, args: argparse.Namespace) -> None:
 
 def cmd_user_add(ctx: _Context, args: argparse.Namespace) -> None:
     if args.from_file is not None:
-        if args.jid is not None or args.password is not None:
-            raise UsageError("user add: --from-file takes no JID or --password")
+        if args.jid is not None or _password_given(args):
+            raise UsageError("user add: --from-file takes no JID or password option")
         _bulk_add(ctx, args.from_file)
         return
     if args.jid is None:
         raise UsageError("user add: give a JID or --from-file FILE")
     jid = _user_jid(args.jid, ctx.config)
-    password = _read_password(args.password)
+    password = _read_password(args)
     from chatbx_server.storage import UserExists
 
     try:
@@ -253,7 +274,7 @@ def cmd_user_passwd(ctx: _Context, args: argparse.Namespace) -> None:
     stores = ctx.stores()
     if not _result(stores.users.exists(jid)):
         raise CLIError(f"unknown user {jid}")
-    password = _read_password(args.password)
+    password = _read_password(args)
     from chatbx_server.storage import UnknownUser
 
     try:
@@ -385,13 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     user = group("user", "accounts")
     p = command(user, "add", cmd_user_add, "create an account (or many with --from-file)")
     p.add_argument("jid", nargs="?", metavar="JID")
-    p.add_argument("--password", "-p", help="password (prompted for when absent)")
+    _password_options(p)
     p.add_argument("--from-file", metavar="FILE",
                    help="lines 'JID PASSWORD' ('-' reads stdin); blank lines and # comments "
                         "skipped; all or nothing")
     p = command(user, "passwd", cmd_user_passwd, "change an account's password")
     p.add_argument("jid", metavar="JID")
-    p.add_argument("--password", "-p", help="new password (prompted for when absent)")
+    _password_options(p)
     p = command(user, "delete", cmd_user_delete, "delete an account and all its data")
     p.add_argument("jid", metavar="JID")
     p = command(user, "list", cmd_user_list, "list accounts")
@@ -413,6 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     command(config, "check", cmd_config_check,
             "validate the configuration and every enabled module's options")
     return parser
+
+
+def _password_options(parser: argparse.ArgumentParser) -> None:
+    """--password / --password-file / --password-stdin; none: prompt twice."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--password", "-p", metavar="PASSWORD",
+                       help="the password itself; UNSAFE: other users of this machine "
+                            "see it in the process list (ps) and it stays in your shell "
+                            "history; prefer --password-file, --password-stdin or the prompt")
+    group.add_argument("--password-file", metavar="FILE",
+                       help="read the password from the first line of FILE")
+    group.add_argument("--password-stdin", action="store_true",
+                       help="read the password from the first line of standard input")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,14 +119,18 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class ListenConfig:
-    """Listening addresses; None means that listener is disabled."""
+    """Listening addresses; None means that listener is disabled.
+
+    ``http`` is accepted only empty (disabled) until that listener exists
+    (see ``_NOT_IMPLEMENTED``).
+    """
 
     c2s: Endpoint | None = Endpoint("127.0.0.1", 5222)
     c2s_tls: Endpoint | None = Endpoint("127.0.0.1", 5223)
+    #: server-to-server (federation, STARTTLS); off by default
     s2s: Endpoint | None = None
     #: server-to-server with direct TLS (XEP-0368)
     s2s_tls: Endpoint | None = None
-    http: Endpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,15 @@ class LimitsConfig:
     max_connections_per_ip: int = 100
     auth_failure_delay: float = 1.0
     auth_failure_max_delay: float = 10.0
+    #: failed logins per address and per account before new attempts are
+    #: refused (temporary-auth-failure) without checking the password
+    auth_max_failures: int = 10
+    #: seconds in which auth_max_failures failures leak away again
+    auth_failure_window: float = 600.0
+    #: addresses and accounts the failure counters remember (each)
+    auth_failure_entries: int = 100000
+    #: threads hashing passwords (PLAIN, account creation), apart from the database's
+    hash_threads: int = 2
     #: seconds a connection may take from connecting to a bound resource
     negotiation_timeout: float = 60.0
     #: bytes queued for a client that stopped reading before it is dropped
@@ -212,7 +225,6 @@ class Config:
     domains: tuple[str, ...] = ("localhost",)
     data_dir: str = "./chatbx-data"
     modules: tuple[str, ...] | None = None
-    admins: tuple[str, ...] = ()
     database: DatabaseConfig = DatabaseConfig()
     listen: ListenConfig = ListenConfig()
     tls: TLSConfig = TLSConfig()
@@ -401,22 +413,20 @@ def prepare_domain(domain: str) -> str:
     return parsed.host
 
 
-def _prepare_bare_jid(text: str) -> str:
-    """Prepare an admin JID; it must be a bare JID (local@domain or domain)."""
-    try:
-        parsed = JID.parse(text)
-    except InvalidJID as exc:
-        raise ValueError(f"invalid JID {text!r}: {exc}") from None
-    if parsed.resource:
-        raise ValueError(f"{text!r} is not a bare JID")
-    return parsed.full
-
-
 # --- loading ----------------------------------------------------------------
 
 _TOP_KEYS = ("domains", "data_dir", "modules", "admins", "database", "listen", "tls",
              "limits", "s2s", "log")
 _LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "s2s_tls", "http")
+
+#: Keys accepted only empty: their feature is not built yet, and a key that
+#: silently does nothing would mislead (an HTTP port that never opens,
+#: admins without admin commands).
+_NOT_IMPLEMENTED = {
+    "http": "not implemented yet: the HTTP listener is not built; use \"\" or remove the key",
+    "admins": "not implemented yet: admin commands come with account registration; "
+              "use [] or remove the key",
+}
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -477,14 +487,8 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
         kwargs["data_dir"] = resolve(data_dir)
 
     if "admins" in raw:
-        admins = _convert(raw["admins"], tuple[str, ...], "admins", path)
-        out = []
-        for i, admin in enumerate(admins):
-            try:
-                out.append(_prepare_bare_jid(admin))
-            except ValueError as exc:
-                raise ConfigError(str(exc), f"admins[{i}]", path) from None
-        kwargs["admins"] = tuple(out)
+        if _convert(raw["admins"], tuple[str, ...], "admins", path):
+            raise ConfigError(_NOT_IMPLEMENTED["admins"], "admins", path)
 
     if "modules" in raw:
         kwargs["modules"], kwargs["module_options"] = _parse_modules(raw["modules"], path)
@@ -507,7 +511,7 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
         limits = build_options(LimitsConfig, raw["limits"], "limits", path)
         for f in dataclasses.fields(LimitsConfig):
             value = getattr(limits, f.name)
-            minimum = 0 if f.name.startswith("auth_failure") else 1
+            minimum = 0 if f.name in ("auth_failure_delay", "auth_failure_max_delay") else 1
             if value < minimum:
                 raise ConfigError(f"must be at least {minimum}", f"limits.{f.name}", path)
         if limits.auth_failure_max_delay < limits.auth_failure_delay:
@@ -572,7 +576,12 @@ def _parse_listen(value: Any, path: str | None) -> ListenConfig:
         if key not in _LISTEN_KEYS:
             raise ConfigError("unknown key", dotted, path)
         text = _convert(text, str, dotted, path)
-        kwargs[key] = parse_endpoint(text, dotted, path)
+        endpoint = parse_endpoint(text, dotted, path)
+        if key in _NOT_IMPLEMENTED:
+            if endpoint is not None:
+                raise ConfigError(_NOT_IMPLEMENTED[key], dotted, path)
+            continue
+        kwargs[key] = endpoint
     return ListenConfig(**kwargs)
 
 

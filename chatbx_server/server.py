@@ -7,7 +7,6 @@ runs.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -21,6 +20,9 @@ from chatbx_server.modules import ModuleManager
 from chatbx_server.router import Router
 from chatbx_server.sessions import SessionManager
 from chatbx_server.logs import log_observer
+from chatbx_server.c2s.sasl import DECOY_SECRET, AuthThrottle
+from chatbx_server.storage.secrets import ServerSecrets
+from chatbx_server.storage.users import HashPool
 
 log = Logger(observer=log_observer)
 
@@ -46,14 +48,21 @@ class Server:
         from chatbx_server.storage import Stores
 
         self.stores = Stores(database, clock)
-        #: per-process secret (decoy SCRAM credentials for unknown users)
-        self.secret = os.urandom(32)
+        limits = config.limits
+        # PBKDF2 on threads of its own, never on the database's (users.py).
+        self.stores.users.hasher = HashPool(limits.hash_threads, database.reactor,
+                                            threadless=database.threadless)
+        #: secrets in the database, the same for every process and restart
+        #: (decoy SCRAM credentials for unknown users)
+        self.secrets = ServerSecrets(database)
+        #: failed-login limits per address and account, for every c2s listener
+        self.auth_throttle = AuthThrottle.from_limits(clock, limits)
         self.router = Router(self)
         self.modules = ModuleManager(self)
         self.started_at: float = clock.seconds()
         self.running = False
-        #: (AuthThrottle, connections per address), set by the c2s listeners
-        self.c2s_shared: Optional[tuple[Any, dict[str, int]]] = None
+        #: (AuthThrottle, connections per address), shared by the c2s listeners
+        self.c2s_shared: Optional[tuple[Any, dict[str, int]]] = (self.auth_throttle, {})
         #: federation (chatbx_server.s2s.manager.S2SManager) when an s2s port is on
         self.s2s: Any = None
 
@@ -62,6 +71,10 @@ class Server:
         if self.running:
             return
         self.database.start()
+        # Read (or create) the decoy secret now, so that the first unknown
+        # account asked about is not answered slower than a real one.
+        self.secrets.get(DECOY_SECRET).addErrback(
+            lambda f: log.failure("cannot read the server secrets", f))
         self.modules.load_all(enabled_modules(self.config))
         self.started_at = self.clock.seconds()
         self.running = True
@@ -77,6 +90,7 @@ class Server:
         for session in list(self.sessions):
             session.close("system-shutdown")
         self.modules.unload_all()
+        self.stores.users.hasher.stop()
         yield defer.maybeDeferred(self.database.stop)
 
     def is_local(self, host: Optional[str]) -> bool:

@@ -10,6 +10,7 @@ line naming what to do.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any, cast
 
@@ -31,21 +32,73 @@ class Options(usage.Options):
 
 
 class ChatbxService(service.MultiService):
-    """Starts the server before its listeners and stops it after them."""
+    """Starts the server before its listeners and stops it after them.
 
-    def __init__(self, server: Any) -> None:
+    While running, SIGHUP re-reads the TLS certificates (a renewed
+    certificate needs no restart): new connections get the new ones,
+    established connections keep theirs, and on an error the old ones stay.
+
+    Args:
+        server: the Server.
+        tls: the TLSContexts the listeners use (None: nothing to reload).
+        reactor: runs the reload on its thread (the global reactor when None).
+    """
+
+    def __init__(self, server: Any, tls: Any = None, reactor: Any = None) -> None:
         super().__init__()
         self.server = server
+        self.tls = tls
+        self.reactor = reactor
+        self._previous_hup: Any = None
+        self._hup_installed = False
 
     def startService(self) -> None:
         self.server.start()
+        self._install_sighup()
         super().startService()
 
     def stopService(self) -> Any:
+        self._remove_sighup()
         d = super().stopService()
         if d is None:
             return self.server.stop()
         return d.addCallback(lambda _: self.server.stop())
+
+    def _install_sighup(self) -> None:
+        if self.tls is None or not hasattr(signal, "SIGHUP"):
+            return
+        reactor = self.reactor
+        if reactor is None:
+            from twisted.internet import reactor
+
+        def on_hup(signum: int, frame: Any) -> None:
+            # A signal handler may interrupt anything: do the work in the
+            # reactor's own turn (this also wakes it from its poll).
+            reactor.callFromThread(self.reload_tls)
+
+        self._previous_hup = signal.signal(signal.SIGHUP, on_hup)
+        self._hup_installed = True
+
+    def _remove_sighup(self) -> None:
+        if self._hup_installed:
+            signal.signal(signal.SIGHUP, self._previous_hup)
+            self._hup_installed = False
+
+    def reload_tls(self) -> bool:
+        """Re-read every certificate and key; log one line; True on success."""
+        from chatbx_server.tls import CertificateError
+
+        try:
+            self.tls.reload()
+            s2s = getattr(self.server, "s2s", None)
+            if s2s is not None:
+                s2s.reload_tls()
+        except CertificateError as exc:
+            log.error("TLS certificates not reloaded, keeping the old ones: {error}",
+                      error=str(exc))
+            return False
+        log.info("TLS certificates reloaded for {domains}", domains=",".join(self.tls.domains))
+        return True
 
 
 def _fail(message: str) -> "None":
@@ -146,7 +199,7 @@ def makeService(options: Options) -> service.IService:
     prepare_database(url)
     tls = TLSContexts(certificates)
     server = Server(config, reactor)
-    top = ChatbxService(server)
+    top = ChatbxService(server, tls, reactor)
     listen = config.listen
     if listen.c2s is not None:
         factory = C2SFactory(server, tls, direct_tls=False)

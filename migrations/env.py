@@ -54,7 +54,8 @@ def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError("no database: set sqlalchemy.url or pass a connection")
-    engine = create_engine(normalise_url(url), poolclass=NullPool)
+    # hide_parameters: errors must not carry row values into logs.
+    engine = create_engine(normalise_url(url), poolclass=NullPool, hide_parameters=True)
     try:
         with engine.connect() as conn:
             _configure(conn)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import math
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
@@ -26,6 +29,9 @@ if TYPE_CHECKING:
 
 log = Logger(observer=log_observer)
 
+#: name of the database secret that decoy SCRAM credentials derive from
+DECOY_SECRET = "scram-decoy"
+
 SCRAM_MECHANISMS = {
     "SCRAM-SHA-256-PLUS": ("SHA-256", True),
     "SCRAM-SHA-1-PLUS": ("SHA-1", True),
@@ -35,10 +41,19 @@ SCRAM_MECHANISMS = {
 
 
 class SASLFailure(Exception):
-    def __init__(self, condition: str, text: Optional[str] = None):
+    """A SASL failure (RFC 6120 §6.5) to answer with ``<failure/>``.
+
+    ``account`` is the bare JID the attempt was for, when known, and
+    ``counted`` says the exchange already told the throttle about it.
+    """
+
+    def __init__(self, condition: str, text: Optional[str] = None, *,
+                 account: Optional[str] = None, counted: bool = False):
         super().__init__(condition)
         self.condition = condition
         self.text = text
+        self.account = account
+        self.counted = counted
 
 
 def mechanisms_for(bindings: dict[str, bytes]) -> list[str]:
@@ -81,7 +96,8 @@ class SASLExchange:
     """
 
     def __init__(self, server: "Server", host: str, mechanism: str,
-                 offered: list[str], bindings: dict[str, bytes]) -> None:
+                 offered: list[str], bindings: dict[str, bytes],
+                 address: Optional[str] = None) -> None:
         if mechanism not in offered:
             raise SASLFailure("invalid-mechanism")
         self.server = server
@@ -89,8 +105,15 @@ class SASLExchange:
         self.mechanism = mechanism
         self.offered = offered
         self.bindings = bindings
+        #: the client's IP address, for the failure limits (None: account only)
+        self.address = address
+        self.throttle: AuthThrottle = server.auth_throttle
         self.scram: Optional[ScramServer] = None
         self.jid: Optional[JID] = None
+
+    def _refused(self, account: Optional[str]) -> SASLFailure:
+        """Too many recent failures: RFC 6120 §6.5.12, try again later."""
+        return SASLFailure("temporary-auth-failure", account=account, counted=True)
 
     def _user_jid(self, username: str, authzid: Optional[str]) -> JID:
         try:
@@ -115,6 +138,8 @@ class SASLExchange:
 
         ``data`` of a success is None when the mechanism has no additional data.
         """
+        if self.address is not None and not self.throttle.allowed(self.address):
+            return defer.fail(self._refused(None))
         if self.mechanism == "PLAIN":
             return self._plain(initial)
         hash_name, plus = SCRAM_MECHANISMS[self.mechanism]
@@ -131,11 +156,16 @@ class SASLExchange:
             return defer.fail(SASLFailure("malformed-request"))
         if not self.scram.username:
             return self._client_first(data)
+        assert self.jid is not None
+        account = self.jid.bare
+        # The proof is the guess: charged here, where it is checked.
+        if not self.throttle.charge(self.address, account):
+            return defer.fail(self._refused(account))
         try:
             final = self.scram.client_final(data)
         except ScramError as exc:
-            return defer.fail(SASLFailure(exc.condition))
-        assert self.jid is not None
+            return defer.fail(SASLFailure(exc.condition, account=account, counted=True))
+        self.throttle.refund(self.address, account)
         return defer.succeed(("success", (self.jid, final)))
 
     @defer.inlineCallbacks
@@ -146,10 +176,17 @@ class SASLExchange:
         except ScramError as exc:
             raise SASLFailure(exc.condition) from None
         self.jid = self._user_jid(username, self.scram.authzid)
-        creds = yield self.server.stores.users.get_credentials(self.jid.bare, self.scram.hash_name)
+        account = self.jid.bare
+        if not self.throttle.allowed(self.address, account):
+            raise self._refused(account)  # before any database work
+        users = self.server.stores.users
+        creds = yield users.get_credentials(account, self.scram.hash_name)
         if creds is None:
-            creds = decoy_credentials(self.server.secret, self.scram.hash_name, self.jid.bare,
-                                      iterations=getattr(self.server.stores.users, "iterations", 4096))
+            # The secret is the database's, shared by every process and
+            # restart, so an unknown account's salt is as stable as a real one's.
+            secret = yield self.server.secrets.get(DECOY_SECRET)
+            creds = decoy_credentials(secret, self.scram.hash_name, account,
+                                      iterations=users.iterations)
         return ("challenge", self.scram.server_first(creds))
 
     @defer.inlineCallbacks
@@ -164,9 +201,17 @@ class SASLExchange:
         if not authcid or not password:
             raise SASLFailure("not-authorized")
         jid = self._user_jid(authcid, authzid or None)
-        ok = yield self.server.stores.users.check_password(jid.bare, password)
+        account = jid.bare
+        if not self.throttle.charge(self.address, account):
+            raise self._refused(account)  # without hashing the password
+        try:
+            ok = yield self.server.stores.users.check_password(account, password)
+        except Exception:
+            self.throttle.refund(self.address, account)  # our fault, not a guess
+            raise
         if not ok:
-            raise SASLFailure("not-authorized")
+            raise SASLFailure("not-authorized", account=account, counted=True)
+        self.throttle.refund(self.address, account)
         return ("success", (jid, None))  # no additional data (RFC 6120 §6.4.6)
 
 
@@ -179,39 +224,148 @@ def failure_element(condition: str, text: Optional[str] = None) -> domish.Elemen
 
 
 class AuthThrottle:
-    """Slows down repeated SASL failures from one address.
+    """Counts failed logins per address and per account; slows and refuses them.
 
-    Each failure adds ``step`` seconds (up to ``cap``) to the time the next
-    failure answer from that address waits; success or ``forget_after``
-    seconds of quiet clear it. Bounded: the oldest entries go first.
+    Every failure adds 1 to its address's score (IPv6: its /64, which one
+    host usually owns whole) and, for a wrong password, to its account's.
+    Scores leak away at ``max_failures / window`` per second: a burst of
+    ``max_failures`` failures, then about one attempt per
+    ``window / max_failures`` seconds. At ``max_failures`` a new attempt is
+    refused with temporary-auth-failure (RFC 6120 §6.5.12) before any
+    password is checked, so neither many connections from one address nor
+    many addresses against one account guess faster than that.
+
+    A success erases nothing: one valid account must not reset the count
+    of the address it guesses other accounts' passwords from. Each failure
+    answer also waits ``step * (failures - 1)`` seconds, up to ``cap``.
+
+    Both tables are bounded (``max_entries`` each, the least recently
+    failed go first, and fully leaked entries are dropped as new ones come).
     """
 
-    def __init__(self, clock: Any, step: float, cap: float,
-                 forget_after: float = 600.0, max_entries: int = 100_000) -> None:
+    def __init__(self, clock: Any, step: float, cap: float, *, max_failures: int = 10,
+                 window: float = 600.0, max_entries: int = 100_000) -> None:
         self.clock = clock
         self.step = step
         self.cap = cap
-        self.forget_after = forget_after
+        self.max_failures = max_failures
+        self.window = window
         self.max_entries = max_entries
-        self._failures: dict[str, tuple[int, float]] = {}
+        self._leak = max_failures / window  # score units per second
+        #: key -> (score, time of the score); oldest first
+        self._addresses: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._accounts: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def failed(self, address: str) -> float:
-        """Record a failure; return how long to delay its answer."""
+    @classmethod
+    def from_limits(cls, clock: Any, limits: Any) -> "AuthThrottle":
+        """The throttle a server's ``[limits]`` describe."""
+        return cls(clock, limits.auth_failure_delay, limits.auth_failure_max_delay,
+                   max_failures=limits.auth_max_failures, window=limits.auth_failure_window,
+                   max_entries=limits.auth_failure_entries)
+
+    # -- scores --------------------------------------------------------------
+
+    def _score(self, table: OrderedDict[str, tuple[float, float]], key: Optional[str],
+               now: float) -> float:
+        if key is None:
+            return 0.0
+        entry = table.get(key)
+        if entry is None:
+            return 0.0
+        score, then = entry
+        return max(0.0, score - (now - then) * self._leak)
+
+    def _add(self, table: OrderedDict[str, tuple[float, float]], key: Optional[str],
+             amount: float) -> None:
+        if key is None:
+            return
         now = self.clock.seconds()
-        count, last = self._failures.pop(address, (0, now))
-        if now - last > self.forget_after:
-            count = 0
-        count += 1
-        self._failures[address] = (count, now)
-        if len(self._failures) > self.max_entries:
-            del self._failures[next(iter(self._failures))]
-        return min(self.step * (count - 1), self.cap)
+        before = self._score(table, key, now)
+        score = max(0.0, before + amount)
+        limit = self.max_failures - 1
+        if before <= limit < score:
+            log.warn("too many failed logins for {kind} {key}: refusing new attempts for now",
+                     kind="address" if table is self._addresses else "account", key=key)
+        table.pop(key, None)
+        if score > 0:
+            table[key] = (score, now)
+        # Drop leaked-out entries from the old end, then enforce the cap.
+        while table:
+            oldest = next(iter(table))
+            if self._score(table, oldest, now) > 0 and len(table) <= self.max_entries:
+                break
+            del table[oldest]
 
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+    @staticmethod
+    def address_key(address: Optional[str]) -> Optional[str]:
+        """The counter key of an address: itself, or its /64 for IPv6."""
+        if not address:
+            return None
+        if ":" in address:
+            try:
+                net = ipaddress.IPv6Network(f"{address.split('%')[0]}/64", strict=False)
+            except ValueError:
+                return address
+            return str(net)
+        return address
 
-    def delay_call(self, address: str, fn: Callable[[], None]) -> None:
-        delay = self.failed(address)
+    def failures(self, address: Optional[str], account: Optional[str] = None) -> float:
+        """The larger of the address's and the account's current scores."""
+        now = self.clock.seconds()
+        return max(self._score(self._addresses, self.address_key(address), now),
+                   self._score(self._accounts, account, now))
+
+    def allowed(self, address: Optional[str], account: Optional[str] = None) -> bool:
+        """Whether a new attempt may be checked (neither limit reached)."""
+        return self.failures(address, account) <= self.max_failures - 1
+
+    # -- recording -------------------------------------------------------------
+
+    def charge(self, address: Optional[str], account: Optional[str]) -> bool:
+        """Count a password check as failed before it runs; False when refused.
+
+        Charging first means attempts checked at the same time (many
+        connections, the hash pool busy) cannot all slip under the limit;
+        :meth:`refund` takes the charge back when the password was right.
+        """
+        if not self.allowed(address, account):
+            return False
+        self._add(self._addresses, self.address_key(address), 1)
+        self._add(self._accounts, account, 1)
+        return True
+
+    def refund(self, address: Optional[str], account: Optional[str]) -> None:
+        """Take back one :meth:`charge` (a right password); earlier failures stay."""
+        self._add(self._addresses, self.address_key(address), -1)
+        self._add(self._accounts, account, -1)
+
+    def failed(self, address: Optional[str], account: Optional[str] = None) -> float:
+        """Record a failure; return how long to delay its answer."""
+        self._add(self._addresses, self.address_key(address), 1)
+        self._add(self._accounts, account, 1)
+        return self.delay(address, account)
+
+    def succeeded(self, address: Optional[str]) -> None:
+        """A login succeeded: nothing is forgotten (see the class docs)."""
+
+    def delay(self, address: Optional[str], account: Optional[str] = None) -> float:
+        """How long an answer to a failure waits now."""
+        count = math.ceil(self.failures(address, account) - 1e-9)
+        return min(self.step * max(count - 1, 0), self.cap)
+
+    def delay_call(self, address: str, fn: Callable[[], None],
+                   failure: Optional[SASLFailure] = None) -> None:
+        """Run ``fn`` (the failure answer) after the delay due.
+
+        ``failure`` is what failed: one the exchange has already counted
+        (a charged password check, a refusal) is not counted again; any
+        other (bad mechanism, malformed data) counts for the address.
+        """
+        account = failure.account if failure is not None else None
+        if failure is None or not failure.counted:
+            delay = self.failed(address)
+        else:
+            delay = self.delay(address, account)
         if delay > 0:
             self.clock.callLater(delay, fn)
         else:

@@ -342,7 +342,7 @@ class C2SStream(Protocol):
                 if self.sasl is not None:
                     raise SASLFailure("malformed-request")
                 self.sasl = SASLExchange(self.server, self.host or "", element.getAttribute("mechanism", ""),
-                                         self.mechanisms, self._bindings())
+                                         self.mechanisms, self._bindings(), self.peer)
                 d = self.sasl.start(decode_payload(element))
             elif element.name == "response":
                 if self.sasl is None:
@@ -432,7 +432,7 @@ class C2SStream(Protocol):
             answer()
         else:
             self._hold()
-            self.factory.throttle.delay_call(self.peer, answer)
+            self.factory.throttle.delay_call(self.peer, answer, exc)
 
     def _crash(self, failure: Failure) -> None:
         log.failure("c2s negotiation for {peer} failed", failure, peer=self.peer)

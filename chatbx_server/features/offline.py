@@ -1,11 +1,12 @@
 """Offline message storage (XEP-0160 1.0.1) with delay stamps (XEP-0203 2.0).
 
 Messages that no available resource took (``message/bare`` at priority
-OFFLINE, below delivery) are stored when they are worth keeping, stamped
-with ``<delay from='DOMAIN' stamp='...'/>`` at receipt, and delivered when
-the account next sends initial presence with a non-negative priority
-(RFC 6121 §8.5.2.1.1, XEP-0160 §2), then deleted. Deleting only after
-sending means a crash in between re-delivers rather than loses.
+OFFLINE, below delivery; resources with a negative priority take none,
+RFC 6121 §8.5.2.1.1) are stored when they are worth keeping, stamped with
+``<delay from='DOMAIN' stamp='...'/>`` at receipt, and delivered when a
+resource of the account becomes available with a non-negative priority
+(XEP-0160 §2 step 5), by its initial presence or by a later one raising a
+negative priority, then deleted.
 
 What is kept (like ejabberd's and Prosody's rules): chat and normal
 messages (or no type) that carry a body, a subject or another payload
@@ -16,14 +17,23 @@ the message module, which bounces chat/normal with service-unavailable),
 and pure XEP-0085 chat-state notifications, which are dropped silently:
 a "typing..." for someone offline is worth neither storage nor an error.
 
-The store is bounded per account (``max_per_user``); a full store or a
-JID without an account answers service-unavailable. The handler returns
-the store's Deferred, so what acknowledges the stanza (XEP-0198) waits for
-the commit.
+The store is bounded per account in messages (``max_per_user``) and in
+bytes (``max_bytes``), both checked in the storing transaction. A full
+store or a JID without an account answers service-unavailable (XEP-0160
+§2 step 3 names that error for a full queue; Prosody answers the same,
+ejabberd uses resource-constraint). The handler returns the store's
+Deferred, so what acknowledges the stanza (XEP-0198) waits for the commit.
 
-Initial presence is seen on ``pre-presence/bare`` above DELIVER (the
-presence module has no ``presence/initial`` event): the handler returns
-None, so the presence module still handles the stanza.
+Delivery goes page by page (at most ``PAGE_MESSAGES`` and about
+``PAGE_BYTES`` per query), each page deleted only after it was handed to
+the session, so memory and the work of one reactor turn do not grow with
+the backlog, and a session that goes away mid-delivery leaves the rest
+stored (or to another available resource of the account, if there is one).
+
+Presence is seen on ``pre-presence/bare`` above DELIVER (the presence
+module has no ``presence/available`` event), while the session still shows
+its previous state: the handler returns None, so the presence module still
+handles the stanza.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from chatbx_server.features.time import xep0082_datetime
 from chatbx_server.features.presence import parse_priority
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
+from chatbx_server.storage.offline import PAGE_BYTES, PAGE_MESSAGES, StoredMessage
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.stanzas import parse_stanza
 from chatbx_server.logs import log_observer
@@ -53,8 +64,8 @@ CHATSTATES = "http://jabber.org/protocol/chatstates"
 _EPHEMERAL_NS = frozenset((CHATSTATES, HINTS, ns.DELAY, "urn:xmpp:sid:0"))
 _STORED_TYPES = frozenset(("chat", "normal"))
 
-#: runs before the presence module handles the initial presence
-INITIAL_PRESENCE_PRIORITY = DELIVER + 50
+#: runs before the presence module handles a broadcast presence
+PRESENCE_PRIORITY = DELIVER + 50
 
 
 def storage_decision(stanza: domish.Element) -> Optional[bool]:
@@ -80,6 +91,16 @@ def storage_decision(stanza: domish.Element) -> Optional[bool]:
     return False
 
 
+class _Delivery:
+    """One account's delivery in progress, and the session it goes to."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Any) -> None:
+        #: None once the target stopped taking bare-JID messages
+        self.target: Optional[Any] = target
+
+
 class OfflineFeature(Feature):
     name = "offline"
     spec = "XEP-0160 1.0.1 (Offline Messages), XEP-0203 2.0 (Delayed Delivery)"
@@ -90,16 +111,24 @@ class OfflineFeature(Feature):
     class Options:
         #: messages kept per account; further ones bounce with service-unavailable
         max_per_user: int = 1000
+        #: bytes of stored XML per account; a message that would pass it bounces too
+        max_bytes: int = 10 * 1024 * 1024
 
         def __post_init__(self) -> None:
             if self.max_per_user < 1:
                 raise ValueError("max_per_user must be at least 1")
+            if self.max_bytes < 1:
+                raise ValueError("max_bytes must be at least 1")
 
     def setup(self) -> None:
         #: accounts whose stored messages are being fetched and sent
-        self._delivering: set[str] = set()
+        self._deliveries: dict[str, _Delivery] = {}
+        #: bounds of one delivery page; a page is written in one go, so it stays
+        #: well inside the c2s output buffer a client is dropped past
+        self.page_messages = PAGE_MESSAGES
+        self.page_bytes = max(1, min(PAGE_BYTES, self.server.config.limits.max_output_buffer // 4))
         self.hook("message/bare", self.on_offline_message, OFFLINE)
-        self.hook("pre-presence/bare", self.on_presence, INITIAL_PRESENCE_PRIORITY)
+        self.hook("pre-presence/bare", self.on_presence, PRESENCE_PRIORITY)
 
     # -- storing -------------------------------------------------------------
     def on_offline_message(self, event: StanzaEvent) -> Any:
@@ -110,7 +139,8 @@ class OfflineFeature(Feature):
         if decision is False:
             return True
         user = event.to.bare
-        d = self.server.stores.offline.store(user, self._serialize(event), self.options.max_per_user)
+        d = self.server.stores.offline.store(user, self._serialize(event),
+                                             self.options.max_per_user, self.options.max_bytes)
         d.addCallbacks(lambda stored: self._stored(stanza, user, stored),
                        lambda failure: self._store_failed(stanza, user, failure))
         return d
@@ -131,6 +161,7 @@ class OfflineFeature(Feature):
     def _stored(self, stanza: domish.Element, user: str, stored: bool) -> bool:
         if not stored:
             log.info("offline storage full for {user}", user=user)
+            # XEP-0160 §2 step 3: a full queue answers service-unavailable.
             self.server.router.bounce(stanza, "service-unavailable", "offline storage full")
         return True
 
@@ -142,60 +173,107 @@ class OfflineFeature(Feature):
 
     # -- delivering ----------------------------------------------------------
     def on_presence(self, event: StanzaEvent) -> None:
+        """Start delivery when a resource starts taking bare-JID messages;
+        stop it when the resource it goes to stops (unavailable, or a
+        negative priority: RFC 6121 §8.5.2.1.1)."""
         stanza = event.stanza
         session = event.origin
-        if (session is None or stanza.getAttribute("to") is not None
-                or stanza.getAttribute("type") is not None or session.presence is not None):
+        if session is None or stanza.getAttribute("to") is not None:
+            return None
+        ptype = stanza.getAttribute("type")
+        if ptype == "unavailable":
+            self._stop(session)
+            return None
+        if ptype is not None:
             return None
         try:
             priority = parse_priority(stanza)
         except ValueError:
-            return None  # the presence module refuses it: the session stays unavailable
+            return None  # the presence module refuses it: the session's state stays
         if priority < 0:
-            return None  # RFC 6121 §8.5.2.1.1: never to a negative priority
-        self.deliver_to(session)
+            self._stop(session)
+            return None
+        if session.presence is None or session.priority < 0:
+            # XEP-0160 §2 step 5: "next sends non-negative available presence".
+            self.deliver_to(session)
         return None
 
-    def deliver_to(self, session: Any) -> defer.Deferred:
-        """Send the account's stored messages to ``session``, then delete them.
+    def _stop(self, session: Any) -> None:
+        delivery = self._deliveries.get(session.bare)
+        if delivery is not None and delivery.target is session:
+            delivery.target = None
+
+    def deliver_to(self, session: Any) -> defer.Deferred[int]:
+        """Send the account's stored messages to ``session``, deleting them
+        page by page once sent; fires with how many were handed over.
 
         One delivery per account at a time: a second resource coming online
         while the first one's fetch is in flight would otherwise get the same
         rows (XEP-0160 delivers to one resource). What arrives meanwhile goes
-        to the available resources directly.
+        to the available resources directly. If the delivery's resource has
+        stopped, ``session`` takes over the rest.
         """
         user = session.bare
-        if user in self._delivering:
-            return defer.succeed(None)
-        self._delivering.add(user)
-        d = self.server.stores.offline.fetch(user)
-        d.addCallback(self._send_stored, session, user)
+        delivery = self._deliveries.get(user)
+        if delivery is not None:
+            if delivery.target is None:
+                delivery.target = session
+            return defer.succeed(0)
+        delivery = self._deliveries[user] = _Delivery(session)
+        d = defer.ensureDeferred(self._deliver(user, delivery))
         d.addErrback(self._delivery_failed, user)
-
-        def done(result: Any) -> Any:
-            self._delivering.discard(user)
-            return result
-
-        d.addBoth(done)
         return d
 
-    def _send_stored(self, rows: list[tuple[int, str, float]], session: Any, user: str) -> Any:
-        if not rows or session.closed:
-            return None
-        sent: list[int] = []
-        for row_id, xml, _created in rows:
-            try:
-                element = parse_stanza(xml)
-            except Exception:
-                # Unreadable rows would block the queue forever: log and drop.
-                log.failure("dropping unreadable offline message {id} of {user}", id=row_id, user=user)
-            else:
-                session.send(element)
-            sent.append(row_id)
-        return self.server.stores.offline.delete(user, sent)
+    async def _deliver(self, user: str, delivery: _Delivery) -> int:
+        store = self.server.stores.offline
+        after = 0
+        handed_over = 0
+        try:
+            while self._target(user, delivery) is not None:
+                page = await store.fetch(user, after=after, max_messages=self.page_messages,
+                                         max_bytes=self.page_bytes)
+                target = self._target(user, delivery)
+                if not page or target is None:
+                    break
+                sent: list[int] = []
+                for message in page:
+                    element = self._parse(message, user)
+                    if element is not None:
+                        target.send(element)
+                        if target.closed:
+                            break  # dropped while writing: this one may not have got out
+                    sent.append(message.id)
+                    after = message.id
+                if sent:
+                    await store.delete(user, sent)
+                    handed_over += len(sent)
+        finally:
+            if self._deliveries.get(user) is delivery:
+                del self._deliveries[user]
+        return handed_over
 
-    def _delivery_failed(self, failure: Failure, user: str) -> None:
-        if failure.check(UnknownUser):
+    def _target(self, user: str, delivery: _Delivery) -> Optional[Any]:
+        """The session the next page goes to: the delivery's own while it
+        lasts, then an available resource with the highest non-negative
+        priority (the one a new message would go to), or None: stop."""
+        target = delivery.target
+        if target is not None and not target.closed:
+            return target
+        candidates = [s for s in self.server.sessions.available(user)
+                      if s.priority >= 0 and not s.closed]
+        delivery.target = max(candidates, key=lambda s: s.priority) if candidates else None
+        return delivery.target
+
+    def _parse(self, message: StoredMessage, user: str) -> Optional[domish.Element]:
+        try:
+            return parse_stanza(message.xml)
+        except Exception:
+            # Unreadable rows would block the queue forever: log and drop.
+            log.failure("dropping unreadable offline message {id} of {user}",
+                        id=message.id, user=user)
             return None
-        log.failure("delivering offline messages to {user} failed", failure, user=user)
-        return None
+
+    def _delivery_failed(self, failure: Failure, user: str) -> int:
+        if not failure.check(UnknownUser):
+            log.failure("delivering offline messages to {user} failed", failure, user=user)
+        return 0

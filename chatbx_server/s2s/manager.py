@@ -110,6 +110,7 @@ class S2SManager:
                                              self.config.dns_cache_size)
         self._connect_fn = connect or self._open_connection
         self._server_tls = server_tls
+        self._server_contexts: Any = None
         self._client_contexts: dict[str, Any] = {}
         self.routes: dict[tuple[str, str], OutRoute] = {}
         self.incoming: set["S2SInStream"] = set()
@@ -172,8 +173,19 @@ class S2SManager:
         if self._server_tls is None:
             from chatbx_server.tls import TLSContexts
 
-            self._server_tls = TLSContexts(self.certificates, verify_peer=True).server_context_factory()
+            self._server_contexts = TLSContexts(self.certificates, verify_peer=True)
+            self._server_tls = self._server_contexts.server_context_factory()
         return self._server_tls
+
+    def reload_tls(self) -> None:
+        """Re-read the certificates (SIGHUP): new s2s connections use them.
+
+        Raises:
+            CertificateError: a file is unreadable; the old contexts stay.
+        """
+        if self._server_contexts is not None:
+            self._server_contexts.reload()
+        self._client_contexts = {}
 
     def client_tls(self, local: str, remote: str, alpn: bool = False) -> ClientCreator:
         ctx = self._client_contexts.get(local)

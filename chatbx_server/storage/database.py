@@ -76,6 +76,28 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def _scrub_row_values(exc: DBAPIError) -> None:
+    """Drop the driver's DETAIL lines from ``exc`` before anyone logs it.
+
+    hide_parameters keeps SQLAlchemy from printing bound values, but
+    PostgreSQL's own DETAIL of a NOT NULL or CHECK violation is "Failing row
+    contains (...)": the whole row, message bodies included.
+    """
+
+    def scrub(text: Any) -> Any:
+        if not isinstance(text, str) or "DETAIL:" not in text:
+            return text
+        return "\n".join(line for line in text.split("\n")
+                         if not line.lstrip().startswith("DETAIL:"))
+
+    for err in (exc, exc.orig):
+        if err is not None and err.args:
+            try:
+                err.args = (scrub(err.args[0]),) + tuple(err.args[1:])
+            except (AttributeError, TypeError):
+                pass
+
+
 def _is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -93,6 +115,10 @@ def make_engine(url: str, *, pool_size: int = 5, foreign_keys: bool = True) -> E
     ``engine.begin()`` (pysqlite otherwise runs reads outside it); WAL lets
     readers (the CLI) work while the server writes. In-memory SQLite uses a
     StaticPool so every thread sees the one database.
+
+    ``hide_parameters``: an error SQLAlchemy raises (and we log) shows the
+    statement but not its values, which are message bodies, stanzas and
+    credentials.
 
     Args:
         url: SQLAlchemy URL.
@@ -112,7 +138,7 @@ def make_engine(url: str, *, pool_size: int = 5, foreign_keys: bool = True) -> E
             db_path = make_url(url).database
             assert db_path is not None
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, **kwargs)
+        engine = create_engine(url, hide_parameters=True, **kwargs)
         _install_sqlite_listeners(engine, foreign_keys=foreign_keys)
         return engine
     return create_engine(
@@ -120,6 +146,7 @@ def make_engine(url: str, *, pool_size: int = 5, foreign_keys: bool = True) -> E
         pool_size=pool_size,
         max_overflow=0,
         pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 
@@ -216,6 +243,11 @@ class Database:
         return cls(url, threadless=True)
 
     @property
+    def reactor(self) -> Any:
+        """What results are delivered through (None: the global reactor)."""
+        return self._reactor
+
+    @property
     def dialect(self) -> str:
         """The backend name: ``sqlite`` or ``postgresql``."""
         return self.engine.dialect.name
@@ -271,6 +303,7 @@ class Database:
                     return fn(conn, *args, **kwargs)
             except DBAPIError as exc:
                 if attempt >= MAX_RETRIES or not is_transient_error(exc):
+                    _scrub_row_values(exc)
                     raise
                 attempt += 1
                 log.warn(

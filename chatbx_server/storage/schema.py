@@ -20,6 +20,7 @@ __all__ = [
     "roster_items",
     "roster_versions",
     "scram_credentials",
+    "server_secrets",
     "subscription_requests",
     "users",
 ]
@@ -131,5 +132,18 @@ offline_messages = sa.Table(
     sa.Column("stanza", sa.Text, nullable=False, comment="serialized XML of the stanza"),
     sa.Column("created_at", sa.Double, nullable=False,
               comment="Unix time the server accepted it (for XEP-0203 delay)"),
+    sa.Column("stanza_bytes", sa.Integer, nullable=False,
+              comment="UTF-8 length of stanza; summed for the per-account byte cap"),
     sa.Index("ix_offline_messages_user_id", "user_id"),
+)
+
+server_secrets = sa.Table(
+    "server_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), nullable=False,
+              comment="what the secret is for, e.g. 'scram-decoy'"),
+    sa.Column("value", sa.LargeBinary, nullable=False,
+              comment="random bytes, generated once and shared by every node"),
+    sa.PrimaryKeyConstraint("name"),
+    comment="per-installation secrets (storage/secrets.py)",
 )

@@ -2,8 +2,11 @@
 
 Passwords are never stored: only salt, iteration count, StoredKey and
 ServerKey for SCRAM-SHA-1 and SCRAM-SHA-256. SASL PLAIN is checked by
-re-deriving the SHA-256 keys. PBKDF2 is slow on purpose, so it runs inside
-the ``_txn`` functions, on the database thread, never on the reactor.
+re-deriving the SHA-256 keys. PBKDF2 is slow on purpose, so it runs on a
+:class:`HashPool` of its own: never on the reactor, and never inside a
+transaction, where it would hold the database thread (SQLite has only one)
+and stall every roster and offline read behind a flood of logins. The
+``_txn`` functions only read and write credentials.
 
 JIDs arrive as already-prepared bare JID strings ``user@domain``.
 """
@@ -11,12 +14,15 @@ JIDs arrive as already-prepared bare JID strings ``user@domain``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, cast
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Iterable, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from chatbx_server.c2s import scram
 from chatbx_server.storage.database import Database
@@ -24,6 +30,7 @@ from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.schema import roster_versions, scram_credentials, users
 
 __all__ = [
+    "HashPool",
     "MECHANISMS",
     "ScramCredentials",
     "StorageError",
@@ -37,6 +44,10 @@ __all__ = [
 #: Hash names stored per account, with their SASL mechanism names.
 MECHANISMS = {"SHA-1": "SCRAM-SHA-1", "SHA-256": "SCRAM-SHA-256"}
 DEFAULT_ITERATIONS = 4096
+#: hashing threads when the server configures none ([limits] hash_threads)
+DEFAULT_HASH_THREADS = 2
+
+T = TypeVar("T")
 
 
 #: the SCRAM module's credentials type: one definition for store and server
@@ -119,32 +130,47 @@ def _insert_credentials_txn(
     )
 
 
-def create_users_txn(
-    conn: Connection, pairs: list[tuple[str, str]], now: float, iterations: int
-) -> int:
-    """Insert accounts with their credentials; all or nothing.
-
-    Raises:
-        UserExists: naming the first JID that already exists (or repeats).
-    """
+def _parse_new_users(jids: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(jid, localpart, domain) of each; UserExists for a JID given twice."""
     seen: set[str] = set()
     parsed = []
-    for jid, password in pairs:
+    for jid in jids:
         username, domain = split_jid(jid)
         if jid in seen:
             raise UserExists(jid)
         seen.add(jid)
-        parsed.append((jid, username, domain, password))
-    # Check first so the error names the JID; the unique constraint still
-    # guards against a concurrent insert.
-    for jid, username, domain, _ in parsed:
+        parsed.append((jid, username, domain))
+    return parsed
+
+
+def check_new_users_txn(conn: Connection, jids: list[str]) -> None:
+    """Refuse bad, repeated or existing JIDs before any password is hashed.
+
+    Raises:
+        ValueError: not a bare user JID.
+        UserExists: naming the first JID that already exists (or repeats).
+    """
+    for jid, username, domain in _parse_new_users(jids):
         found = conn.execute(
             sa.select(users.c.id).where(users.c.username == username, users.c.domain == domain)
         ).first()
         if found is not None:
             raise UserExists(jid)
-    for jid, username, domain, password in parsed:
-        creds = derive_credentials(password, iterations)
+
+
+def create_users_txn(
+    conn: Connection, accounts: list[tuple[str, dict[str, ScramCredentials]]], now: float
+) -> int:
+    """Insert accounts with their (already derived) credentials; all or nothing.
+
+    Raises:
+        UserExists: naming the first JID that already exists (or repeats).
+    """
+    jids = [jid for jid, _ in accounts]
+    # Check first so the error names the JID; the unique constraint still
+    # guards against a concurrent insert.
+    check_new_users_txn(conn, jids)
+    for (jid, username, domain), (_, creds) in zip(_parse_new_users(jids), accounts):
         try:
             # A single-row INSERT always has a primary key row (SQLAlchemy
             # types it Optional for executemany).
@@ -155,13 +181,12 @@ def create_users_txn(
             raise UserExists(jid) from exc
         conn.execute(sa.insert(roster_versions).values(user_id=user_id, version=0))
         _insert_credentials_txn(conn, user_id, creds)
-    return len(parsed)
+    return len(accounts)
 
 
-def set_password_txn(conn: Connection, jid: str, password: str, iterations: int) -> None:
+def set_credentials_txn(conn: Connection, jid: str, creds: dict[str, ScramCredentials]) -> None:
     """Replace an account's credentials. Raises UnknownUser."""
     user_id = user_id_txn(conn, jid)
-    creds = derive_credentials(password, iterations)
     conn.execute(sa.delete(scram_credentials).where(scram_credentials.c.user_id == user_id))
     _insert_credentials_txn(conn, user_id, creds)
 
@@ -219,20 +244,81 @@ def get_credentials_txn(conn: Connection, jid: str, mechanism: str) -> ScramCred
                             bytes(row.server_key))
 
 
-#: PBKDF2 rounds spent on a PLAIN attempt for an unknown account
-_DECOY_ITERATIONS = 4096
+def verify_plain(creds: ScramCredentials | None, password: str, iterations: int) -> bool:
+    """Whether ``password`` matches SCRAM-SHA-256 credentials (slow: PBKDF2).
 
-
-def check_password_txn(conn: Connection, jid: str, password: str) -> bool:
-    """Whether the password matches the SCRAM-SHA-256 credentials."""
-    creds = get_credentials_txn(conn, jid, "SHA-256")
+    For an unknown account (None) the same PBKDF2 work is spent on a decoy
+    with the iteration count new accounts get, so the answer time does not
+    tell which accounts exist.
+    """
     if creds is None:
-        # Spend the same PBKDF2 work as for a real account, so the answer
-        # time does not tell which accounts exist.
-        decoy = scram.Credentials(b"\0" * scram.SALT_LENGTH, _DECOY_ITERATIONS, b"", b"")
+        decoy = scram.Credentials(b"\0" * scram.SALT_LENGTH, iterations, b"", b"")
         scram.verify_password(decoy, "SHA-256", password)
         return False
     return scram.verify_password(creds, "SHA-256", password)
+
+
+def _derive_all(passwords: list[str], iterations: int) -> list[dict[str, ScramCredentials]]:
+    return [derive_credentials(password, iterations) for password in passwords]
+
+
+class HashPool:
+    """The threads PBKDF2 runs on: apart from the reactor and the database.
+
+    A few threads (``[limits] hash_threads``) bound how much CPU a flood
+    of PLAIN logins takes, while the database thread keeps serving
+    everybody else. Results come back through ``reactor.callFromThread``.
+
+    Args:
+        threads: most hashes computed at once.
+        reactor: delivers results (the global reactor when None).
+        threadless: hash at once in the caller and return a fired
+            Deferred (unit tests and chatbxctl, which run no reactor).
+    """
+
+    def __init__(self, threads: int = DEFAULT_HASH_THREADS, reactor: Any = None, *,
+                 threadless: bool = False) -> None:
+        self.threads = threads
+        self.threadless = threadless
+        self._reactor = reactor
+        self._executor: ThreadPoolExecutor | None = None
+        self._stopped = False
+
+    def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``fn(*args)`` on a hashing thread; a Deferred of its result."""
+        if self.threadless:
+            try:
+                return defer.succeed(fn(*args))
+            except Exception:
+                return defer.fail()
+        if self._stopped:
+            return defer.fail(StorageError("password hashing stopped"))
+        if self._executor is None:
+            # Threads start on first use and end with the process at the latest.
+            self._executor = ThreadPoolExecutor(max_workers=self.threads,
+                                                thread_name_prefix="chatbx-hash")
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        d: Deferred[T] = Deferred()
+
+        def done(future: Future[T]) -> None:
+            try:
+                result = future.result()
+            except BaseException as exc:  # CancelledError at shutdown included
+                reactor.callFromThread(d.errback, Failure(exc))
+            else:
+                reactor.callFromThread(d.callback, result)
+
+        self._executor.submit(fn, *args).add_done_callback(done)
+        return d
+
+    def stop(self) -> None:
+        """Drop queued hashes and wait for the running ones."""
+        self._stopped = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
 
 class UserStore:
@@ -245,31 +331,48 @@ class UserStore:
     """
 
     def __init__(self, db: Database, clock: Any = None, *,
-                 iterations: int = DEFAULT_ITERATIONS) -> None:
+                 iterations: int = DEFAULT_ITERATIONS, hasher: HashPool | None = None) -> None:
         self.db = db
         self._now: Callable[[], float] = now_function(clock)
         self.iterations = iterations
+        #: where passwords are hashed; the server replaces it with one of
+        #: ``[limits] hash_threads`` threads
+        self.hasher = hasher if hasher is not None else HashPool(
+            DEFAULT_HASH_THREADS, db.reactor, threadless=db.threadless)
 
     def create(self, jid: str, password: str) -> Deferred[None]:
         """Create one account. Fails with UserExists."""
-        d = self.db.run("users.create", create_users_txn, [(jid, password)], self._now(),
-                        self.iterations)
-        return d.addCallback(lambda _: None)
+        return self.create_many([(jid, password)]).addCallback(lambda _: None)
 
     def create_many(self, pairs: Iterable[tuple[str, str]]) -> Deferred[int]:
         """Create many accounts in one transaction; all or nothing.
 
+        The JIDs are checked first, then the passwords hashed (off the
+        database thread), then everything written in one transaction.
+
         Returns:
             the number created. Fails with UserExists naming a JID that
-            exists already; then nothing is written.
+            exists already; then nothing is written. ValueError: a JID that
+            is not a bare user JID, or a password SASLprep refuses.
         """
-        return self.db.run("users.create_many", create_users_txn, list(pairs), self._now(),
-                           self.iterations)
+        pairs = list(pairs)
+        jids = [jid for jid, _ in pairs]
+
+        def hash_all(_: None) -> Deferred[list[dict[str, ScramCredentials]]]:
+            return self.hasher.run(_derive_all, [pw for _, pw in pairs], self.iterations)
+
+        def write(creds: list[dict[str, ScramCredentials]]) -> Deferred[int]:
+            return self.db.run("users.create_many", create_users_txn,
+                               list(zip(jids, creds)), self._now())
+
+        d = self.db.run("users.check_new", check_new_users_txn, jids)
+        return d.addCallback(hash_all).addCallback(write)
 
     def set_password(self, jid: str, password: str) -> Deferred[None]:
         """Replace the credentials. Fails with UnknownUser."""
-        return self.db.run("users.set_password", set_password_txn, jid, password,
-                           self.iterations)
+        d = self.hasher.run(derive_credentials, password, self.iterations)
+        return d.addCallback(
+            lambda creds: self.db.run("users.set_password", set_credentials_txn, jid, creds))
 
     def delete(self, jid: str) -> Deferred[bool]:
         """Delete the account and all its data; False if there was none."""
@@ -288,8 +391,14 @@ class UserStore:
         return self.db.run("users.get_credentials", get_credentials_txn, jid, mechanism)
 
     def check_password(self, jid: str, password: str) -> Deferred[bool]:
-        """Check a plaintext password (SASL PLAIN); False for unknown users."""
-        return self.db.run("users.check_password", check_password_txn, jid, password)
+        """Check a plaintext password (SASL PLAIN); False for unknown users.
+
+        The transaction only reads the credentials; the hashing runs after
+        it, on the hash pool.
+        """
+        d = self.db.run("users.check_password", get_credentials_txn, jid, "SHA-256")
+        return d.addCallback(
+            lambda creds: self.hasher.run(verify_plain, creds, password, self.iterations))
 
 
 def now_function(clock: Any) -> Callable[[], float]:

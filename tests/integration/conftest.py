@@ -112,7 +112,9 @@ class ChatbxServer:
             lines.append(f's2s = "127.0.0.1:{self.s2s_port}"')
         extra = self.extra_config.strip()
         if "[limits]" not in extra:
-            lines += ["[limits]", "auth_failure_delay = 0.3", "max_stanza_size = 65536"]
+            # Many tests fail logins on purpose from 127.0.0.1: no refusals.
+            lines += ["[limits]", "auth_failure_delay = 0.3", "max_stanza_size = 65536",
+                      "auth_max_failures = 1000"]
         lines += ["[log]", 'level = "debug"']
         if extra:
             lines.append(extra)
@@ -248,7 +250,8 @@ def _module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatbxS
     servers: list[ChatbxServer] = []
     try:
         yield _factory(tmp_path_factory.mktemp("chatbx"), servers)(
-            extra_config="[limits]\nauth_failure_delay = 0.01\nmax_stanza_size = 65536")
+            extra_config="[limits]\nauth_failure_delay = 0.01\nmax_stanza_size = 65536\n"
+                         "auth_max_failures = 1000")
     finally:
         for server in servers:
             server.stop()

@@ -228,3 +228,19 @@ def test_given_threadpool_is_used(tmp_path: Path) -> None:
     assert wait_for(db.run("t", lambda c: threading.current_thread().name)) == "PoolThread-test-db-0"
     db.stop()
     assert not pool.started
+
+
+def test_errors_do_not_show_parameters(database: Any, result_of: Any) -> None:
+    """A failed statement's error (what gets logged) shows the SQL but not
+    the values bound to it: they can be message bodies or credentials."""
+
+    def bad_body(conn: Any) -> None:
+        conn.execute(sa.insert(schema.offline_messages).values(
+            user_id=424242, stanza="<message><body>secret words</body></message>",
+            created_at=1.0))
+
+    with pytest.raises(IntegrityError) as info:
+        result_of(database.run("t", bad_body))
+    assert "secret words" not in str(info.value)
+    assert "hidden due to hide_parameters" in str(info.value)
+    assert database.engine.hide_parameters

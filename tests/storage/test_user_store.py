@@ -147,7 +147,7 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
 
     assert result_of(stores.db.run("t", counts)) == {
         "users": 1, "scram_credentials": 2, "roster_items": 1, "roster_versions": 1,
-        "subscription_requests": 1, "offline_messages": 1,
+        "subscription_requests": 1, "offline_messages": 1, "server_secrets": 0,
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 
@@ -166,3 +166,132 @@ def test_iterations_are_configurable(database: Any, result_of: Any) -> None:
     creds = result_of(store.get_credentials("alice@example.org", "SHA-256"))
     assert creds.iterations == 5000
     assert result_of(store.check_password("alice@example.org", "p")) is True
+
+
+# -- where the hashing runs ----------------------------------------------------------
+
+def _watch_hashing(db: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, str]]:
+    """Record (inside a transaction?, thread name) for every PBKDF2 run."""
+    import threading
+
+    state = threading.local()
+    calls: list[tuple[bool, str]] = []
+    real_txn = db._run_txn
+    real_pbkdf2 = hashlib.pbkdf2_hmac
+
+    def run_txn(*args: Any) -> Any:
+        state.inside = True
+        try:
+            return real_txn(*args)
+        finally:
+            state.inside = False
+
+    def pbkdf2(*args: Any) -> bytes:
+        calls.append((getattr(state, "inside", False), threading.current_thread().name))
+        return real_pbkdf2(*args)
+
+    monkeypatch.setattr(db, "_run_txn", run_txn)
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", pbkdf2)
+    return calls
+
+
+def test_no_hashing_inside_transactions(stores: Stores, result_of: Any,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating accounts, changing a password and checking one (PLAIN, also
+    for an unknown account) hash outside Database.run: the transactions only
+    read and write credentials, so the database thread (SQLite's only one)
+    is never held by PBKDF2."""
+    calls = _watch_hashing(stores.db, monkeypatch)
+    result_of(stores.users.create("alice@example.org", "pencil"))
+    result_of(stores.users.create_many([("bob@example.org", "b"), ("carol@example.org", "c")]))
+    result_of(stores.users.set_password("alice@example.org", "new"))
+    assert result_of(stores.users.check_password("alice@example.org", "new")) is True
+    assert result_of(stores.users.check_password("alice@example.org", "old")) is False
+    assert result_of(stores.users.check_password("nobody@example.org", "x")) is False
+    assert len(calls) == 2 * 4 + 3  # two mechanisms per password set, one per check
+    assert not any(inside for inside, _ in calls)
+
+
+def test_existing_account_refused_before_hashing(stores: Stores, result_of: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk create naming an existing account fails before any password of
+    it is hashed (a long import does not hash for nothing)."""
+    result_of(stores.users.create("alice@example.org", "pencil"))
+    calls = _watch_hashing(stores.db, monkeypatch)
+    with pytest.raises(UserExists):
+        result_of(stores.users.create_many([("bob@example.org", "b"), ("alice@example.org", "a")]))
+    assert calls == []
+
+
+class _ImmediateReactor:
+    """Runs callFromThread calls at once (in the calling thread)."""
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N802
+        f(*args, **kwargs)
+
+
+def _wait(d: Any, timeout: float = 30.0) -> Any:
+    import threading
+
+    done = threading.Event()
+    box: list[Any] = []
+    d.addBoth(lambda r: (box.append(r), done.set()))
+    assert done.wait(timeout), "call did not finish"
+    if hasattr(box[0], "raiseException"):
+        box[0].raiseException()
+    return box[0]
+
+
+def test_hash_pool_threads_apart_from_database(db_url: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a threaded Database, PBKDF2 runs on the hash pool's threads, not on
+    the database's, and the results come back."""
+    from chatbx_server.storage import migrate
+    from chatbx_server.storage.database import Database
+    from chatbx_server.storage.users import HashPool
+
+    migrate.upgrade(db_url)
+    reactor = _ImmediateReactor()
+    db = Database(db_url, reactor, pool_size=2)
+    db.start()
+    hasher = HashPool(2, reactor)
+    try:
+        store = UserStore(db, hasher=hasher)
+        calls = _watch_hashing(db, monkeypatch)
+        _wait(store.create("alice@example.org", "pencil"))
+        assert _wait(store.check_password("alice@example.org", "pencil")) is True
+        assert calls and all(not inside and name.startswith("chatbx-hash")
+                             for inside, name in calls)
+    finally:
+        hasher.stop()
+        db.stop()
+
+
+def test_hash_pool_is_bounded() -> None:
+    """No more than ``threads`` hashes run at once; the others wait their turn,
+    and stop() drops what is still queued."""
+    import threading
+
+    from chatbx_server.storage.users import HashPool
+
+    pool = HashPool(2, _ImmediateReactor())
+    lock = threading.Lock()
+    release = threading.Event()
+    running = [0, 0]  # now, most at once
+
+    def job(n: int) -> int:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        release.wait(10)
+        with lock:
+            running[0] -= 1
+        return n
+
+    ds = [pool.run(job, n) for n in range(6)]
+    release.set()
+    assert [_wait(d) for d in ds] == list(range(6))
+    assert running[1] == 2
+    pool.stop()
+    with pytest.raises(Exception):
+        _wait(pool.run(job, 7))

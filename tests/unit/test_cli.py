@@ -110,6 +110,65 @@ def test_user_add_prompt_errors(ctl, config: str, monkeypatch: pytest.MonkeyPatc
     assert _users(ctl, config) == []
 
 
+def test_user_add_password_file(ctl, config: str, tmp_path: Path) -> None:
+    """--password-file reads the first line of a file (spaces kept, the line
+    ending not), so the password never appears in the process list."""
+    secret = tmp_path / "pw.txt"
+    secret.write_text(" two words \nsecond line ignored\n")
+    assert ctl("--config", config, "user", "add", "kim@localhost", "--password-file",
+               str(secret)) == (0, "added kim@localhost\n", "")
+    assert _password_ok(config, "kim@localhost", " two words ")
+
+
+@pytest.mark.parametrize("command", [["user", "add", "lee@localhost"],
+                                     ["user", "passwd", "lee@localhost"]])
+def test_password_stdin(ctl, config: str, monkeypatch: pytest.MonkeyPatch,
+                        command: list[str]) -> None:
+    """--password-stdin reads one line from standard input (add and passwd)."""
+    if command[1] == "passwd":
+        assert ctl("--config", config, "user", "add", "lee@localhost", "-p", "old")[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\nnot this\n"))
+    assert ctl("--config", config, *command, "--password-stdin")[0] == 0
+    assert _password_ok(config, "lee@localhost", "from stdin")
+
+
+def test_passwd_password_file(ctl, config: str, tmp_path: Path) -> None:
+    """passwd takes --password-file too."""
+    assert ctl("--config", config, "user", "add", "mo@localhost", "-p", "old")[0] == 0
+    secret = tmp_path / "pw.txt"
+    secret.write_text("newer\r\n")
+    assert ctl("--config", config, "user", "passwd", "mo@localhost", "--password-file",
+               str(secret))[0] == 0
+    assert _password_ok(config, "mo@localhost", "newer")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--password-file", "MISSING"], "cannot read"),
+    (["--password-file", "EMPTY"], "empty password refused"),
+    (["--password-stdin"], "empty password refused"),
+])
+def test_password_source_errors(ctl, config: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                argv: list[str], message: str) -> None:
+    """A missing or empty password file, or nothing on stdin, is a one-line
+    error and creates nothing."""
+    (tmp_path / "EMPTY").write_text("")
+    argv = [str(tmp_path / a) if a.isupper() else a for a in argv]
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    code, _, err = ctl("--config", config, "user", "add", "nn@localhost", *argv)
+    assert code == 1 and message in err
+    assert _users(ctl, config) == []
+
+
+def test_help_warns_password_is_visible(capsys: pytest.CaptureFixture[str]) -> None:
+    """--help of user add and passwd says --password is visible to other users
+    and offers the safe ways."""
+    for command in ("add", "passwd"):
+        assert cli.main(["user", command, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--password-file FILE" in out and "--password-stdin" in out
+        assert "other users of this machine see it" in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["user", "add", "x@example.com", "-p", "pw"],
      "unknown domain example.com (configured: localhost, example.org)"),
@@ -221,6 +280,9 @@ def test_bulk_add_missing_file(ctl, config: str, tmp_path: Path) -> None:
     ["user", "frobnicate"],
     ["user", "add"],
     ["user", "add", "a@localhost", "--from-file", "x"],
+    ["user", "add", "--from-file", "x", "--password-stdin"],
+    ["user", "add", "a@localhost", "-p", "x", "--password-stdin"],
+    ["user", "passwd", "a@localhost", "-p", "x", "--password-file", "f"],
 ])
 def test_usage_errors_exit_2(ctl, config: str, argv: list[str]) -> None:
     """Missing or contradictory arguments exit with 2 and no traceback."""

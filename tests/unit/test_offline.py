@@ -1,4 +1,5 @@
-"""XEP-0160 offline messages: what is stored, bounds and errors, delivery at initial presence."""
+"""XEP-0160 offline messages: what is stored, bounds (messages, bytes) and errors,
+delivery in pages when a resource starts taking bare-JID messages."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ from tests.unit.fakes import bind, create_user, make_server, stanza
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
 
 
-def setup_server(max_per_user: int | None = None):
-    if max_per_user is None:
-        server = make_server(modules=["message", "offline"])
-    else:
-        server = make_server(config_text='[modules]\nenabled = ["message", "offline"]\n'
-                                         f'[modules.offline]\nmax_per_user = {max_per_user}\n')
+def setup_server(max_per_user: int | None = None, max_bytes: int | None = None,
+                 modules: tuple[str, ...] = ("message", "offline")):
+    """A server with alice and bob, and bob bound (not available) as bob@localhost/b."""
+    options = ""
+    if max_per_user is not None:
+        options += f"max_per_user = {max_per_user}\n"
+    if max_bytes is not None:
+        options += f"max_bytes = {max_bytes}\n"
+    enabled = ", ".join(f'"{m}"' for m in modules)
+    server = make_server(config_text=f"[modules]\nenabled = [{enabled}]\n"
+                                     f"[modules.offline]\n{options}")
     server.clock.advance(T0 - server.clock.seconds())
     create_user(server, "alice@localhost")
     create_user(server, "bob@localhost")
@@ -43,6 +49,42 @@ def count(server, user: str = "alice@localhost") -> int:
     result = []
     server.stores.offline.count(user).addCallback(result.append)
     return result[0]
+
+
+def usage(server, user: str = "alice@localhost") -> tuple[int, int]:
+    result = []
+    server.stores.offline.usage(user).addCallback(result.append)
+    return result[0]
+
+
+class HeldFetches:
+    """Stands in for the store's fetch: each call waits until the test releases it."""
+
+    def __init__(self, server) -> None:
+        self.store = server.stores.offline
+        self.real = self.store.fetch
+        self.calls: list[tuple[str, dict, defer.Deferred]] = []
+        self.store.fetch = self.fetch
+
+    def fetch(self, user, **kwargs):
+        d = defer.Deferred()
+        self.calls.append((user, kwargs, d))
+        return d
+
+    def release(self) -> list:
+        """Run the oldest held fetch on the real store and fire it; return its rows."""
+        user, kwargs, d = self.calls.pop(0)
+        rows = []
+        self.real(user, **kwargs).addCallback(rows.extend)
+        d.callback(rows)
+        return rows
+
+    def release_all(self) -> None:
+        while self.calls:
+            self.release()
+
+    def restore(self) -> None:
+        self.store.fetch = self.real
 
 
 def condition(reply) -> str:
@@ -200,28 +242,18 @@ def test_two_resources_coming_online_at_once_get_the_messages_once() -> None:
     """While one delivery's fetch is in flight, a second initial presence fetches nothing again."""
     server, bob = setup_server()
     send(server, bob, "<message to='alice@localhost' id='m1'><body>one</body></message>")
-    store = server.stores.offline
-    real_fetch = store.fetch
-    pending: list[defer.Deferred] = []
-
-    def slow_fetch(user):
-        d = defer.Deferred()
-        real_fetch(user).addCallback(lambda rows: pending.append((d, rows)))
-        return d
-
-    store.fetch = slow_fetch
+    held = HeldFetches(server)
     phone = bind(server, "alice@localhost/phone")
     laptop = bind(server, "alice@localhost/laptop")
     come_online(server, phone)
     come_online(server, laptop)
-    assert len(pending) == 1
-    d, rows = pending.pop()
-    d.callback(rows)
+    assert len(held.calls) == 1
+    held.release_all()
     assert [m["id"] for m in phone.take()] == ["m1"]
     assert laptop.take() == []
     assert count(server) == 0
     # The guard is released: the next login fetches again (and finds nothing).
-    store.fetch = real_fetch
+    held.restore()
     tablet = bind(server, "alice@localhost/tablet")
     come_online(server, tablet)
     assert tablet.take() == []
@@ -236,3 +268,242 @@ def test_refused_presence_gets_no_offline_messages() -> None:
     send(server, alice, "<presence><priority>500</priority></presence>")
     assert alice.take() == []
     assert count(server) == 1
+
+
+# -- the byte bound ------------------------------------------------------------
+
+def test_byte_bound_bounces_what_would_pass_it_and_keeps_what_was_accepted() -> None:
+    """[modules.offline] max_bytes bounds the stored XML per account: a message that
+    would pass it bounces with service-unavailable (XEP-0160 §2 step 3) while smaller
+    ones still fit, and what was accepted is delivered intact."""
+    server, bob = setup_server(max_bytes=1500)
+    big = "x" * 600
+    send(server, bob, f"<message to='alice@localhost' id='m0'><body>{big}</body></message>")
+    held, held_bytes = usage(server)
+    assert held == 1 and 600 < held_bytes < 800  # the XML with its delay stamp
+    send(server, bob, f"<message to='alice@localhost' id='m1'><body>{big}</body></message>")
+    [reply] = bob.take()
+    assert reply["type"] == "error" and reply["id"] == "m1"
+    assert condition(reply) == "service-unavailable"
+    assert error_text(reply) == "offline storage full"
+    send(server, bob, "<message to='alice@localhost' id='m2'><body>small</body></message>")
+    assert bob.take() == []
+    assert usage(server)[0] == 2
+    alice = bind(server, "alice@localhost/phone")
+    come_online(server, alice)
+    delivered = alice.take()
+    assert [m["id"] for m in delivered] == ["m0", "m2"]
+    assert str(next(delivered[0].elements(ns.CLIENT, "body"))) == big
+    assert usage(server) == (0, 0)
+
+
+def test_a_thousand_big_messages_do_not_fit_by_default() -> None:
+    """The default byte bound (10 MiB) stops one sender long before 1,000 messages
+    of 256 KiB (250 MiB) could be stored for someone."""
+    server, bob = setup_server()
+    body = "y" * (256 * 1024 - 400)
+    stored = 0
+    for i in range(60):
+        send(server, bob, f"<message to='alice@localhost' id='b{i}'><body>{body}</body></message>")
+        if bob.take():
+            break
+        stored += 1
+    held, held_bytes = usage(server)
+    assert held == stored == 10 * 1024 * 1024 // (held_bytes // held)  # 40, not 1,000
+
+
+# -- delivery in pages ---------------------------------------------------------
+
+def test_delivery_goes_page_by_page_and_deletes_each_page_after_sending() -> None:
+    """Stored messages are fetched at most 100 per query, each page sent and then
+    deleted before the next one is fetched; a session gone mid-delivery leaves the
+    rest stored, and the next login gets it, in order, with its original stamps."""
+    server, bob = setup_server()
+    for i in range(250):
+        send(server, bob, f"<message to='alice@localhost' id='m{i}'><body>{i}</body></message>")
+        server.clock.advance(1)
+    held = HeldFetches(server)
+    alice = bind(server, "alice@localhost/phone")
+    come_online(server, alice)
+    assert len(held.calls) == 1 and held.calls[0][1]["max_messages"] == 100
+    assert alice.take() == []  # nothing before the first page arrives
+
+    held.release()
+    assert [m["id"] for m in alice.take()] == [f"m{i}" for i in range(100)]
+    assert count(server) == 150  # the page was deleted once sent
+    assert len(held.calls) == 1  # the next page is asked for only now
+
+    held.release()
+    assert [m["id"] for m in alice.take()] == [f"m{i}" for i in range(100, 200)]
+    assert count(server) == 50
+
+    alice.close()  # the client goes away while the third page is being fetched
+    assert alice.closed
+    held.release()
+    assert held.calls == []
+    assert count(server) == 50
+
+    held.restore()
+    again = bind(server, "alice@localhost/laptop")
+    come_online(server, again)
+    delivered = again.take()
+    assert [m["id"] for m in delivered] == [f"m{i}" for i in range(200, 250)]
+    [delay] = list(delivered[0].elements(ns.DELAY, "delay"))
+    assert delay["stamp"] == "2023-11-14T22:16:40Z"  # T0 + 200 s, the time it was stored
+    assert count(server) == 0
+
+
+def test_page_is_bounded_in_bytes_too() -> None:
+    """A page holds about 1 MiB of XML at most (one bigger message goes alone), so
+    writing it stays inside the c2s output buffer."""
+    server, bob = setup_server()
+    body = "z" * (200 * 1024)
+    for i in range(12):
+        send(server, bob, f"<message to='alice@localhost' id='m{i}'><body>{body}</body></message>")
+    held = HeldFetches(server)
+    alice = bind(server, "alice@localhost/phone")
+    come_online(server, alice)
+    sizes = []
+    while held.calls:
+        held.release()
+        sizes.append(len(alice.take()))
+    assert sizes == [5, 5, 2, 0]
+    assert count(server) == 0
+
+
+def test_message_whose_write_dropped_the_stream_stays_stored() -> None:
+    """When writing a stored message drops the connection (a client that stopped
+    reading), that message and the rest of the page stay stored; those written
+    before are deleted."""
+    server, bob = setup_server()
+    for i in range(5):
+        send(server, bob, f"<message to='alice@localhost' id='m{i}'><body>{i}</body></message>")
+    alice = bind(server, "alice@localhost/phone")
+    stream = alice.stream
+    real_send = stream.send_element
+    dropped = []
+
+    def send_then_drop(element):
+        real_send(element)
+        if len(stream.sent) == 3 and not dropped:
+            dropped.append(True)  # close_stream writes its error through here too
+            stream.close_stream("policy-violation", "output buffer full")
+
+    stream.send_element = send_then_drop
+    come_online(server, alice)
+    assert [m["id"] for m in alice.take()] == ["m0", "m1", "m2"]
+    laptop = bind(server, "alice@localhost/laptop")
+    come_online(server, laptop)
+    assert [m["id"] for m in laptop.take()] == ["m2", "m3", "m4"]
+
+
+# -- when delivery happens (XEP-0160 §2 step 5, RFC 6121 §8.5.2.1.1) ------------
+
+WITH_PRESENCE = ("message", "roster", "presence", "offline")
+
+
+def presence(server, session, priority=None, ptype=None) -> None:
+    """A broadcast presence from ``session``, handled by the real presence module."""
+    attrs = f" type='{ptype}'" if ptype else ""
+    child = f"<priority>{priority}</priority>" if priority is not None else ""
+    server.router.route(stanza(f"<presence{attrs}>{child}</presence>"), session)
+
+
+def messages(session) -> list:
+    return [e for e in session.take() if e.name == "message"]
+
+
+def test_negative_priority_resource_gets_messages_once_it_raises_its_priority() -> None:
+    """A resource that comes online at priority -1 receives nothing, and messages sent
+    meanwhile are stored (RFC 6121 §8.5.2.1.1); raising its priority to 5 delivers them
+    all, without reconnecting (XEP-0160 §2: the next non-negative available presence)."""
+    server, bob = setup_server(modules=WITH_PRESENCE)
+    send(server, bob, "<message to='alice@localhost' id='m1'><body>before</body></message>")
+    alice = bind(server, "alice@localhost/bot")
+    presence(server, alice, priority=-1)
+    assert alice.available and alice.priority == -1
+    send(server, bob, "<message to='alice@localhost' id='m2'><body>while negative</body></message>")
+    assert messages(alice) == []
+    assert bob.take() == []
+    assert count(server) == 2
+    presence(server, alice, priority=5)
+    assert [m["id"] for m in messages(alice)] == ["m1", "m2"]
+    assert count(server) == 0
+    # Now the resource takes bare-JID messages directly.
+    send(server, bob, "<message to='alice@localhost' id='m3'><body>live</body></message>")
+    assert [m["id"] for m in messages(alice)] == ["m3"]
+    assert count(server) == 0
+
+
+def test_going_negative_and_back_delivers_what_was_stored_meanwhile() -> None:
+    """A resource that lowers its priority below zero stops taking bare-JID messages
+    (they are stored); back at a non-negative priority it gets them."""
+    server, bob = setup_server(modules=WITH_PRESENCE)
+    alice = bind(server, "alice@localhost/phone")
+    presence(server, alice, priority=1)
+    presence(server, alice, priority=-5)
+    send(server, bob, "<message to='alice@localhost' id='m1'><body>x</body></message>")
+    assert messages(alice) == [] and count(server) == 1
+    presence(server, alice)  # no <priority/>: 0
+    assert [m["id"] for m in messages(alice)] == ["m1"]
+    assert count(server) == 0
+
+
+def test_presence_updates_of_an_available_resource_do_not_fetch_again() -> None:
+    """Only the change to non-negative availability fetches stored messages: later
+    status or priority updates of a resource that already takes messages do not."""
+    server, bob = setup_server(modules=WITH_PRESENCE)
+    alice = bind(server, "alice@localhost/phone")
+    held = HeldFetches(server)
+    presence(server, alice, priority=1)
+    assert len(held.calls) == 1
+    held.release_all()
+    presence(server, alice, priority=3)
+    presence(server, alice, priority=0)
+    assert held.calls == []
+
+
+def test_resource_going_negative_mid_delivery_keeps_the_rest_stored() -> None:
+    """If the resource being delivered to lowers its priority below zero between two
+    pages, the rest stays stored (no other resource takes it), and it gets the rest
+    when its priority is non-negative again."""
+    server, bob = setup_server(modules=WITH_PRESENCE)
+    for i in range(150):
+        send(server, bob, f"<message to='alice@localhost' id='m{i}'><body>{i}</body></message>")
+    held = HeldFetches(server)
+    alice = bind(server, "alice@localhost/phone")
+    presence(server, alice, priority=1)
+    held.release()
+    assert len(messages(alice)) == 100
+    presence(server, alice, priority=-1)
+    held.release_all()
+    assert messages(alice) == []
+    assert count(server) == 50
+    presence(server, alice, priority=1)
+    held.release_all()
+    assert [m["id"] for m in messages(alice)] == [f"m{i}" for i in range(100, 150)]
+    assert count(server) == 0
+
+
+def test_rest_goes_to_another_available_resource_when_the_first_one_leaves() -> None:
+    """Another resource that came online during the delivery got nothing then (one
+    delivery per account); when the delivering resource disconnects, that resource
+    takes the rest instead of it staying stuck until a reconnect."""
+    server, bob = setup_server(modules=WITH_PRESENCE)
+    for i in range(150):
+        send(server, bob, f"<message to='alice@localhost' id='m{i}'><body>{i}</body></message>")
+    held = HeldFetches(server)
+    phone = bind(server, "alice@localhost/phone")
+    laptop = bind(server, "alice@localhost/laptop")
+    presence(server, phone)
+    presence(server, laptop)
+    assert len(held.calls) == 1
+    held.release()
+    assert len(messages(phone)) == 100
+    assert messages(laptop) == []
+    phone.close()
+    server.sessions.remove(phone)
+    server.events.fire_all("session/closed", phone)
+    held.release_all()
+    assert [m["id"] for m in messages(laptop)] == [f"m{i}" for i in range(100, 150)]
+    assert count(server) == 0

@@ -206,38 +206,90 @@ def test_throttle_delays_grow_and_are_capped():
     assert throttle.failed("5.6.7.8") == 0
 
 
-def test_throttle_reset_on_success():
-    """A successful login clears the address's record."""
+def test_throttle_success_erases_nothing():
+    """A success (of any account) leaves the address's failures counted:
+    one valid account must not reset the count of an address guessing others."""
     clock = MemoryReactorClock()
     throttle = AuthThrottle(clock, step=1.0, cap=10.0)
     throttle.failed("a")
     throttle.failed("a")
     throttle.succeeded("a")
-    assert throttle.failed("a") == 0
+    assert throttle.failed("a") == 2
 
 
-def test_throttle_forgets_after_quiet_time():
-    """After forget_after seconds without failures the count starts over."""
+def test_throttle_failures_leak_away_with_time():
+    """max_failures failures per window: at the limit attempts are refused; each
+    window/max_failures seconds one failure leaks away, after a window all have."""
     clock = MemoryReactorClock()
-    throttle = AuthThrottle(clock, step=1.0, cap=10.0, forget_after=60)
+    throttle = AuthThrottle(clock, step=1.0, cap=10.0, max_failures=3, window=60.0)
+    for _ in range(3):
+        assert throttle.allowed("a")
+        throttle.failed("a")
+    assert not throttle.allowed("a")
+    clock.advance(19.9)
+    assert not throttle.allowed("a")
+    clock.advance(0.1)          # 20 s: one of the three has leaked away
+    assert throttle.allowed("a")
     throttle.failed("a")
-    throttle.failed("a")
-    clock.advance(30)
-    assert throttle.failed("a") == 2  # still remembered
-    clock.advance(61)
-    assert throttle.failed("a") == 0
+    assert not throttle.allowed("a")
+    clock.advance(60)
+    assert throttle.failures("a") == 0 and throttle.failed("a") == 0
+
+
+def test_throttle_accounts_counted_across_addresses():
+    """Password failures count for the account whichever address they come
+    from: many addresses against one account are refused like one."""
+    clock = MemoryReactorClock()
+    throttle = AuthThrottle(clock, step=0.0, cap=0.0, max_failures=3)
+    for n in range(3):
+        assert throttle.charge(f"10.0.0.{n}", "alice@localhost")
+    assert not throttle.charge("10.0.0.99", "alice@localhost")
+    assert not throttle.allowed("10.0.0.99", "alice@localhost")
+    assert throttle.allowed("10.0.0.99", "bob@localhost")
+    assert throttle.allowed("10.0.0.99")
+
+
+def test_throttle_refund_takes_back_only_its_charge():
+    """A right password refunds its own charge; earlier failures stay."""
+    clock = MemoryReactorClock()
+    throttle = AuthThrottle(clock, step=1.0, cap=10.0)
+    throttle.charge("a", "x@h")           # wrong password: stays charged
+    assert throttle.charge("a", "x@h")
+    throttle.refund("a", "x@h")           # right password
+    assert throttle.failures("a") == 1 and throttle.failures(None, "x@h") == 1
+
+
+def test_throttle_ipv6_counted_per_64():
+    """IPv6 addresses of one /64 (one host's usual allocation) share a counter."""
+    clock = MemoryReactorClock()
+    throttle = AuthThrottle(clock, step=1.0, cap=10.0, max_failures=2)
+    throttle.failed("2001:db8:1:2::1")
+    throttle.failed("2001:db8:1:2:ffff::7")
+    assert not throttle.allowed("2001:db8:1:2::abcd")
+    assert throttle.allowed("2001:db8:1:3::1")
 
 
 def test_throttle_is_bounded():
-    """The table never holds more than max_entries addresses (oldest go first)."""
+    """Each table holds at most max_entries keys (least recently failed go first)."""
     clock = MemoryReactorClock()
     throttle = AuthThrottle(clock, step=1.0, cap=10.0, max_entries=2)
-    throttle.failed("a")
-    throttle.failed("a")
-    throttle.failed("b")
-    throttle.failed("c")
+    throttle.failed("a", "u1@h")
+    throttle.failed("a", "u1@h")
+    throttle.failed("b", "u2@h")
+    throttle.failed("c", "u3@h")
     assert throttle.failed("a") == 0  # evicted
-    assert len(throttle._failures) <= 2
+    assert len(throttle._addresses) <= 2 and len(throttle._accounts) <= 2
+
+
+def test_throttle_drops_leaked_entries():
+    """Entries whose failures have all leaked away are dropped as new ones come."""
+    clock = MemoryReactorClock()
+    throttle = AuthThrottle(clock, step=1.0, cap=10.0, max_failures=10, window=10.0)
+    for n in range(50):
+        throttle.failed(f"10.0.0.{n}")
+    clock.advance(2)
+    throttle.failed("10.0.1.1")
+    assert list(throttle._addresses) == ["10.0.1.1"]
 
 
 def test_throttle_delay_call_uses_clock():
@@ -253,3 +305,210 @@ def test_throttle_delay_call_uses_clock():
     assert calls == [1]
     clock.advance(0.1)
     assert calls == [1, 2]
+
+
+def test_throttle_delay_call_does_not_count_twice():
+    """A failure the exchange already counted (charged password, refusal) is
+    only delayed by delay_call, not counted again."""
+    clock = MemoryReactorClock()
+    throttle = AuthThrottle(clock, step=1.0, cap=10.0)
+    throttle.charge("a", "x@h")
+    throttle.delay_call("a", lambda: None, SASLFailure("not-authorized", account="x@h",
+                                                       counted=True))
+    assert throttle.failures("a") == 1
+    throttle.delay_call("a", lambda: None, SASLFailure("malformed-request"))
+    assert throttle.failures("a") == 2
+
+
+# -- limits through the exchange ------------------------------------------------
+
+@pytest.fixture
+def limited():
+    """A server refusing logins after 3 failures per address or account."""
+    srv = make_server(modules=[], config_text="[limits]\nauth_max_failures = 3\n"
+                                              "auth_failure_window = 60\n")
+    create_user(srv, "alice@localhost", "pencil")
+    create_user(srv, "mallory@localhost", "mine")
+    return srv
+
+
+def plain(server, user: str, password: str, address: str = "10.0.0.1"):
+    exchange = SASLExchange(server, "localhost", "PLAIN", NO_PLUS, {}, address)
+    return exchange.start(f"\0{user}\0{password}".encode())
+
+
+def count_checks(server, monkeypatch) -> list[str]:
+    """Record every password check that reaches the user store."""
+    checked: list[str] = []
+    real = server.stores.users.check_password
+
+    def check(jid, password):
+        checked.append(jid)
+        return real(jid, password)
+
+    monkeypatch.setattr(server.stores.users, "check_password", check)
+    return checked
+
+
+def test_valid_account_does_not_reset_address_limit(limited, monkeypatch):
+    """An attacker with one valid account cannot reset its address's count by
+    logging in with it: past the limit even its own login is refused, and no
+    further password is checked."""
+    checked = count_checks(limited, monkeypatch)
+    assert condition_of(plain(limited, "alice", "guess1")) == "not-authorized"
+    assert outcome(plain(limited, "mallory", "mine"))[0] == "success"
+    assert condition_of(plain(limited, "alice", "guess2")) == "not-authorized"
+    assert outcome(plain(limited, "mallory", "mine"))[0] == "success"
+    assert condition_of(plain(limited, "bob", "guess3")) == "not-authorized"
+    assert len(checked) == 5
+    assert condition_of(plain(limited, "alice", "pencil")) == "temporary-auth-failure"
+    assert condition_of(plain(limited, "mallory", "mine")) == "temporary-auth-failure"
+    assert len(checked) == 5  # refused without checking any password
+    assert outcome(plain(limited, "mallory", "mine", "10.0.0.2"))[0] == "success"
+
+
+def test_account_limit_refuses_right_password_from_anywhere(limited, monkeypatch):
+    """Past the limit of one account (guessed from many addresses), even its
+    right password is refused with temporary-auth-failure, unchecked; other
+    accounts log in from the same address; after the window it works again."""
+    for n in range(3):
+        assert condition_of(plain(limited, "alice", "guess", f"10.1.0.{n}")) == "not-authorized"
+    checked = count_checks(limited, monkeypatch)
+    assert condition_of(plain(limited, "alice", "pencil", "10.2.0.1")) == "temporary-auth-failure"
+    assert checked == []
+    assert outcome(plain(limited, "mallory", "mine", "10.2.0.1"))[0] == "success"
+    limited.clock.advance(60)
+    assert outcome(plain(limited, "alice", "pencil", "10.2.0.1"))[0] == "success"
+
+
+def test_concurrent_checks_cannot_pass_the_limit(limited, monkeypatch):
+    """Password checks in flight at once (many connections, a busy hash
+    pool) are counted when they start: no more than the limit run."""
+    from twisted.internet import defer
+
+    pending: list = []
+    monkeypatch.setattr(limited.stores.users, "check_password",
+                        lambda jid, pw: pending.append(defer.Deferred()) or pending[-1])
+    results = [plain(limited, "alice", f"guess{n}", f"10.3.0.{n}") for n in range(5)]
+    assert len(pending) == 3
+    assert [condition_of(d) for d in results[3:]] == ["temporary-auth-failure"] * 2
+    for d in pending:
+        d.callback(False)
+    assert [condition_of(d) for d in results[:3]] == ["not-authorized"] * 3
+
+
+def test_scram_refused_past_limit(limited):
+    """SCRAM is refused at the client-first message once the account is at
+    its limit, and a proof already under way is refused at the final step."""
+    first, late = scram_login(limited, "alice", "wrong")
+    assert condition_of(late) == "not-authorized"
+    exchange = SASLExchange(limited, "localhost", "SCRAM-SHA-256", NO_PLUS, {}, "10.4.0.1")
+    kind, server_first = outcome(exchange.start(b"n,,n=alice,r=abc"))
+    assert kind == "challenge"          # 1 failure so far: allowed to start
+    for _ in range(2):
+        assert condition_of(plain(limited, "alice", "wrong", "10.4.0.2")) == "not-authorized"
+    final = client_final("SHA-256", "pencil", "n=alice,r=abc", server_first, "n,,")
+    assert condition_of(exchange.step(final)) == "temporary-auth-failure"
+    again = SASLExchange(limited, "localhost", "SCRAM-SHA-256", NO_PLUS, {}, "10.4.0.3")
+    assert condition_of(again.start(b"n,,n=alice,r=abc")) == "temporary-auth-failure"
+
+
+def test_address_limit_refuses_at_auth(limited):
+    """An address at its limit is refused at <auth/>, before any payload is read."""
+    for n in range(3):
+        assert condition_of(plain(limited, f"user{n}", "x", "10.5.0.1")) == "not-authorized"
+    exchange = SASLExchange(limited, "localhost", "SCRAM-SHA-256", NO_PLUS, {}, "10.5.0.1")
+    assert condition_of(exchange.start(b"")) == "temporary-auth-failure"
+
+
+def test_stream_answers_temporary_auth_failure():
+    """Over the wire: connection after connection from one address, each
+    guessing a password and then logging in to the attacker's own account,
+    still reaches the limit; then even the own account gets
+    <failure><temporary-auth-failure/></failure>."""
+    from chatbx_server.c2s.stream import C2SFactory
+    from tests.unit.test_c2s_stream import Client, FakeTLS
+
+    limited = make_server(modules=[], config_text="[limits]\nauth_max_failures = 3\n")
+    create_user(limited, "alice@localhost", "pencil")
+    create_user(limited, "mallory@localhost", "mine")
+    factory = C2SFactory(limited, FakeTLS(), direct_tls=True)
+    answers = []
+    for _ in range(3):
+        client = Client(factory, "10.6.0.1")
+        client.header()
+        client.features()
+        client.plain("alice", "guess")
+        limited.clock.advance(5)  # past the answer's delay
+        assert client.one().firstChildElement().name == "not-authorized"
+        client.plain("mallory", "mine")
+        limited.clock.advance(5)
+        answers.append(client.one())
+        client.lose()
+    assert [a.name for a in answers] == ["success", "success", "failure"]
+    assert answers[2].firstChildElement().name == "temporary-auth-failure"
+
+
+# -- decoy credentials for unknown accounts ---------------------------------------
+
+def _server_on(url: str):
+    """A started Server on its own threadless Database at ``url``."""
+    from chatbx_server.config import Config
+    from chatbx_server.server import Server
+    from chatbx_server.storage.database import Database
+
+    srv = Server(Config(), clock=MemoryReactorClock(), database=Database.for_tests(url))
+    srv.start()
+    return srv
+
+
+def _salt(server, user: str) -> bytes:
+    exchange = SASLExchange(server, "localhost", "SCRAM-SHA-256", NO_PLUS, {})
+    kind, first = outcome(exchange.start(f"n,,n={user},r=abc".encode()))
+    assert kind == "challenge"
+    attrs = dict(p.split("=", 1) for p in first.decode().split(","))
+    return base64.b64decode(attrs["s"])
+
+
+def test_decoy_salt_same_across_servers_and_restarts(tmp_path):
+    """Two Server instances on one database (two nodes, or before and after a
+    restart) give an unknown account the same salt, as a real account's stays
+    the same: the salt does not tell which accounts exist."""
+    from chatbx_server.storage import migrate
+
+    url = f"sqlite:///{tmp_path / 'chatbx.sqlite'}"
+    migrate.upgrade(url)
+    first = _server_on(url)
+    salt = _salt(first, "nobody")
+    second = _server_on(url)
+    assert _salt(second, "nobody") == salt
+    assert _salt(second, "someone") != salt
+    first.database.stop()
+    third = _server_on(url)   # a restart
+    assert _salt(third, "nobody") == salt
+
+
+def test_decoy_iterations_match_real_accounts(server, monkeypatch):
+    """An unknown account's SCRAM challenge and PLAIN check use the iteration
+    count real accounts get, so neither the i= value nor the time spent
+    tells them apart."""
+    import hashlib
+
+    server.stores.users.iterations = 5000
+    create_user(server, "carol@localhost", "pw")
+    real_first, _ = scram_login(server, "carol", "x")
+    fake_first, _ = scram_login(server, "nobody", "x")
+    assert real_first.decode().split(",")[2] == fake_first.decode().split(",")[2] == "i=5000"
+
+    rounds: list[int] = []
+    real_pbkdf2 = hashlib.pbkdf2_hmac
+
+    def pbkdf2(name, password, salt, iterations, *args):
+        rounds.append(iterations)
+        return real_pbkdf2(name, password, salt, iterations, *args)
+
+    monkeypatch.setattr(hashlib, "pbkdf2_hmac", pbkdf2)
+    for user in ("carol", "nobody"):
+        d = SASLExchange(server, "localhost", "PLAIN", NO_PLUS, {}).start(f"\0{user}\0x".encode())
+        assert condition_of(d) == "not-authorized"
+    assert rounds == [5000, 5000]

@@ -106,3 +106,103 @@ def test_service_starts_server_before_listeners_and_stops_after():
     top.startService()
     top.stopService()
     assert order == ["server start", "listener start", "listener stop", "server stop"]
+
+
+class _Reactor:
+    """Queues callFromThread calls; run() runs them like the reactor's next turn."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def callFromThread(self, f, *args, **kwargs):  # noqa: N802
+        self.calls.append((f, args, kwargs))
+
+    def run(self) -> None:
+        calls, self.calls = self.calls, []
+        for f, args, kwargs in calls:
+            f(*args, **kwargs)
+
+
+class _Server:
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+
+class _TLS:
+    domains = ("localhost",)
+
+    def __init__(self, error=None) -> None:
+        self.reloads = 0
+        self.error = error
+
+    def reload(self) -> None:
+        self.reloads += 1
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture
+def capture_logs():
+    """The log events published while the test runs."""
+    from twisted.logger import globalLogPublisher
+
+    events: list = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.fixture
+def hup_guard():
+    """A SIGHUP handler of the test's own, so a missing chatbx handler cannot
+    let SIGHUP kill the test process; restored afterwards."""
+    import signal
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: seen.append(signum))
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _logged(events: list, text: str) -> list[str]:
+    from twisted.logger import formatEvent
+
+    return [formatEvent(e) for e in events if text in formatEvent(e)]
+
+
+def test_sighup_reloads_certificates(hup_guard, capture_logs):
+    """While the service runs, SIGHUP reloads the TLS contexts on the reactor's
+    turn and logs one line; after stopService the previous handler is back."""
+    import os
+    import signal
+
+    reactor, tls = _Reactor(), _TLS()
+    top = tap.ChatbxService(_Server(), tls, reactor)
+    top.startService()
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert hup_guard == [] and tls.reloads == 0  # not inside the signal handler
+    reactor.run()
+    assert tls.reloads == 1
+    assert len(_logged(capture_logs, "TLS certificates reloaded for localhost")) == 1
+    top.stopService()
+    os.kill(os.getpid(), signal.SIGHUP)
+    assert hup_guard == [signal.SIGHUP] and reactor.calls == []
+
+
+def test_sighup_reload_error_keeps_running(capture_logs):
+    """A reload that fails (bad new certificate) logs the error, saying the
+    old certificates stay, and raises nothing into the reactor."""
+    from chatbx_server.tls import CertificateError
+
+    tls = _TLS(CertificateError("cannot load certificate /x.crt", 'tls.domains."localhost"'))
+    top = tap.ChatbxService(_Server(), tls, _Reactor())
+    assert top.reload_tls() is False
+    (line,) = _logged(capture_logs, "not reloaded")
+    assert "keeping the old ones" in line and "/x.crt" in line

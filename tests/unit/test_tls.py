@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from OpenSSL import SSL
 from twisted.internet.testing import StringTransport
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -284,3 +284,65 @@ def test_twisted_tls_layer_handshake_and_binding(certs) -> None:
     assert client_conn is not None and client_conn.get_protocol_version_name() == "TLSv1.3"
     assert channel_binding(server_app.transport, "tls-exporter") == \
         client_conn.export_keying_material(b"EXPORTER-Channel-Binding", 32)
+
+
+def _fingerprint(cert: x509.Certificate | None) -> str:
+    assert cert is not None
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _peer_fingerprint(conn: SSL.Connection) -> str:
+    return _fingerprint(conn.get_peer_certificate().to_cryptography())
+
+
+def _renew(pair: tuple[str, str], domain: str, tmp_path: Path) -> None:
+    """Replace a certificate and key in place, as a renewal does."""
+    new = (str(tmp_path / f"new-{domain}.crt"), str(tmp_path / f"new-{domain}.key"))
+    generate_self_signed(domain, *new)
+    os.replace(new[0], pair[0])
+    os.replace(new[1], pair[1])
+
+
+def test_reload_gives_new_connections_the_new_certificate(tmp_path: Path) -> None:
+    """After reload() new handshakes (with or without SNI) present the renewed
+    certificate, while a connection made before keeps its own and still works."""
+    pairs = {}
+    for domain in ("example.org", "example.net"):
+        pairs[domain] = (str(tmp_path / f"{domain}.crt"), str(tmp_path / f"{domain}.key"))
+        generate_self_signed(domain, *pairs[domain])
+    contexts = TLSContexts(pairs)
+    old_client, old_server = _handshake(contexts, b"example.net")
+    before = _peer_fingerprint(old_client)
+    before_default = _peer_fingerprint(_handshake(contexts, None)[0])
+    for domain, pair in pairs.items():
+        _renew(pair, domain, tmp_path)
+    contexts.reload()
+    new_client, _ = _handshake(contexts, b"example.net")
+    assert _peer_fingerprint(new_client) != before
+    assert _peer_fingerprint(new_client) == _fingerprint(
+        x509.load_pem_x509_certificate(Path(pairs["example.net"][0]).read_bytes()))
+    assert _peer_fingerprint(_handshake(contexts, None)[0]) != before_default
+    # The old connection keeps its certificate and carries data both ways.
+    assert _fingerprint(old_server.get_certificate().to_cryptography()) == before
+    old_client.send(b"ping")
+    old_server.bio_write(old_client.bio_read(65536))
+    assert old_server.recv(4) == b"ping"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "mismatched key", "missing"])
+def test_reload_error_keeps_old_certificates(tmp_path: Path, damage: str) -> None:
+    """A reload that cannot load the new files raises CertificateError and
+    changes nothing: new connections still get the old certificate."""
+    pair = (str(tmp_path / "a.crt"), str(tmp_path / "a.key"))
+    generate_self_signed("example.org", *pair)
+    contexts = TLSContexts({"example.org": pair})
+    before = _peer_fingerprint(_handshake(contexts, None)[0])
+    if damage == "garbage":
+        Path(pair[0]).write_text("not a certificate")
+    elif damage == "mismatched key":
+        generate_self_signed("example.org", pair[0], str(tmp_path / "other.key"))
+    else:
+        os.unlink(pair[1])
+    with pytest.raises(CertificateError, match="example.org"):
+        contexts.reload()
+    assert _peer_fingerprint(_handshake(contexts, None)[0]) == before
