@@ -11,6 +11,7 @@ server (disco#info, ping, version).
 
 from __future__ import annotations
 
+import os
 import types
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,6 +25,8 @@ from conftest import ChatbxServer, run  # tests/integration
 from test_federation import scenario, wait_status  # tests/integration
 from testcerts import make_ca, make_leaf  # tests/integration
 
+if not available() and os.environ.get("CHATBX_REQUIRE_INTEROP") == "1":
+    raise RuntimeError("prosody is not installed and CHATBX_REQUIRE_INTEROP=1 (.ci/run installs it)")
 pytestmark = pytest.mark.skipif(not available(), reason="prosody is not installed (.ci/run installs it)")
 
 A, P = "a.localhost", "p.localhost"

@@ -49,6 +49,7 @@ def test_example_file_loads_and_matches_defaults() -> None:
     assert config.domains == defaults.domains
     assert config.listen == defaults.listen
     assert config.limits == defaults.limits
+    assert config.s2s == defaults.s2s
     assert config.database == defaults.database
     assert config.log == defaults.log
 
