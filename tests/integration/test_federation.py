@@ -28,9 +28,11 @@ ALICE, BOB = f"alice@{A}", f"bob@{B}"
 
 
 def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
-               with_ca: bool) -> tuple[ChatbxServer, ChatbxServer]:
-    """Servers A and B, each with a static route to the other's s2s port."""
+               with_ca: bool, direct_tls: bool = False) -> tuple[ChatbxServer, ChatbxServer]:
+    """Servers A and B, each with a static route to the other's s2s port
+    (direct TLS ports, XEP-0368, when ``direct_tls``)."""
     ports = {A: free_port(), B: free_port()}
+    prefix = "tls:" if direct_tls else ""
     tls = {A: "", B: ""}
     ca_line = ""
     if with_ca:
@@ -41,10 +43,11 @@ def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
         ca_line = f'ca_file = "{ca_path}"\n'
     servers = []
     for domain, other, user in ((A, B, ALICE), (B, A, BOB)):
-        extra = (f"[s2s]\n{ca_line}static_routes = {{ \"{other}\" = \"127.0.0.1:{ports[other]}\" }}\n"
+        extra = (f"[s2s]\n{ca_line}static_routes = {{ \"{other}\" = \"{prefix}127.0.0.1:{ports[other]}\" }}\n"
                  + tls[domain])
+        listen = {"s2s_tls_port": ports[domain]} if direct_tls else {"s2s_port": ports[domain]}
         servers.append(chatbx_server(users={user: "pw-" + user.split("@")[0]}, domains=[domain],
-                                     s2s_port=ports[domain], extra_config=extra))
+                                     extra_config=extra, **listen))
     return servers[0], servers[1]
 
 
@@ -58,8 +61,10 @@ async def _client(server: Any, jid: str) -> tuple[Any, Inbox, Inbox]:
     return client, presences, messages
 
 
-async def scenario(a: Any, b: Any, ALICE: str = ALICE, BOB: str = BOB) -> None:
-    """RFC 6121 across two servers: ``a``/``b`` need ``c2s_port`` and ``users``."""
+async def scenario(a: Any, b: Any, ALICE: str = ALICE, BOB: str = BOB, offline: bool = False) -> None:
+    """RFC 6121 across two servers: ``a``/``b`` need ``c2s_port`` and ``users``.
+    ``offline``: also a message to the remote user while offline, stored by
+    its server and delivered at its next login (XEP-0160)."""
     A, B = ALICE.split("@")[1], BOB.split("@")[1]
     alice, alice_pres, alice_msgs = await _client(a, ALICE)
     bob, bob_pres, bob_msgs = await _client(b, BOB)
@@ -93,6 +98,13 @@ async def scenario(a: Any, b: Any, ALICE: str = ALICE, BOB: str = BOB) -> None:
         await slix_close(bob)
         await alice_pres.wait(lambda p: p["from"].bare == BOB and p["type"] == "unavailable",
                               what="bob's unavailable presence")
+        if offline:
+            alice.send_message(mto=BOB, mbody="while you were away", mtype="chat")
+            await asyncio.sleep(0.5)  # let it reach b and be stored before bob returns
+            bob, bob_pres, bob_msgs = await _client(b, BOB)
+            stored = await bob_msgs.wait(lambda m: m["body"] == "while you were away",
+                                         what="the stored message")
+            assert stored["from"].bare == ALICE and stored["delay"]["stamp"] is not None
     finally:
         await slix_close(alice)
         await slix_close(bob)
@@ -121,10 +133,20 @@ def test_two_servers_federate(chatbx_server: Callable[..., ChatbxServer], tmp_pa
     the other server; the streams authenticate with SASL EXTERNAL when a trusted
     CA signed the certificates, with dialback when they are self-signed."""
     a, b = start_pair(chatbx_server, tmp_path, with_ca)
-    run(scenario(a, b), 90)
+    run(scenario(a, b, offline=True), 90)
     status = wait_status(a, lambda s: any(o["remote"] == B and o.get("auth") for o in s["outgoing"]))
     out = [o for o in status["outgoing"] if o["remote"] == B]
     assert out and out[0]["auth"] == method and out[0]["state"] == "ready", status
     assert any(B in i["remote"] and i["auth"] == method for i in status["incoming"]), status
     text = a.ctl("s2s", "status").stdout
     assert f"{A} -> {B}  ready  {method}" in text
+
+
+def test_direct_tls_federation(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path) -> None:
+    """XEP-0368: with only direct-TLS s2s ports ([listen] s2s_tls, routes
+    "tls:HOST:PORT") the servers federate the same way (SASL EXTERNAL)."""
+    a, b = start_pair(chatbx_server, tmp_path, with_ca=True, direct_tls=True)
+    run(scenario(a, b), 90)
+    status = wait_status(a, lambda s: any(o["remote"] == B and o.get("auth") for o in s["outgoing"]))
+    out = [o for o in status["outgoing"] if o["remote"] == B]
+    assert out[0]["auth"] == "sasl-external" and out[0]["secure"], status

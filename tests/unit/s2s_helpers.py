@@ -84,9 +84,10 @@ class FixedTrust:
 
 
 def make_manager(config_text: str = "", trust: Optional[FixedTrust] = None,
-                 connect: Any = None, modules: Any = None) -> tuple[Server, S2SManager]:
+                 connect: Any = None, modules: Any = None,
+                 domains: tuple[str, ...] = ("a.example",)) -> tuple[Server, S2SManager]:
     """A server hosting a.example with federation on; DNS is never used."""
-    server = make_server(modules=modules, domains=("a.example",), config_text=config_text)
+    server = make_server(modules=modules, domains=domains, config_text=config_text)
     resolver = Resolver(server.clock, {"b.example": "127.0.0.1:5269"},
                         lookup=lambda name: defer.fail(AssertionError("no DNS in tests")))
     manager = S2SManager(server, {"a.example": ("a.crt", "a.key")}, server_tls="server-tls",

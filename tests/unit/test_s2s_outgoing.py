@@ -215,3 +215,31 @@ def test_idle_stream_closes() -> None:
     assert stream.closed and transport.closed_with is None and b"</stream:stream>" in transport.value()
     send(alice, "<message id='m2' to='bob@b.example'><body>two</body></message>")
     assert len(connector.attempts) == 2
+
+
+def test_each_virtual_host_federates_as_itself() -> None:
+    """Two hosted domains: each (local, remote) pair gets its own stream whose
+    header and dialback name that local domain."""
+    connector = Connector()
+    server, manager = make_manager(connect=connector, domains=("a.example", "z.example"))
+    for jid in ("alice@a.example", "zoe@z.example"):
+        create_user(server, jid)
+    alice = bind(server, "alice@a.example/r", available=True)
+    zoe = bind(server, "zoe@z.example/r", available=True)
+    send(alice, "<message id='a1' to='bob@b.example'><body>x</body></message>")
+    send(zoe, "<message id='z1' to='bob@b.example'><body>y</body></message>")
+    assert len(connector.attempts) == 2
+    sent = {}
+    for index in (0, 1):
+        stream, transport = connector.accept(index)
+        local = stream.local
+        head = REMOTE_HEAD.replace("to='a.example'", f"to='{local}'")
+        feed(stream, head + TLS_FEATURES)
+        feed(stream, "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        assert transport.headers[-1]["from"] == local
+        feed(stream, head + "<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>")
+        assert transport.last("result")["from"] == local
+        assert str(transport.last("result")) == make_key(manager.secret, "b.example", local, "RID")
+        feed(stream, f"<db:result from='b.example' to='{local}' type='valid'/>")
+        sent[local] = [e["id"] for e in transport.elements if e.name == "message"]
+    assert sent == {"a.example": ["a1"], "z.example": ["z1"]}
