@@ -28,9 +28,11 @@ ALICE, BOB = f"alice@{A}", f"bob@{B}"
 
 
 def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
-               with_ca: bool, direct_tls: bool = False) -> tuple[ChatbxServer, ChatbxServer]:
+               with_ca: bool, direct_tls: bool = False, extra_a: str = "",
+               extra_s2s: str = "") -> tuple[ChatbxServer, ChatbxServer]:
     """Servers A and B, each with a static route to the other's s2s port
-    (direct TLS ports, XEP-0368, when ``direct_tls``)."""
+    (direct TLS ports, XEP-0368, when ``direct_tls``); ``extra_a``: more
+    static routes for A; ``extra_s2s``: more [s2s] keys for both."""
     ports = {A: free_port(), B: free_port()}
     prefix = "tls:" if direct_tls else ""
     tls = {A: "", B: ""}
@@ -43,8 +45,9 @@ def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
         ca_line = f'ca_file = "{ca_path}"\n'
     servers = []
     for domain, other, user in ((A, B, ALICE), (B, A, BOB)):
-        extra = (f"[s2s]\n{ca_line}static_routes = {{ \"{other}\" = \"{prefix}127.0.0.1:{ports[other]}\" }}\n"
-                 + tls[domain])
+        more = f", {extra_a}" if extra_a and domain == A else ""
+        extra = (f"[s2s]\n{ca_line}{extra_s2s}static_routes = {{ \"{other}\" = "
+                 f"\"{prefix}127.0.0.1:{ports[other]}\"{more} }}\n" + tls[domain])
         listen = {"s2s_tls_port": ports[domain]} if direct_tls else {"s2s_port": ports[domain]}
         servers.append(chatbx_server(users={user: "pw-" + user.split("@")[0]}, domains=[domain],
                                      extra_config=extra, **listen))
