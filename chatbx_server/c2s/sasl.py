@@ -134,7 +134,10 @@ class SASLExchange:
         return jid
 
     def start(self, initial: bytes) -> defer.Deferred:
-        """Handle ``<auth>``; fires with ("challenge", data) or ("success", (jid, data))."""
+        """Handle ``<auth>``; fires with ("challenge", data) or ("success", (jid, data)).
+
+        ``data`` of a success is None when the mechanism has no additional data.
+        """
         if self.address is not None and not self.throttle.allowed(self.address):
             return defer.fail(self._refused(None))
         if self.mechanism == "PLAIN":
@@ -209,7 +212,7 @@ class SASLExchange:
         if not ok:
             raise SASLFailure("not-authorized", account=account, counted=True)
         self.throttle.refund(self.address, account)
-        return ("success", (jid, b""))
+        return ("success", (jid, None))  # no additional data (RFC 6120 §6.4.6)
 
 
 def failure_element(condition: str, text: Optional[str] = None) -> domish.Element:

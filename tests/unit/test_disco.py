@@ -30,7 +30,7 @@ def items(to: str, node: Optional[str] = None) -> str:
 
 
 def condition(reply) -> str:
-    error = next(reply.elements(None, "error"))
+    error = next(reply.elements(ns.CLIENT, "error"))
     return next(c.name for c in error.elements() if c.uri == ns.STANZA_ERRORS)
 
 

@@ -15,7 +15,7 @@ def ask(server, session, xml):
 
 
 def condition(reply) -> str:
-    error = next(reply.elements(None, "error"))
+    error = next(reply.elements(ns.CLIENT, "error"))
     return next(c.name for c in error.elements() if c.uri == ns.STANZA_ERRORS)
 
 

@@ -88,12 +88,12 @@ class HeldFetches:
 
 
 def condition(reply) -> str:
-    error = next(reply.elements(None, "error"))
+    error = next(reply.elements(ns.CLIENT, "error"))
     return next(c.name for c in error.elements() if c.uri == ns.STANZA_ERRORS)
 
 
 def error_text(reply) -> str:
-    error = next(reply.elements(None, "error"))
+    error = next(reply.elements(ns.CLIENT, "error"))
     return str(next(error.elements(ns.STANZA_ERRORS, "text")))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chatbx_server.xmpp import ns
-from tests.unit.fakes import bind, create_user, make_server, stanza
+from tests.unit.fakes import bind, create_user, disconnect, make_server, stanza
 
 MODULES = ["message", "roster", "presence"]
 
@@ -20,10 +20,8 @@ def send(server, session, xml):
 
 
 def close(server, session):
-    """What c2s does when a stream ends: forget the session, then notify."""
-    server.sessions.remove(session)
-    session.closed = True
-    server.events.fire_all("session/closed", session)
+    """The client's connection drops; the real stream ends the session."""
+    disconnect(session)
 
 
 def presences(session, ptype="any"):

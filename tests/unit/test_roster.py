@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chatbx_server.xmpp import ns
-from tests.unit.fakes import bind, create_user, make_server, stanza
+from tests.unit.fakes import bind, create_user, disconnect, make_server, stanza
 
 MODULES = ["message", "roster", "presence"]
 
@@ -51,7 +51,7 @@ def pushes(session):
 
 def error_condition(el):
     assert el.getAttribute("type") == "error", el.toXml()
-    err = next(el.elements(None, "error"))
+    err = next(el.elements(ns.CLIENT, "error"))
     return next(err.elements()).name
 
 
@@ -256,6 +256,5 @@ def test_roster_cache_dropped_when_last_session_closes():
     get_roster(server, a)
     feature = server.modules.get("roster")
     assert feature.cached("a@localhost") is not None
-    server.sessions.remove(a)
-    server.events.fire_all("session/closed", a)
+    disconnect(a)
     assert feature.cached("a@localhost") is None

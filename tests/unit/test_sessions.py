@@ -5,14 +5,15 @@ from __future__ import annotations
 from twisted.words.xish import domish
 
 from chatbx_server.sessions import SessionManager
-from tests.unit.fakes import FakeSession
+from tests.unit.fakes import make_server, session
 
 
 def test_add_get_remove():
     """Sessions are found by bare JID and resource, and forgotten on remove."""
+    server = make_server(modules=[])
     manager = SessionManager()
-    a = FakeSession("u@localhost/a")
-    b = FakeSession("u@localhost/b")
+    a = session(server, "u@localhost/a")
+    b = session(server, "u@localhost/b")
     assert manager.add(a) is None
     assert manager.add(b) is None
     assert manager.get("u@localhost", "a") is a
@@ -30,9 +31,10 @@ def test_add_get_remove():
 def test_replacing_returns_the_old_session():
     """Adding a session for a taken resource returns the one it replaces;
     removing the replaced one later does not remove the newcomer."""
+    server = make_server(modules=[])
     manager = SessionManager()
-    old = FakeSession("u@localhost/r")
-    new = FakeSession("u@localhost/r")
+    old = session(server, "u@localhost/r")
+    new = session(server, "u@localhost/r")
     manager.add(old)
     assert manager.add(new) is old
     assert not manager.remove(old)
@@ -42,9 +44,10 @@ def test_replacing_returns_the_old_session():
 
 def test_available_and_interested():
     """available() lists sessions with presence, interested() those that asked for the roster."""
+    server = make_server(modules=[])
     manager = SessionManager()
-    a = FakeSession("u@localhost/a")
-    b = FakeSession("u@localhost/b")
+    a = session(server, "u@localhost/a")
+    b = session(server, "u@localhost/b")
     manager.add(a)
     manager.add(b)
     assert manager.available("u@localhost") == [] and manager.interested("u@localhost") == []
@@ -58,8 +61,9 @@ def test_available_and_interested():
 
 def test_iteration_survives_removal():
     """Iterating while sessions close (server shutdown) does not break."""
+    server = make_server(modules=[])
     manager = SessionManager()
-    sessions = [FakeSession(f"u{i}@localhost/r") for i in range(3)]
+    sessions = [session(server, f"u{i}@localhost/r") for i in range(3)]
     for s in sessions:
         manager.add(s)
     for s in manager:
@@ -69,7 +73,8 @@ def test_iteration_survives_removal():
 
 def test_client_session_send_and_close():
     """A closed session sends nothing; close() passes the condition to the stream once."""
-    s = FakeSession("u@localhost/r")
+    server = make_server(modules=[])
+    s = session(server, "u@localhost/r")
     s.send(domish.Element(("jabber:client", "message")))
     s.close("conflict", "replaced")
     assert s.stream.closed_with == ("conflict", "replaced")

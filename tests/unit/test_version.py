@@ -49,7 +49,7 @@ def test_hidden_version_is_service_unavailable_and_not_advertised() -> None:
     alice = bind(server, "alice@localhost/a")
     [reply] = ask(server, alice, QUERY)
     assert reply["type"] == "error"
-    error = next(reply.elements(None, "error"))
+    error = next(reply.elements(ns.CLIENT, "error"))
     assert next(error.elements(ns.STANZA_ERRORS, "service-unavailable"), None) is not None
     [info] = ask(server, alice, "<iq type='get' id='d1' to='localhost'>"
                                 "<query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
