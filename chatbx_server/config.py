@@ -153,6 +153,10 @@ class LimitsConfig:
     negotiation_timeout: float = 60.0
     #: bytes queued for a client that stopped reading before it is dropped
     max_output_buffer: int = 4194304
+    #: seconds without input on a bound client stream before it is pinged
+    c2s_idle_timeout: float = 300.0
+    #: seconds the pinged client has to send anything before it is dropped
+    c2s_ping_timeout: float = 60.0
 
 
 @dataclass(frozen=True)

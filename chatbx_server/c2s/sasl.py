@@ -111,7 +111,10 @@ class SASLExchange:
         return jid
 
     def start(self, initial: bytes) -> defer.Deferred:
-        """Handle ``<auth>``; fires with ("challenge", data) or ("success", (jid, data))."""
+        """Handle ``<auth>``; fires with ("challenge", data) or ("success", (jid, data)).
+
+        ``data`` of a success is None when the mechanism has no additional data.
+        """
         if self.mechanism == "PLAIN":
             return self._plain(initial)
         hash_name, plus = SCRAM_MECHANISMS[self.mechanism]
@@ -164,7 +167,7 @@ class SASLExchange:
         ok = yield self.server.stores.users.check_password(jid.bare, password)
         if not ok:
             raise SASLFailure("not-authorized")
-        return ("success", (jid, b""))
+        return ("success", (jid, None))  # no additional data (RFC 6120 §6.4.6)
 
 
 def failure_element(condition: str, text: Optional[str] = None) -> domish.Element:

@@ -4,6 +4,11 @@ One protocol object per connection. During negotiation it handles the
 few top-level elements itself; once a resource is bound every stanza is
 checked (namespace, 'from'), stamped with the full JID and handed to the
 router: no XPath observers on the hot path.
+
+Everything is written through the c2s StreamSerializer, so stream-level
+elements carry the ``stream:`` prefix and stanzas no redundant namespace
+(RFC 6120 §4.8.5). A bound stream that goes silent is pinged (XEP-0199)
+and closed when the ping gets no answer, so dead peers do not stay online.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from chatbx_server.c2s.sasl import (AuthThrottle, SASLExchange, SASLFailure, dec
 from chatbx_server.c2s.session import ClientSession
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS, StreamSerializer
 from chatbx_server.xmpp.stanzas import StanzaError, StreamError, error_reply, result_reply
 from chatbx_server.logs import log_observer
 
@@ -53,6 +59,11 @@ class C2SStream(Protocol):
     # mypy-zope plugin.
     transport: Any
 
+    #: writes what this stream sends, in the scope of its header
+    serializer: StreamSerializer = CLIENT_STREAMS
+    #: the class of the session a bound resource gets (test fakes record)
+    session_class: type[ClientSession] = ClientSession
+
     def __init__(self, factory: "C2SFactory") -> None:
         self.factory = factory
         self.server = factory.server
@@ -60,7 +71,10 @@ class C2SStream(Protocol):
         self.secure = factory.direct_tls
         self.host: Optional[str] = None
         self.stream_id = ""
+        #: our header for the current stream (reset at every restart) is out
         self.header_sent = False
+        #: the client's 'from' on the current stream header, echoed as our 'to'
+        self.peer_from: Optional[str] = None
         self.parser: Optional[SafeElementStream] = None
         self.sasl: Optional[SASLExchange] = None
         self.sasl_failures = 0
@@ -71,7 +85,14 @@ class C2SStream(Protocol):
         #: elements received while a SASL step or a delayed failure is
         #: pending; None when not holding (see _hold)
         self._held: Optional[list[domish.Element]] = None
+        #: the one timer of this connection: the negotiation deadline until
+        #: bound, then the keepalive check
         self._timeout: Any = None
+        #: clock time of the last bytes received
+        self._last_input = 0.0
+        #: id and clock time of the keepalive ping awaiting an answer
+        self._ping_id: Optional[str] = None
+        self._ping_at: Optional[float] = None
         self._cb_cache: Optional[dict[str, bytes]] = None
         #: counted in the factory's per-address connection limit
         self.admitted = False
@@ -83,6 +104,7 @@ class C2SStream(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = getattr(peer, "host", "") or ""
+        self._last_input = self.server.clock.seconds()
         if not self.factory.admit(self):
             self.transport.abortConnection()
             return
@@ -112,7 +134,12 @@ class C2SStream(Protocol):
         self._detach_parser()
 
     def _reset_parser(self) -> None:
+        """Start a new stream (at connect, after STARTTLS and SASL success)."""
         self._detach_parser()
+        # RFC 6120 §4.9.1.2: every stream, restarted ones too, gets our
+        # header before anything else, stream errors included.
+        self.header_sent = False
+        self.peer_from = None
         limits = self.factory.limits
         parser = SafeElementStream(limits.max_stanza_size, limits.max_depth, limits.max_attributes)
         parser.DocumentStartEvent = self._on_stream_start
@@ -133,6 +160,9 @@ class C2SStream(Protocol):
             old.DocumentEndEvent = _discard
 
     def dataReceived(self, data: bytes) -> None:
+        # Any input shows the peer is alive (the keepalive re-checks this
+        # when its timer fires instead of being rescheduled per read).
+        self._last_input = self.server.clock.seconds()
         parser = self.parser
         if parser is None:
             return
@@ -149,7 +179,7 @@ class C2SStream(Protocol):
     # -- output ----------------------------------------------------------
     def send_element(self, element: domish.Element) -> None:
         if self.state != CLOSED:
-            self._write(element.toXml().encode("utf-8"))
+            self._write(self.serializer.serialize(element).encode("utf-8"))
 
     def send_raw(self, data: str) -> None:
         if self.state != CLOSED:
@@ -188,10 +218,9 @@ class C2SStream(Protocol):
     def _send_header(self) -> None:
         self.stream_id = uuid4().hex
         host = self.host or next(iter(sorted(self.server.hosts)))
-        self.send_raw(
-            "<?xml version='1.0'?>"
-            f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAMS}' "
-            f"id='{self.stream_id}' from='{host}' version='1.0' xml:lang='en'>")
+        # RFC 6120 §4.7.2: 'to' is the initiating entity's JID when known;
+        # like Prosody, the 'from' of the client's header.
+        self.send_raw(self.serializer.header(self.stream_id, host, self.peer_from))
         self.header_sent = True
 
     def close_stream(self, condition: Optional[str] = None, text: Optional[str] = None) -> None:
@@ -203,7 +232,7 @@ class C2SStream(Protocol):
                 self._send_header()
             self.send_element(StreamError(condition, text).element())
             log.info("c2s stream error {condition} for {peer}", condition=condition, peer=self.peer)
-        self.send_raw("</stream:stream>")
+        self.send_raw(self.serializer.footer)
         self.state = CLOSED
         self._detach_parser()
         self._end_session()
@@ -222,6 +251,12 @@ class C2SStream(Protocol):
 
     # -- stream header ---------------------------------------------------
     def _on_stream_start(self, root: domish.Element) -> None:
+        sender = root.getAttribute("from")
+        if sender:
+            try:
+                self.peer_from = JID.parse(sender).full
+            except InvalidJID:
+                pass  # RFC 6120 §4.7.1: not worth an error; just not echoed
         to = root.getAttribute("to")
         host = None
         if to:
@@ -369,6 +404,7 @@ class C2SStream(Protocol):
         self.sasl = None
         self.user = jid
         self.factory.throttle.succeeded(self.peer)
+        # RFC 6120 §6.4.6: additional data with success (SCRAM's v=) or none.
         self.send_element(_with_b64(domish.Element((ns.SASL, "success")), additional))
         log.info("c2s {peer} authenticated as {user}", peer=self.peer, user=jid.bare)
         self._reset_parser()  # RFC 6120 §6.4.6: stream restart
@@ -423,20 +459,78 @@ class C2SStream(Protocol):
         except InvalidJID:
             self.send_element(error_reply(element, "bad-request", text="invalid resource"))
             return
-        session = ClientSession(self, full, self.peer, secure=self.secure)
-        replaced = self.server.sessions.add(session)
-        if replaced is not None:
-            # RFC 6120 §7.7.2.2: the older session is the one that goes.
-            replaced.close("conflict", "replaced by a new connection")
-        self.session = session
-        self.state = BOUND
-        self._cancel_timeout()
         reply = result_reply(element)
         reply.addElement((ns.BIND, "bind")).addElement("jid", content=full.full)
         reply.attributes.pop("from", None)
         reply.attributes.pop("to", None)
-        self.send_element(reply)
+        self.bind_session(full, reply)
+
+    def bind_session(self, full: JID, reply: Optional[domish.Element] = None) -> ClientSession:
+        """Make ``full`` this authenticated stream's session and announce it.
+
+        The older session on the same resource is closed with ``conflict``
+        (RFC 6120 §7.7.2.2). ``reply`` (the bind result) goes out before
+        anything a ``session/bound`` handler sends. The unit-test fakes bind
+        through here too, so they run this code, not a copy of it.
+        """
+        session = self.session_class(self, full, self.peer, secure=self.secure)
+        replaced = self.server.sessions.add(session)
+        if replaced is not None:
+            replaced.close("conflict", "replaced by a new connection")
+        self.session = session
+        self.state = BOUND
+        self._cancel_timeout()
+        self._timeout = self.server.clock.callLater(self.factory.limits.c2s_idle_timeout, self._keepalive)
+        if reply is not None:
+            self.send_element(reply)
         self.server.events.fire_all("session/bound", session)
+        return session
+
+    # -- keepalive (XEP-0199 server-to-client ping) -----------------------
+    def _keepalive(self) -> None:
+        """The bound stream's timer: ping when idle, close when the ping went unanswered.
+
+        One DelayedCall per connection, re-armed here rather than moved on
+        every read: reads only record the time.
+        """
+        self._timeout = None
+        if self.state != BOUND:
+            return
+        limits = self.factory.limits
+        clock = self.server.clock
+        now = clock.seconds()
+        ping_at = self._ping_at
+        if ping_at is not None:
+            if self._last_input < ping_at:
+                log.info("c2s {peer}: no answer to a ping in {seconds} s", peer=self.peer,
+                         seconds=limits.c2s_ping_timeout)
+                self.close_stream("connection-timeout", "no answer to a ping")
+                return
+            self._ping_at = None
+        idle = now - self._last_input
+        if idle < limits.c2s_idle_timeout:
+            self._timeout = clock.callLater(limits.c2s_idle_timeout - idle, self._keepalive)
+            return
+        session = self.session
+        assert session is not None
+        ping_id = "ping-" + os.urandom(6).hex()
+        iq = domish.Element((ns.CLIENT, "iq"))
+        iq["type"] = "get"
+        iq["id"] = ping_id
+        iq["from"] = session.host
+        iq["to"] = session.jid.full
+        iq.addElement((ns.PING, "ping"))
+        self._ping_id = ping_id
+        self._ping_at = now
+        self._timeout = clock.callLater(limits.c2s_ping_timeout, self._keepalive)
+        self.send_element(iq)
+
+    def _is_pong(self, iq: domish.Element) -> bool:
+        """The answer (result, or an error from a client without XEP-0199) to our ping."""
+        if iq.getAttribute("id") != self._ping_id or iq.getAttribute("type") not in ("result", "error"):
+            return False
+        self._ping_id = None
+        return True
 
     def _on_stanza(self, stanza: domish.Element) -> None:
         session = self.session
@@ -457,8 +551,11 @@ class C2SStream(Protocol):
             if sender_jid.bare != session.bare or (sender_jid.resource not in (None, session.resource)):
                 raise StreamError("invalid-from")  # RFC 6120 §8.1.2.1
         stanza["from"] = session.jid.full
-        if stanza.name == "iq" and self._legacy_session(stanza):
-            return
+        if stanza.name == "iq":
+            if self._ping_id is not None and self._is_pong(stanza):
+                return  # the keepalive only needed the bytes; nothing to route
+            if self._legacy_session(stanza):
+                return
         try:
             result = self.server.router.route(stanza, session)
         except StanzaError as exc:
@@ -500,9 +597,14 @@ def _major_version(version: Optional[str]) -> int:
     return int(major)
 
 
-def _with_b64(element: domish.Element, data: bytes) -> domish.Element:
-    # RFC 6120 §6.4.6: '=' marks additional data that is empty.
-    element.addContent(base64.b64encode(data).decode() if data else "=")
+def _with_b64(element: domish.Element, data: Optional[bytes]) -> domish.Element:
+    """SASL data as base64 character data (RFC 6120 §6.4.3, §6.4.6).
+
+    None (no data, e.g. PLAIN's success) leaves the element empty; '='
+    stands for data of zero length (an empty SCRAM challenge).
+    """
+    if data is not None:
+        element.addContent(base64.b64encode(data).decode() if data else "=")
     return element
 
 

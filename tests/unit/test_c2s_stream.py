@@ -59,8 +59,9 @@ class Client:
         self.proto.dataReceived(data.encode() if isinstance(data, str) else data)
 
     def header(self, to: str = "localhost", version: str = "1.0", xmlns: str = ns.CLIENT,
-               stream_ns: str = ns.STREAMS) -> None:
+               stream_ns: str = ns.STREAMS, sender: Optional[str] = None) -> None:
         attrs = f" to='{to}'" if to else ""
+        attrs += f' from="{sender}"' if sender else ""
         attrs += f" version='{version}'" if version else ""
         self.send(f"<?xml version='1.0'?><stream:stream xmlns='{xmlns}' "
                   f"xmlns:stream='{stream_ns}'{attrs}>")
@@ -131,11 +132,11 @@ class Client:
         self.send(f"<iq type='set' id='bind1'><bind xmlns='{ns.BIND}'>{inner}</bind></iq>")
         return self.one()
 
-    def login(self, resource: Optional[str] = "res", user: str = "alice") -> str:
+    def login(self, resource: Optional[str] = "res", user: str = "alice", password: str = "pencil") -> str:
         """Header, SCRAM, restart, bind; return the bound full JID."""
         self.header()
         self.features()
-        success = self.scram(user)
+        success = self.scram(user, password)
         assert success.name == "success", success.toXml()
         self.header()
         self.features()
@@ -651,3 +652,253 @@ def test_closing_unregisters_the_producer(server, tls_factory):
     c.send("</stream:stream>")
     assert c.transport.producer is None
     assert c.transport.disconnecting
+
+
+# -- what goes on the wire (RFC 6120 §4.8.5) ----------------------------------
+
+def raw(client: Client) -> str:
+    return client.transport.value().decode()
+
+
+def test_features_and_errors_use_the_stream_prefix(client):
+    """Stream features and stream errors go out as <stream:features> and
+    <stream:error>, in the scope the header declared (loudmouth, hence
+    mcabber, waits forever for a <stream:features> it recognizes)."""
+    client.header()
+    client.features()
+    client.send("<!-- no comments -->")
+    assert client.stream_error() == "restricted-xml"
+    wire = raw(client)
+    assert "<stream:features>" in wire and "<stream:error>" in wire
+    assert "<features" not in wire and "<error" not in wire
+    assert wire.count(ns.STREAMS) == 1  # declared once, by the header
+
+
+def test_stanzas_carry_no_redundant_namespace(tls_factory):
+    """Stanzas on a client stream are written without xmlns='jabber:client'
+    (the stream's default namespace); payloads keep their own."""
+    alice, bob = Client(tls_factory, "10.0.0.1"), Client(tls_factory, "10.0.0.2")
+    alice.login("a")
+    bob.login("b", user="bob", password="secret")
+    bob.received()
+    bob.transport.clear()
+    bob._offset = 0
+    alice.send("<message to='bob@localhost/b' id='m1'><body>hi</body>"
+               "<active xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    assert raw(bob) == ("<message to='bob@localhost/b' id='m1' from='alice@localhost/a'><body>hi</body>"
+                        "<active xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    assert "<iq id='bind1' type='result'><bind" in raw(alice)
+    assert raw(alice).count("jabber:client") == len(alice.headers) == 2  # only the headers declare it
+
+
+# -- a restarted stream is a new stream (RFC 6120 §4.9.1.2) -------------------
+
+def after_sasl(client: Client) -> None:
+    client.header()
+    client.features()
+    assert client.scram().name == "success"
+
+
+@pytest.mark.parametrize("data,condition", [
+    ("<?xml version='1.0'?><!DOCTYPE stream>", "restricted-xml"),
+    ("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "
+     "xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>", "invalid-namespace"),
+    ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+     "xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='0.9'>", "unsupported-version"),
+    ("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+     "xmlns:stream='http://etherx.jabber.org/streams' to='example.org' version='1.0'>", "host-unknown"),
+    ("<a<<", "not-well-formed"),
+])
+def test_stream_error_on_restarted_stream_follows_a_new_header(client, data, condition):
+    """An error on the stream restarted after SASL is sent after a new stream
+    header of ours, not into the old stream: header first, then the error."""
+    after_sasl(client)
+    client.send(data)
+    assert client.stream_error() == condition
+    assert len(client.headers) == 2
+    wire = raw(client)
+    restart = wire.index("<success")
+    assert wire.index("<?xml", restart) < wire.index("<stream:error>", restart)
+
+
+def test_stream_error_after_starttls_follows_a_new_header(server):
+    """The same after STARTTLS: a bad restarted header gets our header, then the error."""
+    c = Client(C2SFactory(server, FakeTLS(), direct_tls=False))
+    c.header()
+    c.features()
+    c.send(f"<starttls xmlns='{ns.TLS}'/>")
+    assert c.one().name == "proceed"
+    c.header(xmlns="jabber:server")
+    assert c.stream_error() == "invalid-namespace"
+    assert len(c.headers) == 2
+
+
+def test_timeout_before_the_restarted_header(server, tls_factory):
+    """A client that never restarts the stream after SASL still gets a
+    header before the connection-timeout error."""
+    c = Client(tls_factory)
+    after_sasl(c)
+    server.clock.advance(tls_factory.limits.negotiation_timeout + 1)
+    assert c.stream_error() == "connection-timeout"
+    assert len(c.headers) == 2
+
+
+def test_plain_success_has_no_data(client):
+    """PLAIN has no additional data with success: <success/> is empty, not
+    '=' (which would mean additional data of length zero; RFC 6120 §6.4.6)."""
+    client.header()
+    client.features()
+    client.received()
+    client.plain("alice", "pencil")
+    assert raw(client).endswith(f"<success xmlns='{ns.SASL}'/>")
+
+
+def test_scram_success_carries_the_signature(client):
+    """SCRAM's success carries its v= verifier as base64 data."""
+    client.header()
+    client.features()
+    success = client.scram()
+    assert base64.b64decode(str(success)).startswith(b"v=")
+
+
+def test_empty_challenge_is_an_equals_sign(client):
+    """An empty challenge (SCRAM after an empty initial response) is '=' (§6.4.3 with §6.4.2)."""
+    client.header()
+    client.features()
+    client.send(f"<auth xmlns='{ns.SASL}' mechanism='SCRAM-SHA-256'>=</auth>")
+    assert raw(client).endswith(f"<challenge xmlns='{ns.SASL}'>=</challenge>")
+
+
+# -- the response header (RFC 6120 §4.7.2) ------------------------------------
+
+def test_header_echoes_the_clients_from(client):
+    """The response header's 'to' is the 'from' of the client's header,
+    escaped (a resource may hold quotes and angle brackets)."""
+    client.header(sender="alice@localhost/a'b&lt;c")
+    client.features()
+    assert client.headers[0]["to"] == "alice@localhost/a'b<c"
+    assert "to='alice@localhost/a&apos;b&lt;c'" in raw(client)
+
+
+def test_header_without_or_with_invalid_from_has_no_to(client, tls_factory):
+    """No 'from' (or one that is not a JID): no 'to' in our header."""
+    client.header()
+    client.features()
+    other = Client(tls_factory, "10.0.0.3")
+    other.header(sender="@@bad")
+    other.features()
+    assert "to" not in client.headers[0].attributes and "to" not in other.headers[0].attributes
+
+
+# -- keepalive (XEP-0199 from the server) -------------------------------------
+
+def pings(client: Client) -> list[domish.Element]:
+    return [e for e in client.received() if e.name == "iq" and e.getAttribute("type") == "get"
+            and e.firstChildElement() is not None and e.firstChildElement().uri == ns.PING]
+
+
+def test_idle_bound_stream_is_pinged(server, client):
+    """After c2s_idle_timeout without input the server pings the client's full JID."""
+    client.login()
+    client.received()
+    server.clock.advance(server.config.limits.c2s_idle_timeout - 1)
+    assert pings(client) == []
+    server.clock.advance(1)
+    (ping,) = pings(client)
+    assert ping["to"] == "alice@localhost/res" and ping["from"] == "localhost" and ping["id"]
+
+
+def test_pong_keeps_the_stream_and_is_not_routed(server, client, monkeypatch):
+    """The pong (an iq result to the server) counts as life, gets no error
+    and is not routed; the next silence gets the next ping."""
+    limits = server.config.limits
+    client.login()
+    routed: list = []
+    route = server.router.route
+    monkeypatch.setattr(server.router, "route", lambda st, origin=None: routed.append(st) or route(st, origin))
+    server.clock.advance(limits.c2s_idle_timeout)
+    (ping,) = pings(client)
+    client.send(f"<iq type='result' id='{ping['id']}' to='localhost'/>")
+    server.clock.advance(limits.c2s_ping_timeout)
+    assert client.received() == [] and routed == []
+    assert not client.transport.disconnecting
+    server.clock.advance(limits.c2s_idle_timeout - limits.c2s_ping_timeout)
+    assert len(pings(client)) == 1
+
+
+def test_error_answer_to_the_ping_also_counts(server, client):
+    """A client without XEP-0199 answers with an error: it is alive all the same, and the error is not bounced."""
+    limits = server.config.limits
+    client.login()
+    server.clock.advance(limits.c2s_idle_timeout)
+    (ping,) = pings(client)
+    client.send(f"<iq type='error' id='{ping['id']}' to='localhost'><ping xmlns='{ns.PING}'/>"
+                f"<error type='cancel'><service-unavailable xmlns='{ns.STANZA_ERRORS}'/></error></iq>")
+    server.clock.advance(limits.c2s_ping_timeout + 1)
+    assert client.received() == [] and not client.transport.disconnecting
+
+
+def test_any_input_counts_as_alive(server, client):
+    """Whitespace (or any stanza) after the ping is as good as a pong."""
+    limits = server.config.limits
+    client.login()
+    server.clock.advance(limits.c2s_idle_timeout)
+    assert len(pings(client)) == 1
+    server.clock.advance(limits.c2s_ping_timeout - 1)
+    client.send(" ")
+    server.clock.advance(1)
+    assert client.stream_error() is None and not client.transport.disconnecting
+
+
+def test_silent_peer_is_dropped_and_its_session_ends(server, client):
+    """No answer within c2s_ping_timeout: connection-timeout, the session is
+    gone and session/closed fired (so contacts see it go offline)."""
+    limits = server.config.limits
+    closed = bound_closed(server)
+    client.login()
+    session = client.proto.session
+    server.clock.advance(limits.c2s_idle_timeout)
+    assert len(pings(client)) == 1
+    server.clock.advance(limits.c2s_ping_timeout - 0.5)
+    assert not client.transport.disconnecting
+    server.clock.advance(0.5)
+    assert client.stream_error() == "connection-timeout"
+    assert client.transport.disconnecting
+    assert closed == [session] and server.sessions.count() == 0
+
+
+def test_traffic_postpones_the_ping(server, client):
+    """Input before the idle timeout moves the ping to a full idle period after it."""
+    limits = server.config.limits
+    client.login()
+    server.clock.advance(limits.c2s_idle_timeout - 10)
+    client.send(" ")
+    server.clock.advance(10)
+    assert pings(client) == []
+    server.clock.advance(limits.c2s_idle_timeout - 10)
+    assert len(pings(client)) == 1
+
+
+def test_reads_do_not_reschedule_the_timer(server, client):
+    """One timer per connection: reads only record the time (no cancel and
+    reschedule per read)."""
+    client.login()
+    before = list(server.clock.getDelayedCalls())
+    for i in range(20):
+        client.send(f"<presence id='p{i}'/>")
+        server.clock.advance(1)
+    assert server.clock.getDelayedCalls() == before
+
+
+def test_keepalive_settings_are_read_from_config():
+    """[limits] c2s_idle_timeout and c2s_ping_timeout drive the keepalive."""
+    srv = make_server(modules=[], config_text="[limits]\nc2s_idle_timeout = 30.0\nc2s_ping_timeout = 5.0\n")
+    create_user(srv, "alice@localhost", "pencil")
+    factory = C2SFactory(srv, FakeTLS(), direct_tls=True)
+    factory.channel_bindings = lambda transport: {}  # type: ignore[method-assign]
+    c = Client(factory)
+    c.login()
+    srv.clock.advance(30)
+    assert len(pings(c)) == 1
+    srv.clock.advance(5)
+    assert c.stream_error() == "connection-timeout"

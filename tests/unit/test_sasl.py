@@ -128,7 +128,7 @@ def test_plain_success_and_failure(server):
     """PLAIN checks the password against the store."""
     ok = SASLExchange(server, "localhost", "PLAIN", NO_PLUS, {}).start(b"\0alice\0pencil")
     kind, (jid, extra) = outcome(ok)
-    assert kind == "success" and jid.bare == "alice@localhost" and extra == b""
+    assert kind == "success" and jid.bare == "alice@localhost" and extra is None
     bad = SASLExchange(server, "localhost", "PLAIN", NO_PLUS, {}).start(b"\0alice\0nope")
     assert condition_of(bad) == "not-authorized"
     unknown = SASLExchange(server, "localhost", "PLAIN", NO_PLUS, {}).start(b"\0ghost\0nope")
