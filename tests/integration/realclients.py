@@ -131,6 +131,7 @@ class Tmux:
 
     def __init__(self) -> None:
         self.socket = f"chatbx-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.socket_path: Optional[str] = None
         self.server_pid: Optional[int] = None
         self.pane_pid: Optional[int] = None
 
@@ -149,8 +150,9 @@ class Tmux:
             server_env["TMUX_TMPDIR"] = os.environ["TMUX_TMPDIR"]
         self.tmux("new-session", "-d", "-s", "main", "-x", "200", "-y", "50", "-c", str(cwd),
                   "--", *argv, env=server_env)
-        pids = self.tmux("display-message", "-p", "-t", "main", "#{pid} #{pane_pid}").split()
-        self.server_pid, self.pane_pid = int(pids[0]), int(pids[1])
+        pids, self.socket_path = self.tmux("display-message", "-p", "-t", "main",
+                                           "#{pid} #{pane_pid}\n#{socket_path}").splitlines()
+        self.server_pid, self.pane_pid = (int(pid) for pid in pids.split())
 
     def type(self, text: str) -> None:
         """Type a line (literally) and press Enter."""
@@ -175,6 +177,8 @@ class Tmux:
         _stop_pid(self.pane_pid)
         _stop_pid(self.server_pid)
         self.server_pid = None
+        if self.socket_path is not None:  # tmux 3.3 leaves it behind
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 class Program:

@@ -49,6 +49,7 @@ class Slix:
         return await self.presences.wait(match, what=f"presence {ptype} from {sender}")
 
     async def wait_available_from_resource_of(self, bare: str, prefix: str) -> Any:
+        """For clients that pick a random resource: 'profanity.XXXX'."""
         def match(p: Any) -> bool:
             return (p["type"] == "available" and p["from"].bare == bare
                     and p["from"].resource.startswith(prefix))
@@ -101,13 +102,15 @@ class Scenario:
         return slix
 
     def close(self) -> None:
-        for cleanup in reversed(self.cleanups):
-            cleanup()
-        for client in self.slix:
-            self.loop.run_until_complete(slix_close(client))
-        self.loop.run_until_complete(_cancel_the_rest())
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        self.loop.close()
+        try:
+            for cleanup in reversed(self.cleanups):
+                cleanup()
+        finally:
+            for client in self.slix:
+                self.loop.run_until_complete(slix_close(client))
+            self.loop.run_until_complete(_cancel_the_rest())
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
 
 
 @pytest.fixture(scope="class")
