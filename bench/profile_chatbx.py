@@ -35,7 +35,7 @@ CATEGORIES = [
     ("socket I/O (send/recv syscalls)", re.compile(r"untilConcludes|\.(writeSomeData|_dataReceived|doRead) \("
                                                    r"(twisted/internet/tcp)")),
     ("TLS (pyOpenSSL/OpenSSL)", re.compile(r"OpenSSL/|twisted/protocols/tls\.py|_sslverify|cffi")),
-    ("serialization (toXml)", re.compile(r"(^|\.)(toXml|serialize|escapeToXml|_escape) \(|Serializer")),
+    ("serialization (toXml)", re.compile(r"(^|\.)(toXml|serialize|escapeToXml|_escape) \(|Serializer|xmpp/serializer\.py")),
     ("expat parse (C)", re.compile(r"(^|\.)parse \(.*(domish|parser)\.py")),
     ("domish building", re.compile(r"domish\.py|chatbx_server/c2s/parser\.py")),
     ("writes (transport buffering)", re.compile(r"twisted/internet/(abstract|tcp|_newtls)\.py")),

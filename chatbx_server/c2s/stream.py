@@ -227,9 +227,12 @@ class C2SStream(Protocol):
         """Close with a stream error (RFC 6120 §4.9) or cleanly."""
         if self.state == CLOSED:
             return
+        self._cancel_timeout()
+        if not self.header_sent:
+            # RFC 6120 §4.9.1.2: our header first, on a restarted stream too;
+            # a clean close needs an open stream as well.
+            self._send_header()
         if condition is not None:
-            if not self.header_sent:
-                self._send_header()
             self.send_element(StreamError(condition, text).element())
             log.info("c2s stream error {condition} for {peer}", condition=condition, peer=self.peer)
         self.send_raw(self.serializer.footer)

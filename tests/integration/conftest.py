@@ -200,6 +200,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     """Attach the logs of the servers a failed test started to its report."""
     outcome = yield
     report = outcome.get_result()
+    if report.failed and item.parent is not None:
+        item.parent._chatbx_failed_step = item.name  # read by the ``steps`` fixture
     servers = getattr(item, "_chatbx_servers", None)
     if report.failed and servers:
         for i, server in enumerate(servers):
@@ -270,6 +272,36 @@ def shared_server(request: pytest.FixtureRequest, _module_server: ChatbxServer) 
     request.node._chatbx_servers = [_module_server]
     assert _module_server.proc is not None and _module_server.proc.poll() is None, "shared server died"
     return _module_server
+
+
+@pytest.fixture(scope="class")
+def _class_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChatbxServer]:
+    servers: list[ChatbxServer] = []
+    try:
+        yield _factory(tmp_path_factory.mktemp("chatbx"), servers)()
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def class_server(request: pytest.FixtureRequest, _class_server: ChatbxServer) -> ChatbxServer:
+    """One default SQLite server for all tests of a class whose tests are
+    the steps of one scenario (see ``steps``); its log is attached to a
+    failed step's report."""
+    request.node._chatbx_servers = [_class_server]
+    assert _class_server.proc is not None and _class_server.proc.poll() is None, "class server died"
+    return _class_server
+
+
+@pytest.fixture
+def steps(request: pytest.FixtureRequest) -> None:
+    """For a class whose tests are steps of one scenario, each building on
+    the one before (in file order): once a step failed, the later steps
+    of the class are skipped instead of failing again on its leftovers."""
+    failed = getattr(request.node.parent, "_chatbx_failed_step", None)
+    if failed is not None:
+        pytest.skip(f"an earlier step failed: {failed}")
 
 
 # -- slixmpp -------------------------------------------------------------------

@@ -746,6 +746,15 @@ def test_timeout_before_the_restarted_header(server, tls_factory):
     assert len(c.headers) == 2
 
 
+def test_server_close_of_a_restarted_stream_opens_it_first(client):
+    """Closing a restarted stream whose header is not out yet (server
+    shutdown, say) writes our header before </stream:stream>."""
+    after_sasl(client)
+    client.proto.close_stream()
+    client.received()
+    assert len(client.headers) == 2 and client.ended == 1
+
+
 def test_plain_success_has_no_data(client):
     """PLAIN has no additional data with success: <success/> is empty, not
     '=' (which would mean additional data of length zero; RFC 6120 §6.4.6)."""

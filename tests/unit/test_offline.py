@@ -381,12 +381,13 @@ def test_message_whose_write_dropped_the_stream_stays_stored() -> None:
     alice = bind(server, "alice@localhost/phone")
     stream = alice.stream
     real_send = stream.send_element
+
     dropped = []
 
     def send_then_drop(element):
         real_send(element)
-        if len(stream.sent) == 3 and not dropped:
-            dropped.append(True)  # close_stream writes its error through here too
+        if len(alice.sent) == 3 and not dropped:
+            dropped.append(True)
             stream.close_stream("policy-violation", "output buffer full")
 
     stream.send_element = send_then_drop
