@@ -17,6 +17,7 @@ import base64
 import binascii
 from typing import TYPE_CHECKING, Any, Optional
 
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
 
 # States
 HEADER, OPEN, CLOSED = range(3)
+
+#: dialback checks in flight on one stream: each costs an outgoing
+#: connection, so a peer cannot make us open many (XEP-0220 §4.3)
+MAX_PENDING_DIALBACK = 5
+#: remote domains one stream may authenticate (piggybacking, XEP-0220 §2.5)
+MAX_DOMAINS = 50
 
 
 def dialback_error(name: str, local: str, remote: str, condition: str, etype: str,
@@ -217,6 +224,10 @@ class S2SInStream(S2SStream):
             return
         if remote in self._pending:
             return  # XEP-0220 §2.4: one at a time; the first answer covers it
+        if len(self._pending) >= MAX_PENDING_DIALBACK or len(self.authenticated) >= MAX_DOMAINS:
+            self.send_element(dialback_error("result", local, remote, "resource-constraint", "wait"))
+            self.manager.log_event(self, "auth-failed", remote=remote, reason="too many dialback requests")
+            return
         valid, reason = self.verify_certificate(remote)
         if valid:
             # XEP-0344 §2.2: a certificate that proves the domain needs no
@@ -318,12 +329,21 @@ class S2SInStream(S2SStream):
         self.last_active = self.clock.seconds()
         router = self.server.router
         try:
-            router.route(stanza)
+            result = router.route(stanza)
         except StanzaError as exc:
             router.bounce(stanza, exc.condition, exc.text)
+            return
         except Exception:
             log.failure("routing a {name} from {remote} failed", name=stanza.name, remote=sender.host)
             router.bounce(stanza, "internal-server-error")
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._route_failed, stanza)
+
+    def _route_failed(self, failure: Failure, stanza: domish.Element) -> None:
+        log.failure("handling a {name} from {remote} failed", failure, name=stanza.name,
+                    remote=self.remote)
+        self.server.router.bounce(stanza, "internal-server-error")
 
 
 class S2SInFactory(Factory):

@@ -44,6 +44,9 @@ STATUS_FILE = "s2s-status.json"
 #: streams listed per direction in the status file
 STATUS_LIMIT = 1000
 STATUS_DELAY = 1.0
+#: remote domains with outgoing state at once (each may hold a queue and a
+#: connection attempt); beyond it stanzas to new domains bounce
+MAX_ROUTES = 10000
 
 
 class VerifyTimeout(Exception):
@@ -208,7 +211,13 @@ class S2SManager:
             log.warn("s2s: not relaying a {name} from {sender} to {remote}", name=stanza.name,
                      sender=sender.host, remote=remote)
             return True
-        route = self._route(local, remote)
+        route = self.routes.get((local, remote))
+        if route is None:
+            if len(self.routes) >= MAX_ROUTES:
+                if expects_answer(stanza):
+                    self.server.router.bounce(stanza, "resource-constraint", "too many remote domains")
+                return True
+            route = self._route(local, remote)
         stream = route.stream
         if stream is not None and stream.ready:
             stream.send_element(stanza)

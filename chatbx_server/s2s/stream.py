@@ -18,10 +18,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 from uuid import uuid4
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
+from zope.interface import implementer
 
 from chatbx_server.c2s.parser import SafeElementStream
 from chatbx_server.logs import log_observer
@@ -91,8 +93,14 @@ def _discard(*args: Any) -> None:
     """Event handler of a parser that was replaced or closed."""
 
 
+@implementer(IPushProducer)
 class S2SStream(Protocol):
-    """Common state and plumbing of one server-to-server connection."""
+    """Common state and plumbing of one server-to-server connection.
+
+    It is the transport's producer, so it learns when the peer stops
+    reading; what is written beyond the transport's buffer is counted and
+    the stream dropped past ``[limits] max_output_buffer`` (as c2s does).
+    """
 
     direction = "?"
     # A TCP/TLS transport (startTLS, abortConnection) set before connectionMade.
@@ -119,12 +127,15 @@ class S2SStream(Protocol):
         self.last_active = self.started_at
         self._auth_timer: Any = None
         self._reported = False
+        #: bytes written while the transport's buffer is full; None otherwise
+        self._backlog: Optional[int] = None
 
     # -- connection ------------------------------------------------------
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
         self._reset_parser()
+        self.transport.registerProducer(self, True)
         self._auth_timer = self.clock.callLater(self.manager.config.auth_timeout, self._auth_timed_out)
 
     def _auth_timed_out(self) -> None:
@@ -207,11 +218,34 @@ class S2SStream(Protocol):
     def send_element(self, element: domish.Element) -> None:
         if not self.closed:
             self.last_active = self.clock.seconds()
-            self.transport.write(serialize(element).encode("utf-8"))
+            self._write(serialize(element).encode("utf-8"))
 
     def send_raw(self, data: str) -> None:
         if not self.closed:
-            self.transport.write(data.encode("utf-8"))
+            self._write(data.encode("utf-8"))
+
+    def _write(self, data: bytes) -> None:
+        backlog = self._backlog
+        if backlog is not None:
+            backlog += len(data)
+            self._backlog = backlog
+            if backlog > self.server.config.limits.max_output_buffer:
+                self._backlog = None
+                self.fail("policy-violation", "output buffer full: the peer does not read")
+                self.transport.abortConnection()
+                return
+        self.transport.write(data)
+
+    # -- flow control (IPushProducer) -------------------------------------------
+    def pauseProducing(self) -> None:  # noqa: N802
+        if self._backlog is None:
+            self._backlog = 0
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._backlog = None
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """The connection is going away; connectionLost cleans up."""
 
     def send_header(self) -> None:
         raise NotImplementedError
@@ -229,6 +263,8 @@ class S2SStream(Protocol):
         self.closed = True
         self.cancel_auth_timer()
         self._detach_parser()
+        # A registered producer keeps a TLS transport from shutting down.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._report_lost(text or condition or "closed")
 

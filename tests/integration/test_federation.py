@@ -108,6 +108,9 @@ async def scenario(a: Any, b: Any, ALICE: str = ALICE, BOB: str = BOB, offline: 
             stored = await bob_msgs.wait(lambda m: m["body"] == "while you were away",
                                          what="the stored message")
             assert stored["from"].bare == ALICE and stored["delay"]["stamp"] is not None
+            # The probe sent at bob's login is answered by a with alice's presence (RFC 6121 §4.3).
+            await bob_pres.wait(lambda p: p["from"].bare == ALICE and p["type"] in ("available", ""),
+                                what="alice's presence, answering bob's probe")
     finally:
         await slix_close(alice)
         await slix_close(bob)

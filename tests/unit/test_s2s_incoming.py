@@ -246,3 +246,35 @@ def test_iq_from_remote_is_answered_over_s2s() -> None:
     server.router.remote = manager.route
     feed(stream, "<iq type='get' id='p1' from='bob@b.example/x' to='a.example'><ping xmlns='urn:xmpp:ping'/></iq>")
     assert len(sent) == 1 and sent[0]["type"] == "result" and sent[0]["to"] == "bob@b.example/x"
+
+
+def test_dialback_requests_per_stream_are_bounded() -> None:
+    """Each dialback check costs an outgoing connection: a stream gets at most
+    MAX_PENDING_DIALBACK in flight; more get a resource-constraint error."""
+    from chatbx_server.s2s.incoming import MAX_PENDING_DIALBACK
+
+    server, manager = make_manager()
+    asked: list[str] = []
+    manager.request_verify = lambda local, remote, sid, key: asked.append(remote) or defer.Deferred()  # type: ignore[method-assign]
+    stream, transport = open_tls(manager)
+    for i in range(MAX_PENDING_DIALBACK + 1):
+        feed(stream, f"<db:result from='d{i}.example' to='a.example'>KEY</db:result>")
+    assert len(asked) == MAX_PENDING_DIALBACK
+    result = transport.last("result")
+    assert result["type"] == "error" and result.error.firstChildElement().name == "resource-constraint"
+
+
+def test_peer_that_stops_reading_is_dropped() -> None:
+    """Output beyond max_output_buffer while the transport is paused closes the stream."""
+    server, manager = make_manager("[limits]\nmax_output_buffer = 10000\n")
+    stream, transport = open_tls(manager)
+    stream.pauseProducing()
+    from chatbx_server.xmpp.stanzas import parse_stanza
+
+    big = parse_stanza("<message to='x@b.example'><body>" + "x" * 3000 + "</body></message>")
+    for _ in range(3):
+        stream.send_element(big)
+    assert transport.closed_with is None
+    stream.send_element(big)
+    assert stream.closed and transport.closed_with == ("policy-violation",
+                                                      "output buffer full: the peer does not read")
