@@ -17,8 +17,10 @@ Outbound (``pre-presence/*``, what a local client sends):
 Inbound (``presence/bare|full``, to a local account): available,
 unavailable and error presence go to every available resource (bare) or to
 the addressed session (full); subscription stanzas run the inbound state
-machine; probes are answered for subscribed contacts (§4.3.2). Stanzas to
-an account that does not exist are silently ignored (§8.5.1).
+machine; probes are answered as §4.3.2 says (presence, or unavailable
+when no resource is available, for subscribed contacts; ``unsubscribed``
+for anyone else). Other stanzas to an account that does not exist are
+silently ignored (§8.5.1).
 
 When a session ends, cleanly or not (``session/closed``), its contacts and
 directed-presence targets receive unavailable presence.
@@ -325,22 +327,44 @@ class PresenceFeature(Feature):
         return True  # presence to the server itself has no meaning here
 
     def _inbound_probe(self, event: StanzaEvent) -> Any:
-        """§4.3.2: subscribed contacts get the last presence of each resource."""
+        """Answer a probe for ``event.to`` (RFC 6121 §4.3.2).
+
+        The prober may be anywhere (today a remote server's probe; the
+        local shortcut is :meth:`_probe`), so answers go through the router:
+
+        1. no such account, or the prober's bare JID is not 'From', 'From +
+           Pending Out' or 'Both' on the roster: ``unsubscribed`` to the
+           prober's bare JID. Nothing changes here, so a pre-approval
+           (§3.4) survives. A missing account answers like a stranger's, so
+           probes do not reveal which accounts exist;
+        2. no available resource: ``unavailable`` from the bare JID (chatbx
+           keeps no last unavailable presence to send instead);
+        3. otherwise the last presence of each available resource.
+        Rules 2 and 3 answer the probe's 'from' as it came (full or bare).
+        """
         sender = event.sender
         user = event.to.bare
         if sender is None or sender.bare == user:
             return True
         d = self.roster.load(user)
 
-        def answer(state: RosterState) -> None:
-            item = state.items.get(sender.bare)
+        def answer(state: Optional[RosterState]) -> None:
+            item = state.items.get(sender.bare) if state is not None else None
             if item is None or not has_from(item.subscription):
                 self.router.route(_presence(user, sender.bare, "unsubscribed"))
                 return
-            for session in self.sessions.available(user):
+            available = self.sessions.available(user)
+            if not available:
+                self.router.route(_presence(user, sender.full, "unavailable"))
+                return
+            for session in available:
                 self.router.route(copy_to(session.presence, sender.full))
 
+        def no_account(failure: Failure) -> None:
+            failure.trap(UnknownUser)
+            return None
+
+        d.addErrback(no_account)
         d.addCallback(answer)
         d.addErrback(_log_failure, "probe")
         return d
-

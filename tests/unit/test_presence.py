@@ -379,3 +379,46 @@ def test_broadcast_uses_cached_roster():
     server.router.route(stanza("<presence from='x@remote.example/z' to='a@localhost'/>"))
     assert calls == []
     assert len(presences(b)) >= 1
+
+
+def test_inbound_probe_when_no_resource_is_available():
+    """§4.3.2: a subscribed contact's probe to an account with no available resource gets
+    unavailable from the bare JID, addressed to the probe's 'from'."""
+    server = setup()
+    remote = remote_recorder(server)
+    a = bind(server, "a@localhost/r1", available=True)
+    server.router.route(stanza("<presence from='x@remote.example' to='a@localhost' type='subscribe'/>"))
+    send(server, a, "<presence to='x@remote.example' type='subscribed'/>")
+    close(server, a)
+    remote.clear()
+    server.router.route(stanza("<presence from='x@remote.example/home' to='a@localhost' type='probe'/>"))
+    assert [(s["from"], s["to"], s.getAttribute("type")) for s in remote] == [
+        ("a@localhost", "x@remote.example/home", "unavailable")]
+    # A bound but not available resource counts as none.
+    bind(server, "a@localhost/r2")
+    remote.clear()
+    server.router.route(stanza("<presence from='x@remote.example' to='a@localhost/r2' type='probe'/>"))
+    assert [(s["from"], s["to"], s.getAttribute("type")) for s in remote] == [
+        ("a@localhost", "x@remote.example", "unavailable")]
+
+
+def test_inbound_probe_from_non_subscribers_gets_unsubscribed():
+    """§4.3.2 rule 1: 'none', 'to', Pending In, a missing account: 'unsubscribed' to the bare JID;
+    a pre-approval is not cancelled by it."""
+    server = setup()
+    remote = remote_recorder(server)
+    a = bind(server, "a@localhost/r1", available=True)
+    send(server, a, "<presence to='to@remote.example' type='subscribe'/>")
+    server.router.route(stanza("<presence from='to@remote.example' to='a@localhost' type='subscribed'/>"))
+    server.router.route(stanza("<presence from='in@remote.example' to='a@localhost' type='subscribe'/>"))
+    send(server, a, "<presence to='pre@remote.example' type='subscribed'/>")
+    assert item(server, "a@localhost", "to@remote.example").subscription == "to"
+    assert item(server, "a@localhost", "pre@remote.example").approved is True
+    close(server, a)
+    for prober, target in [("to@remote.example/r", "a@localhost"), ("in@remote.example", "a@localhost"),
+                           ("pre@remote.example", "a@localhost"), ("z@remote.example/q", "nobody@localhost")]:
+        remote.clear()
+        server.router.route(stanza(f"<presence from='{prober}' to='{target}' type='probe'/>"))
+        assert [(s["from"], s["to"], s.getAttribute("type")) for s in remote] == [
+            (target, prober.partition("/")[0], "unsubscribed")], prober
+    assert item(server, "a@localhost", "pre@remote.example").approved is True
