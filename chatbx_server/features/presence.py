@@ -45,7 +45,7 @@ from chatbx_server.features.subscription import (
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
 from chatbx_server.xmpp import ns
-from chatbx_server.xmpp.stanzas import error_reply
+from chatbx_server.xmpp.stanzas import StanzaError, error_reply
 from chatbx_server.logs import log_observer
 
 log = Logger(observer=log_observer)
@@ -250,9 +250,19 @@ class PresenceFeature(Feature):
         stanza = event.stanza
         stanza["from"] = user  # §3.1.2: the bare JID
         stanza["to"] = contact
+        session = event.origin
         d = self.roster.run_locked(
             user, lambda: self._apply(user, contact, outbound, ptype, stanza))
         d.addCallback(self.roster.route_all)
+
+        def refused(failure: Failure) -> None:
+            # A roster limit (RosterFeature.check_room): the client hears why.
+            failure.trap(StanzaError)
+            reply = error_reply(stanza, failure.value)
+            reply["to"] = session.jid.full
+            session.send(reply)
+
+        d.addErrback(refused)
         d.addErrback(_log_failure, "outbound subscription")
         return d
 
@@ -269,6 +279,12 @@ class PresenceFeature(Feature):
         d = self.roster.run_locked(
             user, lambda: self._apply(user, contact, inbound, ptype, stanza))
         d.addCallback(self.roster.route_all)
+
+        def refused(failure: Failure) -> None:
+            failure.trap(StanzaError)
+            self.router.bounce(stanza, failure.value.condition, failure.value.text)
+
+        d.addErrback(refused)
         d.addErrback(_log_failure, "inbound subscription")
         return d
 
@@ -282,6 +298,8 @@ class PresenceFeature(Feature):
         outcome: Outcome = machine(state_of(state, contact), ptype)
         new: SubState = outcome.state
         item = item_with_state(state.items.get(contact), contact, new)
+        # Both limits before any write, so a refusal changes nothing.
+        self.roster.check_room(state, contact, item, new.pending_in)
         await self.roster.store_item(user, state, contact, item)
         status = _status(stanza) if ptype == "subscribe" else None
         await self.roster.set_pending_in(user, state, contact, new.pending_in, status)
