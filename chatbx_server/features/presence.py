@@ -31,7 +31,7 @@ this code is unchanged when s2s arrives.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -258,7 +258,7 @@ class PresenceFeature(Feature):
         def refused(failure: Failure) -> None:
             # A roster limit (RosterFeature.check_room): the client hears why.
             failure.trap(StanzaError)
-            reply = error_reply(stanza, failure.value)
+            reply = error_reply(stanza, cast(StanzaError, failure.value))
             reply["to"] = session.jid.full
             session.send(reply)
 
@@ -282,7 +282,8 @@ class PresenceFeature(Feature):
 
         def refused(failure: Failure) -> None:
             failure.trap(StanzaError)
-            self.router.bounce(stanza, failure.value.condition, failure.value.text)
+            error = cast(StanzaError, failure.value)
+            self.router.bounce(stanza, error.condition, error.text)
 
         d.addErrback(refused)
         d.addErrback(_log_failure, "inbound subscription")
