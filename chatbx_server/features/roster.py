@@ -28,7 +28,7 @@ from twisted.words.xish import domish
 from chatbx_server.events import FALLBACK, StanzaEvent
 from chatbx_server.features.subscription import SubState, has_from, has_to
 from chatbx_server.modules import Feature
-from chatbx_server.storage.roster import RosterItem
+from chatbx_server.storage.roster import RosterItem, RosterLimitReached
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import InvalidJID, JID
 from chatbx_server.xmpp.stanzas import StanzaError
@@ -204,6 +204,13 @@ class RosterFeature(Feature):
         if loading is not None:
             loading.dirty = True
 
+    def _stale(self, user: str) -> None:
+        """The store refused what the cached copy allowed: load it afresh next time."""
+        self._cache.pop(user, None)
+        loading = self._loading.get(user)
+        if loading is not None:
+            loading.dirty = True
+
     def on_session_closed(self, session: Any) -> None:
         if not self.server.sessions.resources(session.bare):
             self._cache.pop(session.bare, None)
@@ -268,7 +275,11 @@ class RosterFeature(Feature):
             version = await roster.remove_item(user, contact)
             state.items.pop(contact, None)
         else:
-            version = await roster.set_item(user, item)
+            try:
+                version = await roster.set_item(user, item, self.options.max_items)
+            except RosterLimitReached:
+                self._stale(user)
+                raise StanzaError("not-allowed", text="roster is full") from None
             state.items[contact] = item
         state.version = version
         self._changed(user, state)
@@ -283,7 +294,12 @@ class RosterFeature(Feature):
         self.check_room(state, contact, None, pending)
         roster = self.server.stores.roster
         if pending:
-            await roster.add_request(user, contact, status)
+            try:
+                await roster.add_request(user, contact, status, self.options.max_pending_requests)
+            except RosterLimitReached:
+                self._stale(user)
+                raise StanzaError("resource-constraint",
+                                  text="too many pending subscription requests") from None
             state.requests[contact] = status
         else:
             await roster.remove_request(user, contact)

@@ -311,3 +311,16 @@ def test_pending_requests_are_bounded():
     send(server, a, "<presence to='s1@remote.example' type='unsubscribed'/>")
     server.router.route(stanza("<presence from='s2@remote.example' to='a@localhost' type='subscribe'/>"))
     assert [p["from"] for p in a.sent if p.getAttribute("type") == "subscribe"][-1] == "s2@remote.example"
+
+
+def test_store_enforces_max_items_behind_a_stale_cache():
+    """Items added elsewhere (another node) that the cache has not seen still count:
+    the store refuses past max_items, and the stale cached roster is dropped."""
+    from chatbx_server.storage.roster import RosterItem
+    server = setup("max_items = 1\n")
+    a = bind(server, "a@localhost/r1")
+    get_roster(server, a)  # cached: no items
+    server.stores.roster.set_item("a@localhost", RosterItem("b@localhost"))  # behind its back
+    set_item(server, a, "<item jid='c@localhost'/>", "s1")
+    assert error_condition(result_of(a, "s1")) == "not-allowed"
+    assert [el["jid"] for el in items(get_roster(server, a))] == ["b@localhost"]
