@@ -264,7 +264,7 @@ class C2SStream(Protocol):
         host = None
         if to:
             try:
-                host = JID.parse(to).host
+                host = JID.parse(to, cache=False).host
             except InvalidJID:
                 pass
         if self.host is not None and host != self.host:
