@@ -257,7 +257,7 @@ class C2SStream(Protocol):
         sender = root.getAttribute("from")
         if sender:
             try:
-                self.peer_from = JID.parse(sender).full
+                self.peer_from = JID.parse(sender, cache=False).full
             except InvalidJID:
                 pass  # RFC 6120 §4.7.1: not worth an error; just not echoed
         to = root.getAttribute("to")
