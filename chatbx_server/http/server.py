@@ -278,6 +278,10 @@ def build_site(chatbx: "Server", reactor: Any = None) -> ChatbxSite:
     from chatbx_server.http import metrics
 
     _child(site.root, b"metrics", metrics.MetricsResource(chatbx))
+    if chatbx.config.http.websocket:
+        from chatbx_server.http import websocket
+
+        _child(site.root, b"xmpp-websocket", websocket.websocket_resource(chatbx))
     return site
 
 
