@@ -278,6 +278,9 @@ def build_site(chatbx: "Server", reactor: Any = None) -> ChatbxSite:
     from chatbx_server.http import metrics
 
     _child(site.root, b"metrics", metrics.MetricsResource(chatbx))
+    from chatbx_server.http import hostmeta
+
+    _child(site.root, b".well-known", hostmeta.WellKnown(chatbx))
     if chatbx.config.http.websocket:
         from chatbx_server.http import websocket
 
