@@ -285,6 +285,10 @@ def build_site(chatbx: "Server", reactor: Any = None) -> ChatbxSite:
         from chatbx_server.http import websocket
 
         _child(site.root, b"xmpp-websocket", websocket.websocket_resource(chatbx))
+    if chatbx.config.http.bosh:
+        from chatbx_server.http import bosh
+
+        _child(site.root, b"http-bind", bosh.BoshResource(chatbx))
     return site
 
 
