@@ -55,6 +55,9 @@ class _Discard:
     def read(self, *args: Any) -> bytes:
         return b""
 
+    def tell(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 
