@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 log = Logger(observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
+#: stream errors after which a resumable session waits for its client:
+#: the peer vanished (keepalive), rather than being sent away
+HIBERNATE_CONDITIONS = frozenset(("connection-timeout",))
 MAX_SASL_FAILURES = 5
 
 # Negotiation states, in order.
@@ -130,7 +133,9 @@ class C2SStream(Protocol):
         self.state = CLOSED
         self._cancel_timeout()
         self.factory.release(self)
-        self._end_session()
+        # The connection went away without </stream:stream>: a resumable
+        # session waits for its client to come back (XEP-0198 §5).
+        self._end_session(hibernate=True)
         self._detach_parser()
 
     def _reset_parser(self) -> None:
@@ -238,19 +243,26 @@ class C2SStream(Protocol):
         self.send_raw(self.serializer.footer)
         self.state = CLOSED
         self._detach_parser()
-        self._end_session()
+        # Only a vanished peer (no answer to the keepalive) may come back.
+        self._end_session(hibernate=condition in HIBERNATE_CONDITIONS)
         # A registered producer keeps a TLS transport from shutting down.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
-    def _end_session(self) -> None:
+    def _end_session(self, hibernate: bool = False) -> None:
+        """The connection of the bound session is over.
+
+        With ``hibernate``, a ``session/hibernate`` handler (stream
+        management) may keep the session, detached, in ``server.sessions``
+        until its client resumes it or a timeout ends it.
+        """
         session = self.session
         if session is None:
             return
         self.session = None
-        session.closed = True
-        self.server.sessions.remove(session)
-        self.server.events.fire_all("session/closed", session)
+        if hibernate and self.server.events.fire("session/hibernate", session):
+            return
+        end_session(self.server, session)
 
     # -- stream header ---------------------------------------------------
     def _on_stream_start(self, root: domish.Element) -> None:
@@ -443,7 +455,12 @@ class C2SStream(Protocol):
 
     def _on_bind(self, element: domish.Element) -> None:
         if element.name != "iq" or element.uri != ns.CLIENT:
-            raise StreamError("not-authorized")
+            # Nonzas allowed before bind (XEP-0198 <resume/>, <enable/>'s
+            # failure) are answered by the feature that knows them.
+            if self.server.events.fire(f"unbound-element/{element.uri}:{element.name}",
+                                       (self, element)) is None:
+                raise StreamError("not-authorized")
+            return
         bind = element.firstChildElement()
         if (element.getAttribute("type") != "set" or bind is None
                 or bind.uri != ns.BIND or bind.name != "bind"):
@@ -480,13 +497,29 @@ class C2SStream(Protocol):
         replaced = self.server.sessions.add(session)
         if replaced is not None:
             replaced.close("conflict", "replaced by a new connection")
+        self._attach(session)
+        if reply is not None:
+            self.send_element(reply)
+        self.server.events.fire_all("session/bound", session)
+        return session
+
+    def resume_session(self, session: ClientSession) -> None:
+        """Make an existing (hibernating or still attached) ``session`` this
+        stream's: XEP-0198 §5 resumption. The caller has checked that it
+        belongs to this stream's account and detached its old stream."""
+        session.stream = self
+        self._attach(session)
+
+    def _attach(self, session: ClientSession) -> None:
         self.session = session
         self.state = BOUND
         self._cancel_timeout()
         self._timeout = self.server.clock.callLater(self.factory.limits.c2s_idle_timeout, self._keepalive)
-        if reply is not None:
-            self.send_element(reply)
-        self.server.events.fire_all("session/bound", session)
+
+    def detach_session(self) -> Optional[ClientSession]:
+        """Let go of the bound session without ending it (it is being
+        resumed on another connection); returns it."""
+        session, self.session = self.session, None
         return session
 
     # -- keepalive (XEP-0199 server-to-client ping) -----------------------
@@ -545,6 +578,15 @@ class C2SStream(Protocol):
             if result is None:
                 raise StreamError("unsupported-stanza-type")
             return
+        result = self._handle_stanza(session, stanza)
+        sm = session.sm
+        if sm is not None:
+            # XEP-0198 §4: counted as handled once its handling completed
+            # (a Deferred result: when it fired, e.g. after a commit).
+            sm.inbound.track(result)
+
+    def _handle_stanza(self, session: ClientSession, stanza: domish.Element) -> Any:
+        """Check, stamp and route a stanza; returns the router's result."""
         sender = stanza.getAttribute("from")
         if sender is not None and sender != session.jid.full:
             try:
@@ -556,20 +598,19 @@ class C2SStream(Protocol):
         stanza["from"] = session.jid.full
         if stanza.name == "iq":
             if self._ping_id is not None and self._is_pong(stanza):
-                return  # the keepalive only needed the bytes; nothing to route
+                return True  # the keepalive only needed the bytes; nothing to route
             if self._legacy_session(stanza):
-                return
+                return True
         try:
             result = self.server.router.route(stanza, session)
         except StanzaError as exc:
-            self.server.router.bounce(stanza, exc.condition, exc.text)
-            return
+            return self.server.router.bounce(stanza, exc.condition, exc.text)
         except Exception:
             log.failure("routing a {name} from {user} failed", name=stanza.name, user=session.bare)
-            self.server.router.bounce(stanza, "internal-server-error")
-            return
+            return self.server.router.bounce(stanza, "internal-server-error")
         if isinstance(result, defer.Deferred):
             result.addErrback(self._route_failed, stanza)
+        return result
 
     def _route_failed(self, failure: Failure, stanza: domish.Element) -> None:
         log.failure("handling a {name} failed", failure, name=stanza.name)
@@ -586,6 +627,14 @@ class C2SStream(Protocol):
         reply["to"] = iq["from"]
         self.send_element(reply)
         return True
+
+
+def end_session(server: "Server", session: ClientSession) -> None:
+    """A session is over: out of the session table, ``session/closed`` fired
+    (presence unavailable, stream management's undelivered stanzas ...)."""
+    session.closed = True
+    server.sessions.remove(session)
+    server.events.fire_all("session/closed", session)
 
 
 def _discard(*args: Any) -> None:
