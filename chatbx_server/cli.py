@@ -345,6 +345,40 @@ def cmd_config_check(ctx: _Context, args: argparse.Namespace) -> None:
     print(f"configuration OK: {where} (domains: {', '.join(config.domains)})", file=ctx.out)
 
 
+def cmd_s2s_status(ctx: _Context, args: argparse.Namespace) -> None:
+    """Print the federation streams of the running server (its status file)."""
+    import json
+
+    from chatbx_server.s2s.manager import STATUS_FILE
+
+    path = os.path.join(ctx.config.data_dir, STATUS_FILE)
+    try:
+        with open(path) as fh:
+            status = json.load(fh)
+    except FileNotFoundError:
+        raise CLIError(f"no {path}: the server is not running with an s2s port, "
+                       "or has not started yet") from None
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"cannot read {path}: {exc}") from None
+    if args.json:
+        print(json.dumps(status, indent=1), file=ctx.out)
+        return
+    state = "running" if status.get("running") else "stopped"
+    print(f"s2s {state}; updated {status.get('updated')}", file=ctx.out)
+    outgoing = status.get("outgoing", [])
+    print(f"outgoing ({len(outgoing)}):", file=ctx.out)
+    for e in outgoing:
+        extra = e.get("auth") or e.get("error") or ""
+        print(f"  {e.get('local')} -> {e.get('remote')}  {e.get('state')}  {extra}  "
+              f"queued={e.get('queued', 0)}".rstrip(), file=ctx.out)
+    incoming = status.get("incoming", [])
+    print(f"incoming ({len(incoming)}):", file=ctx.out)
+    for e in incoming:
+        remote = ",".join(e.get("remote") or []) or "?"
+        print(f"  {remote} -> {e.get('local')}  {e.get('auth') or 'unauthenticated'}  "
+              f"{e.get('peer', '')}", file=ctx.out)
+
+
 # --- argument parsing -----------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,6 +424,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("domain", metavar="DOMAIN")
     p.add_argument("--force", action="store_true", help="replace an existing certificate")
     p.add_argument("--days", type=int, default=3650, help="validity (default: 3650)")
+
+    s2s = group("s2s", "federation")
+    p = command(s2s, "status", cmd_s2s_status,
+                "list the running server's incoming and outgoing s2s streams")
+    p.add_argument("--json", action="store_true", help="print the status file as it is")
 
     config = group("config", "configuration")
     command(config, "check", cmd_config_check,

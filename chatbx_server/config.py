@@ -38,6 +38,7 @@ __all__ = [
     "LimitsConfig",
     "ListenConfig",
     "LogConfig",
+    "S2SConfig",
     "TLSCertConfig",
     "TLSConfig",
     "build_options",
@@ -120,12 +121,16 @@ class DatabaseConfig:
 class ListenConfig:
     """Listening addresses; None means that listener is disabled.
 
-    ``s2s`` and ``http`` are accepted only empty (disabled) until those
-    listeners exist (see ``_NOT_IMPLEMENTED``).
+    ``http`` is accepted only empty (disabled) until that listener exists
+    (see ``_NOT_IMPLEMENTED``).
     """
 
     c2s: Endpoint | None = Endpoint("127.0.0.1", 5222)
     c2s_tls: Endpoint | None = Endpoint("127.0.0.1", 5223)
+    #: server-to-server (federation, STARTTLS); off by default
+    s2s: Endpoint | None = None
+    #: server-to-server with direct TLS (XEP-0368)
+    s2s_tls: Endpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +176,43 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class S2SConfig:
+    """Federation (RFC 6120 server-to-server, XEP-0220 dialback, XEP-0178)."""
+
+    #: STARTTLS (or direct TLS) required on every s2s stream ...
+    require_encryption: bool = True
+    #: ... except with these remote domains (prepared names)
+    plaintext_domains: tuple[str, ...] = ()
+    #: a remote must present a certificate valid for its domain (no dialback
+    #: without one) ...
+    secure_auth: bool = False
+    #: ... also when secure_auth is false, for these domains
+    secure_domains: tuple[str, ...] = ()
+    #: ... not for these domains, even when secure_auth is true
+    insecure_domains: tuple[str, ...] = ()
+    #: extra trusted CA certificates (PEM) besides the system's
+    ca_file: str | None = None
+    #: remote domain -> "HOST:PORT" (no DNS); "tls:HOST:PORT" for direct TLS
+    static_routes: Mapping[str, str] = field(default_factory=FrozenDict)
+    #: seconds to open a TCP connection to one target
+    connect_timeout: float = 10.0
+    #: seconds from connecting to an authenticated stream (both directions)
+    auth_timeout: float = 30.0
+    #: seconds without traffic after which a stream is closed
+    idle_timeout: float = 600.0
+    #: stanzas queued per remote domain while its stream is being set up
+    max_queue: int = 1000
+    #: first wait before reconnecting after a failure; doubles each failure
+    retry_delay: float = 2.0
+    #: longest wait between reconnection attempts
+    max_retry_delay: float = 300.0
+    #: DNS answers kept (each for its TTL)
+    dns_cache_size: int = 1000
+    #: simultaneous incoming s2s connections per address
+    max_connections_per_ip: int = 20
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -187,6 +229,7 @@ class Config:
     listen: ListenConfig = ListenConfig()
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
+    s2s: S2SConfig = S2SConfig()
     log: LogConfig = LogConfig()
     module_options: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
 
@@ -373,14 +416,13 @@ def prepare_domain(domain: str) -> str:
 # --- loading ----------------------------------------------------------------
 
 _TOP_KEYS = ("domains", "data_dir", "modules", "admins", "database", "listen", "tls",
-             "limits", "log")
-_LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "http")
+             "limits", "s2s", "log")
+_LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "s2s_tls", "http")
 
 #: Keys accepted only empty: their feature is not built yet, and a key that
-#: silently does nothing would mislead (federation that never starts,
+#: silently does nothing would mislead (an HTTP port that never opens,
 #: admins without admin commands).
 _NOT_IMPLEMENTED = {
-    "s2s": "not implemented yet: federation (s2s) is not built; use \"\" or remove the key",
     "http": "not implemented yet: the HTTP listener is not built; use \"\" or remove the key",
     "admins": "not implemented yet: admin commands come with account registration; "
               "use [] or remove the key",
@@ -477,6 +519,9 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
                               "limits.auth_failure_max_delay", path)
         kwargs["limits"] = limits
 
+    if "s2s" in raw:
+        kwargs["s2s"] = _parse_s2s(raw["s2s"], path, resolve)
+
     if "log" in raw:
         log = build_options(LogConfig, raw["log"], "log", path)
         level = log.level.lower()
@@ -538,6 +583,49 @@ def _parse_listen(value: Any, path: str | None) -> ListenConfig:
             continue
         kwargs[key] = endpoint
     return ListenConfig(**kwargs)
+
+
+def _parse_s2s(value: Any, path: str | None, resolve: typing.Callable[[str], str]) -> S2SConfig:
+    s2s = build_options(S2SConfig, value, "s2s", path)
+    changes: dict[str, Any] = {}
+    for name in ("plaintext_domains", "secure_domains", "insecure_domains"):
+        prepared = []
+        for i, domain in enumerate(getattr(s2s, name)):
+            try:
+                prepared.append(prepare_domain(domain))
+            except ValueError as exc:
+                raise ConfigError(str(exc), f"s2s.{name}[{i}]", path) from None
+        changes[name] = tuple(prepared)
+    routes = {}
+    for domain, target in s2s.static_routes.items():
+        key = _join("s2s.static_routes", domain)
+        try:
+            name = prepare_domain(domain)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key, path) from None
+        text = target[4:] if target.startswith("tls:") else target
+        if parse_endpoint(text, key, path) is None:
+            raise ConfigError("must not be empty", key, path)
+        routes[name] = target
+    changes["static_routes"] = FrozenDict(routes)
+    if s2s.ca_file is not None:
+        if not s2s.ca_file.strip():
+            changes["ca_file"] = None
+        else:
+            ca_file = resolve(s2s.ca_file)
+            if not os.path.isfile(ca_file):
+                raise ConfigError(f"file not found: {ca_file}", "s2s.ca_file", path)
+            changes["ca_file"] = ca_file
+    for name in ("connect_timeout", "auth_timeout", "idle_timeout", "retry_delay",
+                 "max_retry_delay"):
+        if getattr(s2s, name) <= 0:
+            raise ConfigError("must be greater than 0", f"s2s.{name}", path)
+    for name in ("max_queue", "dns_cache_size", "max_connections_per_ip"):
+        if getattr(s2s, name) < 1:
+            raise ConfigError("must be at least 1", f"s2s.{name}", path)
+    if s2s.max_retry_delay < s2s.retry_delay:
+        raise ConfigError("must not be smaller than s2s.retry_delay", "s2s.max_retry_delay", path)
+    return dataclasses.replace(s2s, **changes)
 
 
 def _parse_tls(value: Any, path: str | None, resolve: typing.Callable[[str], str]) -> TLSConfig:

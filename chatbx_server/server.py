@@ -63,6 +63,8 @@ class Server:
         self.running = False
         #: (AuthThrottle, connections per address), shared by the c2s listeners
         self.c2s_shared: Optional[tuple[Any, dict[str, int]]] = (self.auth_throttle, {})
+        #: federation (chatbx_server.s2s.manager.S2SManager) when an s2s port is on
+        self.s2s: Any = None
 
     def start(self) -> None:
         """Start the database pool and load the enabled modules."""

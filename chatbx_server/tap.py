@@ -90,6 +90,9 @@ class ChatbxService(service.MultiService):
 
         try:
             self.tls.reload()
+            s2s = getattr(self.server, "s2s", None)
+            if s2s is not None:
+                s2s.reload_tls()
         except CertificateError as exc:
             log.error("TLS certificates not reloaded, keeping the old ones: {error}",
                       error=str(exc))
@@ -134,6 +137,44 @@ def _endpoint(reactor: Any, address: Any, tls_factory: Any = None) -> Any:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+class S2SService(service.Service):
+    """Starts and stops federation (chatbx_server.s2s.manager)."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+
+    def startService(self) -> None:
+        super().startService()
+        self.manager.start()
+
+    def stopService(self) -> Any:
+        self.manager.stop()
+        return super().stopService()
+
+
+def _federation(server: Any, certificates: dict[str, tuple[str, str]], listen: Any) -> service.IService:
+    """Federation is on when an s2s port is: dialback needs remotes to reach us."""
+    from twisted.internet import reactor
+
+    from chatbx_server.s2s.incoming import S2SInFactory
+    from chatbx_server.s2s.manager import S2SManager
+
+    manager = S2SManager(server, certificates)
+    server.s2s = manager
+    server.router.remote = manager.route
+    parent = service.MultiService()
+    S2SService(manager).setServiceParent(parent)
+    if listen.s2s is not None:
+        internet.StreamServerEndpointService(
+            _endpoint(reactor, listen.s2s), S2SInFactory(manager)).setServiceParent(parent)
+    if listen.s2s_tls is not None:
+        # XEP-0368: TLS from the first byte; the peer's certificate is requested.
+        endpoint = _endpoint(reactor, listen.s2s_tls, manager.server_tls())
+        internet.StreamServerEndpointService(
+            endpoint, S2SInFactory(manager, direct_tls=True)).setServiceParent(parent)
+    return cast(service.IService, parent)
+
+
 def makeService(options: Options) -> service.IService:
     """Build the chatbx service tree from ``options``."""
     from twisted.internet import reactor
@@ -168,5 +209,7 @@ def makeService(options: Options) -> service.IService:
         factory = C2SFactory(server, tls, direct_tls=True)
         endpoint = _endpoint(reactor, listen.c2s_tls, tls.server_context_factory())
         internet.StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    if listen.s2s is not None or listen.s2s_tls is not None:
+        cast(service.MultiService, _federation(server, certificates, listen)).setServiceParent(top)
     # MultiService provides IService through @implementer, which mypy cannot see.
     return cast(service.IService, top)

@@ -195,6 +195,11 @@ def _alpn_select(conn: SSL.Connection,
     return SSL.NO_OVERLAPPING_PROTOCOLS  # carry on without ALPN
 
 
+def _accept_any_peer(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+    """Handshake verify callback that accepts: the certificate is judged later."""
+    return True
+
+
 def _make_context(cert_path: str, key_path: str) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -219,11 +224,15 @@ class TLSContexts:
     Args:
         certificates: domain -> (certificate chain PEM path, key PEM path);
             the first entry is the default (no SNI, or an unknown name).
+        verify_peer: ask the peer for its certificate (s2s: the remote
+            server's identity); any is accepted in the handshake and judged
+            afterwards (chatbx_server.s2s.certs).
     """
 
-    def __init__(self, certificates: Mapping[str, tuple[str, str]]):
+    def __init__(self, certificates: Mapping[str, tuple[str, str]], verify_peer: bool = False):
         if not certificates:
             raise ValueError("TLSContexts needs at least one certificate")
+        self.verify_peer = verify_peer
         self._certificates = dict(certificates)
         self._contexts: dict[str, SSL.Context] = {}
         self._default: SSL.Context | None = None
@@ -249,6 +258,9 @@ class TLSContexts:
                     f"cannot load certificate {cert_path} / key {key_path}: {exc}",
                     f'tls.domains."{domain}"') from None
             ctx.set_tlsext_servername_callback(self._on_servername)
+            if self.verify_peer:
+                ctx.set_verify(SSL.VERIFY_PEER, _accept_any_peer)
+                ctx.set_session_id(b"chatbx-s2s")
             contexts[domain] = ctx
         self._contexts = contexts
         self._default = next(iter(contexts.values()))

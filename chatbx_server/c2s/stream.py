@@ -269,14 +269,14 @@ class C2SStream(Protocol):
         sender = root.getAttribute("from")
         if sender:
             try:
-                self.peer_from = JID.parse(sender).full
+                self.peer_from = JID.parse(sender, cache=False).full
             except InvalidJID:
                 pass  # RFC 6120 §4.7.1: not worth an error; just not echoed
         to = root.getAttribute("to")
         host = None
         if to:
             try:
-                host = JID.parse(to).host
+                host = JID.parse(to, cache=False).host
             except InvalidJID:
                 pass
         if self.host is not None and host != self.host:

@@ -77,6 +77,12 @@ class ChatbxServer:
     users: dict[str, str]
     extra_config: str = ""
     modules: Optional[list[str]] = None
+    #: hosted domains (default: localhost)
+    domains: Optional[list[str]] = None
+    #: s2s listener port: None = off, 0 = a free port picked at prepare()
+    s2s_port: Optional[int] = None
+    #: direct-TLS s2s listener port (XEP-0368): None = off
+    s2s_tls_port: Optional[int] = None
     c2s_port: int = 0
     c2s_tls_port: int = 0
     proc: Optional[subprocess.Popen] = None
@@ -94,12 +100,20 @@ class ChatbxServer:
     def write_config(self) -> None:
         self.c2s_port = free_port()
         self.c2s_tls_port = free_port()
-        lines = ['domains = ["localhost"]', f'data_dir = "{self.data_dir}"']
+        domains = self.domains or ["localhost"]
+        if self.s2s_port == 0:
+            self.s2s_port = free_port()
+        lines = ["domains = [" + ", ".join(f'"{d}"' for d in domains) + "]",
+                 f'data_dir = "{self.data_dir}"']
         if self.modules is not None:
             lines.append("modules = [" + ", ".join(f'"{m}"' for m in self.modules) + "]")
         if self.db_url:
             lines += ["[database]", f'url = "{self.db_url}"']
         lines += ["[listen]", f'c2s = "127.0.0.1:{self.c2s_port}"', f'c2s_tls = "127.0.0.1:{self.c2s_tls_port}"']
+        if self.s2s_port is not None:
+            lines.append(f's2s = "127.0.0.1:{self.s2s_port}"')
+        if self.s2s_tls_port is not None:
+            lines.append(f's2s_tls = "127.0.0.1:{self.s2s_tls_port}"')
         extra = self.extra_config.strip()
         if "[limits]" not in extra:
             # Many tests fail logins on purpose from 127.0.0.1: no refusals.
@@ -206,12 +220,16 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Optional[str]]:
 
 def _factory(root: Path, servers: list[ChatbxServer]) -> Callable[..., ChatbxServer]:
     def start(db_url: Optional[str] = None, users: Optional[dict[str, str]] = None,
-              extra_config: str = "", modules: Optional[list[str]] = None) -> ChatbxServer:
+              extra_config: str = "", modules: Optional[list[str]] = None,
+              domains: Optional[list[str]] = None, s2s_port: Optional[int] = None,
+              s2s_tls_port: Optional[int] = None, started: bool = True) -> ChatbxServer:
         server = ChatbxServer(root / f"server{len(servers)}", db_url,
-                              dict(DEFAULT_PASSWORDS if users is None else users), extra_config, modules)
+                              dict(DEFAULT_PASSWORDS if users is None else users), extra_config, modules,
+                              domains, s2s_port, s2s_tls_port)
         servers.append(server)
         server.prepare()
-        server.start()
+        if started:
+            server.start()
         return server
 
     return start
@@ -219,8 +237,9 @@ def _factory(root: Path, servers: list[ChatbxServer]) -> Callable[..., ChatbxSer
 
 @pytest.fixture
 def chatbx_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., ChatbxServer]]:
-    """Factory: ``chatbx_server(db_url=None, users=None, extra_config="", modules=None)``
-    starts a server and returns its ChatbxServer; all are stopped at teardown.
+    """Factory: ``chatbx_server(db_url=None, users=None, extra_config="", modules=None,
+    domains=None, s2s_port=None, s2s_tls_port=None, started=True)`` starts a server (or only prepares
+    it, ``started=False``) and returns its ChatbxServer; all are stopped at teardown.
     ``extra_config`` is TOML tables appended to the config (a ``[limits]``
     table there replaces the test default)."""
     servers: list[ChatbxServer] = []

@@ -49,6 +49,7 @@ def test_example_file_loads_and_matches_defaults() -> None:
     assert config.domains == defaults.domains
     assert config.listen == defaults.listen
     assert config.limits == defaults.limits
+    assert config.s2s == defaults.s2s
     assert config.database == defaults.database
     assert config.log == defaults.log
 
@@ -165,7 +166,6 @@ def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str, message: 
 
 
 @pytest.mark.parametrize("text, key", [
-    ("[listen]\ns2s = '0.0.0.0:5269'", "listen.s2s"),
     ("[listen]\nhttp = '127.0.0.1:5280'", "listen.http"),
     ("admins = ['admin@example.org']", "admins"),
 ])
@@ -179,6 +179,39 @@ def test_unbuilt_features_are_refused(tmp_path: Path, text: str, key: str) -> No
     assert str(info.value).startswith(f"{path}: {key}: not implemented yet")
     assert info.value.key == key
     load_config(write(tmp_path, "admins = []\n[listen]\ns2s = ''\nhttp = ''\n"))
+
+
+def test_s2s_keys(tmp_path: Path) -> None:
+    """[listen] s2s/s2s_tls and the [s2s] table are read: domains prepared,
+    static routes checked, ca_file resolved relative to the file."""
+    (tmp_path / "ca.pem").write_text("x")
+    config = load_config(write(tmp_path, "[listen]\ns2s = '0.0.0.0:5269'\ns2s_tls = '[::]:5270'\n"
+                                         "[s2s]\nrequire_encryption = false\nplaintext_domains = ['Old.Example']\n"
+                                         "secure_auth = true\ninsecure_domains = ['x.example']\n"
+                                         "ca_file = 'ca.pem'\nidle_timeout = 30\nmax_queue = 5\n"
+                                         "static_routes = { 'B.example' = 'tls:127.0.0.1:5999' }\n"))
+    assert config.listen.s2s == ("0.0.0.0", 5269) and config.listen.s2s_tls == ("::", 5270)
+    s2s = config.s2s
+    assert s2s.plaintext_domains == ("old.example",) and s2s.insecure_domains == ("x.example",)
+    assert s2s.secure_auth and not s2s.require_encryption
+    assert s2s.ca_file == str(tmp_path / "ca.pem")
+    assert dict(s2s.static_routes) == {"b.example": "tls:127.0.0.1:5999"}
+    assert (s2s.idle_timeout, s2s.max_queue) == (30.0, 5)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[s2s]\nstatic_routes = { 'b.example' = 'nope' }", 's2s.static_routes."b.example"'),
+    ("[s2s]\nca_file = 'missing.pem'", "s2s.ca_file"),
+    ("[s2s]\nmax_queue = 0", "s2s.max_queue"),
+    ("[s2s]\nretry_delay = 10.0\nmax_retry_delay = 5.0", "s2s.max_retry_delay"),
+    ("[s2s]\nsecure_domains = ['a@b']", "s2s.secure_domains[0]"),
+    ("[s2s]\nbogus = 1", "s2s.bogus"),
+])
+def test_s2s_bad_values(tmp_path: Path, text: str, key: str) -> None:
+    """Bad [s2s] values are refused, naming the key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == key
 
 
 def test_auth_limits_parse(tmp_path: Path) -> None:

@@ -1,0 +1,54 @@
+"""Server Dialback keys (XEP-0220 with the key generation of XEP-0185).
+
+The originating server makes the key; the authoritative server (the same
+process here) makes it again from the same inputs to verify it. Only this
+process knows the secret, so a key proves that whoever asks for it was
+given it by us on a stream we opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from chatbx_server.xmpp.jid import JID, InvalidJID
+
+NS_DIALBACK = "jabber:server:dialback"
+#: XEP-0220 §2.6 stream feature (we understand dialback errors)
+NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"
+
+
+def new_secret() -> bytes:
+    """A fresh secret for this process (keys need not outlive it)."""
+    return os.urandom(32)
+
+
+def make_key(secret: bytes, receiving: str, originating: str, stream_id: str) -> str:
+    """XEP-0185 §3: HMAC-SHA256(SHA256(secret), "receiving originating id"), in hex.
+
+    For ASCII names and secret this is ``wokkel.server.generateKey``; here
+    the secret is bytes and the names may be internationalised (UTF-8).
+    """
+    hashed = hashlib.sha256(secret).hexdigest().encode("ascii")
+    message = " ".join((receiving, originating, stream_id)).encode("utf-8")
+    return hmac.new(hashed, message, hashlib.sha256).hexdigest()
+
+
+def check_key(secret: bytes, receiving: str, originating: str, stream_id: str, key: str) -> bool:
+    """Whether ``key`` is the one we made; constant-time (XEP-0185 §4)."""
+    expected = make_key(secret, receiving, originating, stream_id)
+    return hmac.compare_digest(expected.encode("ascii"), key.strip().encode("utf-8", "replace"))
+
+
+def domain_or_none(text: str | None) -> str | None:
+    """A prepared bare domain from a dialback/stream attribute, or None."""
+    if not text:
+        return None
+    try:
+        jid = JID.parse(text, cache=False)  # unauthenticated peers
+    except InvalidJID:
+        return None
+    if jid.user is not None or jid.resource is not None:
+        return None
+    return jid.host
