@@ -218,3 +218,44 @@ def test_acked_message_survives_sigkill(chatbx_server, backend):
     bob.send("<presence/>")
     bob.wait_message("durable")
     bob.close()
+
+
+# -- client state indication -------------------------------------------------------
+
+def test_csi_inactive_client_gets_buffered_presence_in_one_flush(chatbx_server):
+    """slixmpp (xep_0352) says inactive; Bob changes his presence three
+    times and Carol once (directed presence): nothing reaches Alice. When
+    she says active she gets the latest of each, and none of the older."""
+    server = chatbx_server()
+
+    async def main():
+        alice = make_slix(f"{ALICE}/phone", server.users[ALICE])
+        alice.register_plugin("xep_0352")
+        started = asyncio.Event()
+        alice.add_event_handler("session_start", lambda _: started.set())
+        presences = Inbox(alice, "presence")
+        alice.connect("127.0.0.1", server.c2s_port)
+        await asyncio.wait_for(started.wait(), CLIENT_TIMEOUT)
+        alice.send_presence()
+        await presences.wait(lambda p: p["from"].full == f"{ALICE}/phone", what="own presence")
+        bob = await slix_login(server, f"{BOB}/pc")
+        carol = await slix_login(server, "carol@localhost/pc")
+        try:
+            alice.plugin["xep_0352"].send_inactive()
+            await asyncio.sleep(0.2)
+            for show in ("away", "xa", "dnd"):
+                bob.send_presence(pto=f"{ALICE}/phone", pshow=show)
+            carol.send_presence(pto=f"{ALICE}/phone", pshow="chat")
+            others = lambda p: p["from"].bare in (BOB, "carol@localhost")  # noqa: E731
+            await presences.none(others, within=1.0)
+            alice.plugin["xep_0352"].send_active()
+            await presences.wait(lambda p: p["from"].bare == "carol@localhost", what="carol's presence")
+            await presences.wait(lambda p: p["from"].bare == BOB, what="bob's presence")
+            await asyncio.sleep(0.3)
+            got = [(p["from"].bare, p["show"]) for p in presences.items if others(p)]
+            assert got == [(BOB, "dnd"), ("carol@localhost", "chat")], got
+        finally:
+            for client in (bob, carol, alice):
+                await slix_close(client)
+
+    run(main())
