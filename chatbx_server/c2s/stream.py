@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 from uuid import uuid4
 
 from twisted.internet import defer
@@ -29,6 +29,7 @@ from zope.interface import implementer
 from chatbx_server.c2s.parser import SafeElementStream
 from chatbx_server.c2s.sasl import (AuthThrottle, SASLExchange, SASLFailure, decode_payload,
                                     failure_element, features_element, mechanisms_for)
+from chatbx_server.c2s import sasl2
 from chatbx_server.c2s.session import ClientSession
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
@@ -80,6 +81,8 @@ class C2SStream(Protocol):
         self.peer_from: Optional[str] = None
         self.parser: Optional[SafeElementStream] = None
         self.sasl: Optional[SASLExchange] = None
+        #: the XEP-0388 <authenticate/> being answered (None: RFC 6120 SASL)
+        self.sasl2: Optional[sasl2.Authenticate] = None
         self.sasl_failures = 0
         self.mechanisms: list[str] = []
         self.user: Optional[JID] = None
@@ -302,13 +305,25 @@ class C2SStream(Protocol):
             self.mechanisms = mechanisms_for(self._bindings())
             for child in features_element(self.mechanisms, self._bindings()):
                 features.addChild(child)
+            features.addChild(self._sasl2_features())
         else:
             self.state = BIND_NEEDED
-            features.addElement((ns.BIND, "bind"))
-            features.addElement((ns.SESSION, "session")).addElement("optional")
-            for child in self.server.modules.stream_features(self):
-                features.addChild(child)
+            features = self._bind_features()
         self.send_element(features)
+
+    def _bind_features(self) -> domish.Element:
+        features = domish.Element((ns.STREAMS, "features"))
+        features.addElement((ns.BIND, "bind"))
+        features.addElement((ns.SESSION, "session")).addElement("optional")
+        for child in self.server.modules.stream_features(self):
+            features.addChild(child)
+        return features
+
+    def _sasl2_features(self) -> domish.Element:
+        """XEP-0388 §2.1 with the Bind2 inline features the modules answer."""
+        events = self.server.events
+        inline = [var for uri, name, var in sasl2.INLINE if events.has(f"bind2-inline/{uri}:{name}")]
+        return sasl2.features_element(self.mechanisms, inline, False)
 
     def _on_stream_end(self) -> None:
         self.close_stream()
@@ -348,17 +363,24 @@ class C2SStream(Protocol):
         raise StreamError("policy-violation", "STARTTLS is required")
 
     def _on_sasl(self, element: domish.Element) -> None:
-        if element.uri != ns.SASL:
+        is_sasl2 = element.uri == sasl2.NS
+        if element.uri != ns.SASL and not is_sasl2:
             if element.name in STANZAS:
                 raise StreamError("not-authorized")
             raise StreamError("policy-violation", "authenticate first")
         try:
-            if element.name == "auth":
+            if element.name == "auth" or (is_sasl2 and element.name == "authenticate"):
                 if self.sasl is not None:
                     raise SASLFailure("malformed-request")
-                self.sasl = SASLExchange(self.server, self.host or "", element.getAttribute("mechanism", ""),
+                if is_sasl2:
+                    # XEP-0388 §2.3: the same mechanisms, another wrapper.
+                    request = self.sasl2 = sasl2.Authenticate(element)
+                    mechanism, initial = request.mechanism, request.initial or b""
+                else:
+                    mechanism, initial = element.getAttribute("mechanism", ""), decode_payload(element)
+                self.sasl = SASLExchange(self.server, self.host or "", mechanism,
                                          self.mechanisms, self._bindings(), self.peer)
-                d = self.sasl.start(decode_payload(element))
+                d = self.sasl.start(initial)
             elif element.name == "response":
                 if self.sasl is None:
                     raise SASLFailure("malformed-request")
@@ -409,8 +431,14 @@ class C2SStream(Protocol):
             return
         kind, data = result
         if kind == "challenge":
-            self.send_element(_with_b64(domish.Element((ns.SASL, "challenge")), data))
+            if self.sasl2 is not None:
+                self.send_element(sasl2.challenge(data))
+            else:
+                self.send_element(_with_b64(domish.Element((ns.SASL, "challenge")), data))
             self._release()
+            return
+        if self.sasl2 is not None:
+            self._sasl2_success(*data)
             return
         # RFC 6120 §6.4.6: nothing the client sent before seeing <success/>
         # belongs to the restarted stream.
@@ -432,7 +460,11 @@ class C2SStream(Protocol):
             return
         condition = exc.condition
         self.sasl_failures += 1
-        element = failure_element(condition, exc.text)
+        if self.sasl2 is not None:
+            element = sasl2.failure(condition, exc.text)
+            self.sasl2 = None
+        else:
+            element = failure_element(condition, exc.text)
 
         def answer() -> None:
             if self.state != AUTH_NEEDED:
@@ -448,6 +480,39 @@ class C2SStream(Protocol):
         else:
             self._hold()
             self.factory.throttle.delay_call(self.peer, answer, exc)
+
+    def _sasl2_success(self, jid: JID, additional: Optional[bytes]) -> None:
+        """XEP-0388 §2.6.1: no stream restart; with a Bind2 request
+        (XEP-0386 §3) the resource is bound and the inline requests answered
+        in the same <success/>."""
+        request, self.sasl2 = self.sasl2, None
+        assert request is not None
+        self.sasl = None
+        self.user = jid
+        self.factory.throttle.succeeded(self.peer)
+        log.info("c2s {peer} authenticated as {user} (SASL2)", peer=self.peer, user=jid.bare)
+        if not request.bind:
+            self.send_element(sasl2.success(additional, jid.bare))
+            self.state = BIND_NEEDED
+            self.send_element(self._bind_features())
+            self._release()
+            return
+        resource = sasl2.bind2_resource(jid.bare, request.tag, request.user_agent)
+        full = JID.parse(f"{jid.bare}/{resource}")
+        events = self.server.events
+
+        def success(session: ClientSession) -> domish.Element:
+            element = sasl2.success(additional, full.full)
+            bound = element.addElement((sasl2.BIND2, "bound"))
+            for item in request.inline:
+                answer = events.fire(f"bind2-inline/{item.uri}:{item.name}", (session, item))
+                if isinstance(answer, domish.Element):
+                    bound.addChild(answer)
+            return element
+
+        self.bind_session(full, success)
+        # Pipelined stanzas are in the same stream (no restart): handle them.
+        self._release()
 
     def _crash(self, failure: Failure) -> None:
         log.failure("c2s negotiation for {peer} failed", failure, peer=self.peer)
@@ -485,7 +550,9 @@ class C2SStream(Protocol):
         reply.attributes.pop("to", None)
         self.bind_session(full, reply)
 
-    def bind_session(self, full: JID, reply: Optional[domish.Element] = None) -> ClientSession:
+    def bind_session(self, full: JID, reply: Union[None, domish.Element,
+                                                   Callable[[ClientSession], domish.Element]] = None
+                     ) -> ClientSession:
         """Make ``full`` this authenticated stream's session and announce it.
 
         The older session on the same resource is closed with ``conflict``
@@ -498,6 +565,8 @@ class C2SStream(Protocol):
         if replaced is not None:
             replaced.close("conflict", "replaced by a new connection")
         self._attach(session)
+        if reply is not None and not isinstance(reply, domish.Element):
+            reply = reply(session)
         if reply is not None:
             self.send_element(reply)
         self.server.events.fire_all("session/bound", session)

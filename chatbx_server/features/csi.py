@@ -149,6 +149,9 @@ class CSIFeature(Feature):
     def setup(self) -> None:
         self.hook(f"stream-element/{NS}:inactive", self.on_inactive)
         self.hook(f"stream-element/{NS}:active", self.on_active)
+        # XEP-0386 §4: a Bind2 request may set the state at login.
+        self.hook(f"bind2-inline/{NS}:inactive", self.on_inline)
+        self.hook(f"bind2-inline/{NS}:active", self.on_inline)
 
     def stream_features(self, stream: Any) -> list[domish.Element]:
         return [domish.Element((NS, "csi"))]
@@ -158,6 +161,14 @@ class CSIFeature(Feature):
         if session.csi is None:
             session.csi = CSIBuffer(self.options.max_buffered)
         return True
+
+    def on_inline(self, item: tuple[Any, domish.Element]) -> None:
+        session, element = item
+        if element.name == "inactive":
+            self.on_inactive(item)
+        else:
+            self.on_active(item)
+        return None  # nothing to say in <bound/>
 
     def on_active(self, item: tuple[Any, domish.Element]) -> bool:
         session, _ = item

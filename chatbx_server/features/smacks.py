@@ -135,6 +135,7 @@ class SmacksFeature(Feature):
         for name, handler in (("enable", self.on_enable), ("r", self.on_request),
                               ("a", self.on_ack), ("resume", self.on_late_resume)):
             self.hook(f"stream-element/{NS}:{name}", handler)
+        self.hook(f"bind2-inline/{NS}:enable", self.on_inline_enable)
         self.hook(f"unbound-element/{NS}:resume", self.on_resume)
         self.hook(f"unbound-element/{NS}:enable", self.on_early_enable)
         self.hook("session/hibernate", self.on_hibernate)
@@ -153,11 +154,15 @@ class SmacksFeature(Feature):
 
     # -- enabling (§3) -----------------------------------------------------
     def on_enable(self, item: tuple[Any, domish.Element]) -> bool:
+        session, _ = item
+        session.stream.send_element(self.on_inline_enable(item))
+        return True
+
+    def on_inline_enable(self, item: tuple[Any, domish.Element]) -> domish.Element:
+        """<enable/> alone or inside a Bind2 request (XEP-0386 §4): the answer."""
         session, element = item
-        stream = session.stream
         if session.sm is not None:
-            stream.send_element(failed("unexpected-request"))
-            return True
+            return failed("unexpected-request")
         options = self.options
         want_resume = element.getAttribute("resume") in ("true", "1")
         timeout = options.resume_timeout
@@ -172,10 +177,9 @@ class SmacksFeature(Feature):
             enabled["id"] = resume_id
             enabled["resume"] = "true"
             enabled["max"] = str(int(timeout))
-        stream.send_element(enabled)
         log.debug("c2s {jid}: stream management enabled (resumable: {resumable})",
                   jid=session.jid.full, resumable=resume_id is not None)
-        return True
+        return enabled
 
     def on_early_enable(self, item: tuple[Any, domish.Element]) -> bool:
         stream, _ = item

@@ -259,3 +259,56 @@ def test_csi_inactive_client_gets_buffered_presence_in_one_flush(chatbx_server):
                 await slix_close(client)
 
     run(main())
+
+
+# -- SASL2 + Bind2 ------------------------------------------------------------------
+
+def test_sasl2_bind2_login_binds_and_enables_sm_in_one_exchange(chatbx_server):
+    """A raw client authenticates with SASL2 (SCRAM-SHA-256), binds with
+    Bind2 and enables SM inline: one <authenticate/>, one <response/>, and
+    the stream is ready (no restart, no bind IQ); the resource is the same
+    for the same user-agent id on the next login."""
+    import base64
+    import hashlib
+    import hmac
+
+    server = chatbx_server()
+    ns2, bind2 = "urn:xmpp:sasl:2", "urn:xmpp:bind:0"
+
+    def login_sasl2() -> tuple[RawClient, ET.Element]:
+        client = RawClient(server.c2s_port)
+        client.open_stream()
+        features = client.starttls()
+        assert features.find(q(ns2, "authentication")) is not None
+        nonce = base64.b64encode(os.urandom(12)).decode()
+        first_bare = f"n=alice,r={nonce}"
+        client.send(f"<authenticate xmlns='{ns2}' mechanism='SCRAM-SHA-256'>"
+                    f"<initial-response>{base64.b64encode(('n,,' + first_bare).encode()).decode()}"
+                    f"</initial-response><user-agent id='4f2c'><software>t</software></user-agent>"
+                    f"<bind xmlns='{bind2}'><tag>Test</tag><enable xmlns='{NS_SM}' resume='true'/></bind>"
+                    f"</authenticate>")
+        challenge = client.expect(q(ns2, "challenge"))
+        server_first = base64.b64decode(challenge.text or "").decode()
+        attrs = dict(part.split("=", 1) for part in server_first.split(","))
+        salted = hashlib.pbkdf2_hmac("sha256", b"alice-pw", base64.b64decode(attrs["s"]), int(attrs["i"]))
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        stored = hashlib.sha256(client_key).digest()
+        without_proof = f"c={base64.b64encode(b'n,,').decode()},r={attrs['r']}"
+        auth_message = f"{first_bare},{server_first},{without_proof}".encode()
+        proof = bytes(a ^ b for a, b in zip(client_key, hmac.digest(stored, auth_message, "sha256")))
+        final = f"{without_proof},p={base64.b64encode(proof).decode()}"
+        client.send(f"<response xmlns='{ns2}'>{base64.b64encode(final.encode()).decode()}</response>")
+        return client, client.expect(q(ns2, "success"))
+
+    client, success = login_sasl2()
+    jid = success.findtext(q(ns2, "authorization-identifier")) or ""
+    assert jid.startswith("alice@localhost/Test."), ET.tostring(success)
+    enabled = success.find(f"{q(bind2, 'bound')}/{q(NS_SM, 'enabled')}")
+    assert enabled is not None and enabled.get("resume") == "true", ET.tostring(success)
+    client.send(f"<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>")
+    pong = client.expect(q(NS_CLIENT, "iq"))
+    assert pong.get("type") == "result" and pong.get("to") == jid
+    client.close()
+    again, success2 = login_sasl2()
+    assert success2.findtext(q(ns2, "authorization-identifier")) == jid
+    again.close()
