@@ -81,10 +81,13 @@ class ClientSession:
         if sm is None:
             self.stream.send_element(element)
             return
-        if not sm.push(element):
-            self.close("policy-violation", "too many unacknowledged stanzas")
-            return
         stream = self.stream
+        if not sm.push(element) and not sm.overflowed:
+            # Closed on the next turn: closing ends the session, and the
+            # caller may be looping over the account's sessions right now.
+            sm.overflowed = True
+            stream.server.clock.callLater(0, self.close, "policy-violation",
+                                          "too many unacknowledged stanzas")
         stream.send_element(element)
         if not sm.request_outstanding and sm.hibernated is None:
             # XEP-0198 §4: ask for an ack; one request in flight at a time,

@@ -112,7 +112,8 @@ class StreamManagement:
     """SM state of one session: the unacked queue and both counters."""
 
     __slots__ = ("queue", "acked", "inbound", "resume_id", "max_queue",
-                 "request_outstanding", "resume_timeout", "hibernated", "ack_target")
+                 "request_outstanding", "resume_timeout", "hibernated", "ack_target",
+                 "overflowed")
 
     def __init__(self, max_queue: int, resume_id: Optional[str] = None,
                  resume_timeout: float = 0.0) -> None:
@@ -133,6 +134,8 @@ class StreamManagement:
         #: the client asked (<r/>) while stanzas were in flight: send <a/>
         #: again once ``inbound.handled`` reaches this count
         self.ack_target: Optional[int] = None
+        #: the queue passed its bound; the session is being closed
+        self.overflowed = False
 
     @property
     def sent(self) -> int:

@@ -91,6 +91,10 @@ class Hibernation:
         self.session = session
         self.call = call
 
+    @property
+    def server(self) -> Any:
+        return self.feature.server
+
     def send_element(self, element: domish.Element) -> None:
         pass
 

@@ -360,6 +360,7 @@ def test_a_client_that_never_acks_is_dropped():
     bob = bind(server, "bob@localhost/pc", available=True)
     for i in range(4):
         chat(server, bob, "alice@localhost", f"n{i}")
+    server.clock.advance(0)  # closed on the next turn, not inside delivery
     assert alice.stream.closed_with[0] == "policy-violation"
     assert server.sessions.get("alice@localhost", "phone") is None
     assert offline_bodies(server) == ["n0", "n1", "n2", "n3"]
@@ -391,6 +392,23 @@ def test_new_bind_on_the_same_resource_replaces_a_hibernated_session():
     fresh = bind(server, "alice@localhost/phone", available=True)
     assert alice.closed
     assert "to the phone" in [str(m.body) for m in messages(fresh.sent)]
+
+
+def test_overflow_during_a_presence_broadcast_does_not_break_it():
+    """A hibernated session whose queue overflows while a broadcast loops
+    over the account's sessions is closed on the next turn: the broadcast
+    completes (no error), then the session ends."""
+    server = setup("[modules.smacks]\nmax_unacked = 1\n")
+    alice, _ = enable(server, "alice@localhost/phone")
+    disconnect(alice)
+    desk = bind(server, "alice@localhost/desk", available=True)
+    laptop = bind(server, "alice@localhost/laptop", available=True)
+    got = laptop.take()
+    assert [p for p in got if p.name == "presence"]
+    assert not [e for e in got if e.getAttribute("type") == "error"], [e.toXml() for e in got]
+    server.clock.advance(0)
+    assert alice.closed and server.sessions.get("alice@localhost", "phone") is None
+    assert desk.presence is not None
 
 
 def test_server_shutdown_ends_hibernated_sessions():
