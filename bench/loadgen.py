@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from xmppload import report, run, scenarios  # noqa: E402
+from xmppload import client, report, run, scenarios  # noqa: E402
 from xmppload.servers import raise_nofile  # noqa: E402
 
 
@@ -44,11 +44,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--fanout-base", type=int)
     ap.add_argument("--login-count", type=int)
     ap.add_argument("--cpu", type=int, nargs="+", help="pin the load generator to these CPUs")
+    ap.add_argument("--sm", action="store_true", help="enable XEP-0198 stream management on every client")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    client.SM_ENABLED = args.sm
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         print("loadgen only targets loopback", file=sys.stderr)
         return 2

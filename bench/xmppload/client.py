@@ -30,6 +30,14 @@ NS_SESSION = "urn:ietf:params:xml:ns:xmpp-session"
 NS_CLIENT = "jabber:client"
 NS_ROSTER = "jabber:iq:roster"
 NS_PING = "urn:xmpp:ping"
+NS_SM = "urn:xmpp:sm:3"
+
+#: enable XEP-0198 stream management after bind (loadgen/compare --sm):
+#: the server's <r/> is answered with the count of stanzas received
+SM_ENABLED = False
+T_SM_R = NS_SM + " r"
+T_SM_A = NS_SM + " a"
+T_SM_ENABLED = NS_SM + " enabled"
 
 T_FEATURES = NS_STREAMS + " features"
 T_STREAM_ERROR = NS_STREAMS + " error"
@@ -115,6 +123,8 @@ class XmppConnection(asyncio.Protocol):
         self._wbuf: list[bytes] = []
         self._flush_scheduled = False
         self.user_data: object = None
+        #: stanzas received since SM was enabled (None: SM off)
+        self.sm_handled: Optional[int] = None
         self.reset_parser()
 
     # -- parsing ---------------------------------------------------------
@@ -146,6 +156,15 @@ class XmppConnection(asyncio.Protocol):
             return
         el = self._stack.pop()
         if self._depth == 1:
+            if self.sm_handled is not None:
+                tag = el.tag
+                if tag == T_SM_R:
+                    self.send(f"<a xmlns='{NS_SM}' h='{self.sm_handled % 2**32}'/>".encode())
+                    return
+                if tag == T_SM_A:
+                    return
+                if tag in (T_MESSAGE, T_PRESENCE, T_IQ):
+                    self.sm_handled += 1
             if self.on_stanza is not None and el.tag != T_STREAM_ERROR:
                 self.on_stanza(self, el)
             else:
@@ -349,6 +368,10 @@ async def _login(host, port, domain, username, password, starttls, direct_tls, s
         bind = reply.find(NS_BIND + " bind")
         jid_el = bind.find(NS_BIND + " jid") if bind is not None else None
         conn.jid = jid_el.text if jid_el is not None else f"{username}@{domain}/{res}"
+        if SM_ENABLED:
+            conn.send(f"<enable xmlns='{NS_SM}' resume='true'/>".encode())
+            await conn.recv_until(lambda el: el.tag == T_SM_ENABLED, step_timeout)
+            conn.sm_handled = 0
         session = features.find(NS_SESSION + " session")
         if session is not None and session.find(NS_SESSION + " optional") is None:
             await conn.iq("set", f"<session xmlns='{NS_SESSION}'/>")

@@ -2,6 +2,13 @@
 
 Kept small (slots, no per-session dicts unless a feature needs one):
 idle connections should cost kilobytes.
+
+Delivery goes through the CSI buffer (XEP-0352, ``csi``, only while the
+client is inactive) and the stream-management queue (XEP-0198, ``sm``, once
+enabled), then to the stream. While a resumable session is detached from
+its connection (hibernating), ``stream`` is a stand-in that writes nothing
+and whose ``close_stream`` ends the hibernation, so what is sent meanwhile
+waits in the SM queue.
 """
 
 from __future__ import annotations
@@ -11,7 +18,10 @@ from typing import Any, Optional
 from twisted.words.xish import domish
 
 from chatbx_server.http.metrics import STANZAS_OUT
+from chatbx_server.c2s.smacks import NS as SM_NS, StreamManagement
 from chatbx_server.xmpp.jid import JID
+
+ACK_REQUEST = f"<r xmlns='{SM_NS}'/>"
 
 
 class ClientSession:
@@ -20,7 +30,7 @@ class ClientSession:
     __slots__ = (
         "stream", "jid", "bare_jid", "bare", "resource", "host",
         "priority", "presence", "roster_requested", "directed",
-        "closed", "peer", "secure", "data", "__weakref__",
+        "closed", "peer", "secure", "data", "sm", "csi", "__weakref__",
     )
 
     def __init__(self, stream: Any, jid: JID, peer: str = "", secure: bool = True) -> None:
@@ -43,18 +53,51 @@ class ClientSession:
         self.secure = secure
         #: per-feature state, created on first use
         self.data: Optional[dict[str, Any]] = None
+        #: XEP-0198 state (c2s/smacks.py) once the client enabled it
+        self.sm: Optional[StreamManagement] = None
+        #: XEP-0352 buffer (features/csi.py) while the client is inactive
+        self.csi: Any = None
 
     @property
     def available(self) -> bool:
         return self.presence is not None
 
     def send(self, element: domish.Element) -> None:
-        """Deliver a stanza to the client (serialized once, here)."""
-        if not self.closed:
-            counter = STANZAS_OUT.get(element.name)
-            if counter is not None:
-                counter.inc()
+        """Deliver a stanza to the client (serialized once, by the stream)."""
+        if self.closed:
+            return
+        counter = STANZAS_OUT.get(element.name)
+        if counter is not None:
+            counter.inc()
+        csi = self.csi
+        if csi is not None and csi.hold(self, element):
+            return
+        self.write(element)
+
+    def write(self, element: domish.Element) -> None:
+        """Past the CSI buffer: into the SM queue when enabled, then out.
+
+        A queue over its bound means the client does not acknowledge what
+        it gets: it is dropped, not allowed to grow memory (the stanzas
+        queued go where undelivered stanzas go when the session ends).
+        """
+        sm = self.sm
+        if sm is None:
             self.stream.send_element(element)
+            return
+        stream = self.stream
+        if not sm.push(element) and not sm.overflowed:
+            # Closed on the next turn: closing ends the session, and the
+            # caller may be looping over the account's sessions right now.
+            sm.overflowed = True
+            stream.server.clock.callLater(0, self.close, "policy-violation",
+                                          "too many unacknowledged stanzas")
+        stream.send_element(element)
+        if not sm.request_outstanding and sm.hibernated is None:
+            # XEP-0198 §4: ask for an ack; one request in flight at a time,
+            # so acks cost one round trip per burst, not one per stanza.
+            sm.request_outstanding = True
+            stream.send_raw(ACK_REQUEST)
 
     def close(self, condition: Optional[str] = None, text: Optional[str] = None) -> None:
         """End the stream, with a stream error when ``condition`` is given."""

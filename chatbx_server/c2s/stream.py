@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import os
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Optional, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 from uuid import uuid4
 
 from twisted.internet import defer
@@ -30,6 +30,7 @@ from zope.interface import implementer
 from chatbx_server.c2s.parser import SafeElementStream
 from chatbx_server.c2s.sasl import (AuthThrottle, SASLExchange, SASLFailure, decode_payload,
                                     failure_element, features_element, mechanisms_for)
+from chatbx_server.c2s import sasl2
 from chatbx_server.c2s.session import ClientSession
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 log = Logger(observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
+#: stream errors after which a resumable session waits for its client:
+#: the peer vanished (keepalive), rather than being sent away
+HIBERNATE_CONDITIONS = frozenset(("connection-timeout",))
 MAX_SASL_FAILURES = 5
 
 # Negotiation states, in order.
@@ -79,6 +83,8 @@ class C2SStream(Protocol):
         self.peer_from: Optional[str] = None
         self.parser: Optional[SafeElementStream] = None
         self.sasl: Optional[SASLExchange] = None
+        #: the XEP-0388 <authenticate/> being answered (None: RFC 6120 SASL)
+        self.sasl2: Optional[sasl2.Authenticate] = None
         self.sasl_failures = 0
         self.mechanisms: list[str] = []
         self.user: Optional[JID] = None
@@ -132,7 +138,9 @@ class C2SStream(Protocol):
         self.state = CLOSED
         self._cancel_timeout()
         self.factory.release(self)
-        self._end_session()
+        # The connection went away without </stream:stream>: a resumable
+        # session waits for its client to come back (XEP-0198 §5).
+        self._end_session(hibernate=True)
         self._detach_parser()
 
     def _reset_parser(self) -> None:
@@ -240,19 +248,26 @@ class C2SStream(Protocol):
         self.send_raw(self.serializer.footer)
         self.state = CLOSED
         self._detach_parser()
-        self._end_session()
+        # Only a vanished peer (no answer to the keepalive) may come back.
+        self._end_session(hibernate=condition in HIBERNATE_CONDITIONS)
         # A registered producer keeps a TLS transport from shutting down.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
 
-    def _end_session(self) -> None:
+    def _end_session(self, hibernate: bool = False) -> None:
+        """The connection of the bound session is over.
+
+        With ``hibernate``, a ``session/hibernate`` handler (stream
+        management) may keep the session, detached, in ``server.sessions``
+        until its client resumes it or a timeout ends it.
+        """
         session = self.session
         if session is None:
             return
         self.session = None
-        session.closed = True
-        self.server.sessions.remove(session)
-        self.server.events.fire_all("session/closed", session)
+        if hibernate and self.server.events.fire("session/hibernate", session):
+            return
+        end_session(self.server, session)
 
     # -- stream header ---------------------------------------------------
     def _on_stream_start(self, root: domish.Element) -> None:
@@ -292,13 +307,25 @@ class C2SStream(Protocol):
             self.mechanisms = mechanisms_for(self._bindings())
             for child in features_element(self.mechanisms, self._bindings()):
                 features.addChild(child)
+            features.addChild(self._sasl2_features())
         else:
             self.state = BIND_NEEDED
-            features.addElement((ns.BIND, "bind"))
-            features.addElement((ns.SESSION, "session")).addElement("optional")
-            for child in self.server.modules.stream_features(self):
-                features.addChild(child)
+            features = self._bind_features()
         self.send_element(features)
+
+    def _bind_features(self) -> domish.Element:
+        features = domish.Element((ns.STREAMS, "features"))
+        features.addElement((ns.BIND, "bind"))
+        features.addElement((ns.SESSION, "session")).addElement("optional")
+        for child in self.server.modules.stream_features(self):
+            features.addChild(child)
+        return features
+
+    def _sasl2_features(self) -> domish.Element:
+        """XEP-0388 §2.1 with the Bind2 inline features the modules answer."""
+        events = self.server.events
+        inline = [var for uri, name, var in sasl2.INLINE if events.has(f"bind2-inline/{uri}:{name}")]
+        return sasl2.features_element(self.mechanisms, inline, False)
 
     def _on_stream_end(self) -> None:
         self.close_stream()
@@ -338,17 +365,24 @@ class C2SStream(Protocol):
         raise StreamError("policy-violation", "STARTTLS is required")
 
     def _on_sasl(self, element: domish.Element) -> None:
-        if element.uri != ns.SASL:
+        is_sasl2 = element.uri == sasl2.NS
+        if element.uri != ns.SASL and not is_sasl2:
             if element.name in STANZAS:
                 raise StreamError("not-authorized")
             raise StreamError("policy-violation", "authenticate first")
         try:
-            if element.name == "auth":
+            if element.name == "auth" or (is_sasl2 and element.name == "authenticate"):
                 if self.sasl is not None:
                     raise SASLFailure("malformed-request")
-                self.sasl = SASLExchange(self.server, self.host or "", element.getAttribute("mechanism", ""),
+                if is_sasl2:
+                    # XEP-0388 §2.3: the same mechanisms, another wrapper.
+                    request = self.sasl2 = sasl2.Authenticate(element)
+                    mechanism, initial = request.mechanism, request.initial or b""
+                else:
+                    mechanism, initial = element.getAttribute("mechanism", ""), decode_payload(element)
+                self.sasl = SASLExchange(self.server, self.host or "", mechanism,
                                          self.mechanisms, self._bindings(), self.peer)
-                d = self.sasl.start(decode_payload(element))
+                d = self.sasl.start(initial)
             elif element.name == "response":
                 if self.sasl is None:
                     raise SASLFailure("malformed-request")
@@ -399,8 +433,14 @@ class C2SStream(Protocol):
             return
         kind, data = result
         if kind == "challenge":
-            self.send_element(_with_b64(domish.Element((ns.SASL, "challenge")), data))
+            if self.sasl2 is not None:
+                self.send_element(sasl2.challenge(data))
+            else:
+                self.send_element(_with_b64(domish.Element((ns.SASL, "challenge")), data))
             self._release()
+            return
+        if self.sasl2 is not None:
+            self._sasl2_success(*data)
             return
         # RFC 6120 §6.4.6: nothing the client sent before seeing <success/>
         # belongs to the restarted stream.
@@ -424,7 +464,11 @@ class C2SStream(Protocol):
         condition = exc.condition
         self.sasl_failures += 1
         metrics.AUTH_FAILURE.inc()
-        element = failure_element(condition, exc.text)
+        if self.sasl2 is not None:
+            element = sasl2.failure(condition, exc.text)
+            self.sasl2 = None
+        else:
+            element = failure_element(condition, exc.text)
 
         def answer() -> None:
             if self.state != AUTH_NEEDED:
@@ -441,13 +485,51 @@ class C2SStream(Protocol):
             self._hold()
             self.factory.throttle.delay_call(self.peer, answer, exc)
 
+    def _sasl2_success(self, jid: JID, additional: Optional[bytes]) -> None:
+        """XEP-0388 §2.6.1: no stream restart; with a Bind2 request
+        (XEP-0386 §3) the resource is bound and the inline requests answered
+        in the same <success/>."""
+        request, self.sasl2 = self.sasl2, None
+        assert request is not None
+        self.sasl = None
+        self.user = jid
+        self.factory.throttle.succeeded(self.peer)
+        log.info("c2s {peer} authenticated as {user} (SASL2)", peer=self.peer, user=jid.bare)
+        if not request.bind:
+            self.send_element(sasl2.success(additional, jid.bare))
+            self.state = BIND_NEEDED
+            self.send_element(self._bind_features())
+            self._release()
+            return
+        resource = sasl2.bind2_resource(jid.bare, request.tag, request.user_agent)
+        full = JID.parse(f"{jid.bare}/{resource}")
+        events = self.server.events
+
+        def success(session: ClientSession) -> domish.Element:
+            element = sasl2.success(additional, full.full)
+            bound = element.addElement((sasl2.BIND2, "bound"))
+            for item in request.inline:
+                answer = events.fire(f"bind2-inline/{item.uri}:{item.name}", (session, item))
+                if isinstance(answer, domish.Element):
+                    bound.addChild(answer)
+            return element
+
+        self.bind_session(full, success)
+        # Pipelined stanzas are in the same stream (no restart): handle them.
+        self._release()
+
     def _crash(self, failure: Failure) -> None:
         log.failure("c2s negotiation for {peer} failed", failure, peer=self.peer)
         self.close_stream("internal-server-error")
 
     def _on_bind(self, element: domish.Element) -> None:
         if element.name != "iq" or element.uri != ns.CLIENT:
-            raise StreamError("not-authorized")
+            # Nonzas allowed before bind (XEP-0198 <resume/>, <enable/>'s
+            # failure) are answered by the feature that knows them.
+            if self.server.events.fire(f"unbound-element/{element.uri}:{element.name}",
+                                       (self, element)) is None:
+                raise StreamError("not-authorized")
+            return
         bind = element.firstChildElement()
         if (element.getAttribute("type") != "set" or bind is None
                 or bind.uri != ns.BIND or bind.name != "bind"):
@@ -472,7 +554,9 @@ class C2SStream(Protocol):
         reply.attributes.pop("to", None)
         self.bind_session(full, reply)
 
-    def bind_session(self, full: JID, reply: Optional[domish.Element] = None) -> ClientSession:
+    def bind_session(self, full: JID, reply: Union[None, domish.Element,
+                                                   Callable[[ClientSession], domish.Element]] = None
+                     ) -> ClientSession:
         """Make ``full`` this authenticated stream's session and announce it.
 
         The older session on the same resource is closed with ``conflict``
@@ -484,13 +568,31 @@ class C2SStream(Protocol):
         replaced = self.server.sessions.add(session)
         if replaced is not None:
             replaced.close("conflict", "replaced by a new connection")
+        self._attach(session)
+        if reply is not None and not isinstance(reply, domish.Element):
+            reply = reply(session)
+        if reply is not None:
+            self.send_element(reply)
+        self.server.events.fire_all("session/bound", session)
+        return session
+
+    def resume_session(self, session: ClientSession) -> None:
+        """Make an existing (hibernating or still attached) ``session`` this
+        stream's: XEP-0198 §5 resumption. The caller has checked that it
+        belongs to this stream's account and detached its old stream."""
+        session.stream = self
+        self._attach(session)
+
+    def _attach(self, session: ClientSession) -> None:
         self.session = session
         self.state = BOUND
         self._cancel_timeout()
         self._timeout = self.server.clock.callLater(self.factory.limits.c2s_idle_timeout, self._keepalive)
-        if reply is not None:
-            self.send_element(reply)
-        self.server.events.fire_all("session/bound", session)
+
+    def detach_session(self) -> Optional[ClientSession]:
+        """Let go of the bound session without ending it (it is being
+        resumed on another connection); returns it."""
+        session, self.session = self.session, None
         return session
 
     # -- keepalive (XEP-0199 server-to-client ping) -----------------------
@@ -549,6 +651,15 @@ class C2SStream(Protocol):
             if result is None:
                 raise StreamError("unsupported-stanza-type")
             return
+        result = self._handle_stanza(session, stanza)
+        sm = session.sm
+        if sm is not None:
+            # XEP-0198 §4: counted as handled once its handling completed
+            # (a Deferred result: when it fired, e.g. after a commit).
+            sm.inbound.track(result)
+
+    def _handle_stanza(self, session: ClientSession, stanza: domish.Element) -> Any:
+        """Check, stamp and route a stanza; returns the router's result."""
         sender = stanza.getAttribute("from")
         if sender is not None and sender != session.jid.full:
             try:
@@ -560,9 +671,9 @@ class C2SStream(Protocol):
         stanza["from"] = session.jid.full
         if stanza.name == "iq":
             if self._ping_id is not None and self._is_pong(stanza):
-                return  # the keepalive only needed the bytes; nothing to route
+                return True  # the keepalive only needed the bytes; nothing to route
             if self._legacy_session(stanza):
-                return
+                return True
         counter = metrics.STANZAS_IN.get(stanza.name)
         if counter is not None:
             counter.inc()
@@ -571,14 +682,13 @@ class C2SStream(Protocol):
             result = self.server.router.route(stanza, session)
             metrics.ROUTE_SECONDS.observe(perf_counter() - started)
         except StanzaError as exc:
-            self.server.router.bounce(stanza, exc.condition, exc.text)
-            return
+            return self.server.router.bounce(stanza, exc.condition, exc.text)
         except Exception:
             log.failure("routing a {name} from {user} failed", name=stanza.name, user=session.bare)
-            self.server.router.bounce(stanza, "internal-server-error")
-            return
+            return self.server.router.bounce(stanza, "internal-server-error")
         if isinstance(result, defer.Deferred):
             result.addErrback(self._route_failed, stanza)
+        return result
 
     def _route_failed(self, failure: Failure, stanza: domish.Element) -> None:
         log.failure("handling a {name} failed", failure, name=stanza.name)
@@ -595,6 +705,14 @@ class C2SStream(Protocol):
         reply["to"] = iq["from"]
         self.send_element(reply)
         return True
+
+
+def end_session(server: "Server", session: ClientSession) -> None:
+    """A session is over: out of the session table, ``session/closed`` fired
+    (presence unavailable, stream management's undelivered stanzas ...)."""
+    session.closed = True
+    server.sessions.remove(session)
+    server.events.fire_all("session/closed", session)
 
 
 def _discard(*args: Any) -> None:

@@ -1,0 +1,169 @@
+"""Stream Management state of one session (XEP-0198 1.6): counters and queue.
+
+Pure bookkeeping, no I/O: the feature (``features/smacks.py``) decides
+what to write and when. Kept here, beside the session, because
+``ClientSession.send`` goes through it (DESIGN: "Delivery to a session goes
+through its stream-management queue and CSI buffer, then XmlStream.send").
+
+Counters are kept as unbounded Python integers and reported modulo 2**32
+(XEP-0198 §4: "h" wraps to zero after 2^32 - 1).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer
+from twisted.words.xish import domish
+
+MOD = 2 ** 32
+NS = "urn:xmpp:sm:3"
+
+
+def wire(count: int) -> int:
+    """A counter as it goes into an 'h' attribute (XEP-0198 §4)."""
+    return count % MOD
+
+
+def parse_h(value: Optional[str]) -> Optional[int]:
+    """The 'h' attribute: an unsigned 32-bit integer, or None when invalid."""
+    if value is None or not value.isdigit():
+        return None
+    h = int(value)
+    return h if h < MOD else None
+
+
+def newly_acked(last_acked: int, h: int) -> int:
+    """How many stanzas an ack with ``h`` acknowledges beyond ``last_acked``
+    (both on the wire, modulo 2**32)."""
+    return (h - last_acked) % MOD
+
+
+class HandledCountTooHigh(Exception):
+    """The peer acknowledged stanzas we never sent (XEP-0198 §4, §6)."""
+
+    def __init__(self, h: int, sent: int) -> None:
+        super().__init__(f"h={h} but only {sent} stanzas were sent")
+        self.h = h
+        self.sent = sent
+
+
+class InboundCounter:
+    """Stanzas received from the client and how many are handled.
+
+    XEP-0198 §4: 'h' is the number of stanzas *handled*. chatbx calls a
+    stanza handled when its handling completed: when the router's result
+    is a Deferred (the offline store fires after the commit), only when it
+    fired. The count advances in order: a stanza finished early waits for
+    those before it, so an ack never covers a stanza still in flight.
+    """
+
+    __slots__ = ("received", "handled", "_done", "on_advance")
+
+    def __init__(self, received: int = 0) -> None:
+        #: stanzas received since SM was enabled
+        self.received = received
+        #: the longest prefix of them whose handling completed
+        self.handled = received
+        #: sequence numbers (1-based) completed out of order
+        self._done: Optional[set[int]] = None
+        #: called with the handled count after each completion
+        self.on_advance: Optional[Callable[[int], None]] = None
+
+    @property
+    def pending(self) -> int:
+        return self.received - self.handled
+
+    def track(self, result: Any) -> None:
+        """Count one received stanza; ``result`` is the router's result."""
+        self.received += 1
+        seq = self.received
+        if isinstance(result, defer.Deferred) and not result.called:
+            result.addBoth(self._completed, seq)
+        else:
+            self.complete(seq)
+
+    def _completed(self, result: Any, seq: int) -> None:
+        # The route's own errback has answered a failure already: swallow it.
+        self.complete(seq)
+
+    def complete(self, seq: int) -> None:
+        """Stanza number ``seq`` is handled; advance over every finished one."""
+        if seq != self.handled + 1:
+            if self._done is None:
+                self._done = set()
+            self._done.add(seq)
+            return
+        handled = seq
+        done = self._done
+        if done:
+            while handled + 1 in done:
+                handled += 1
+                done.discard(handled)
+            if not done:
+                self._done = None
+        self.handled = handled
+        if self.on_advance is not None:
+            self.on_advance(handled)
+
+
+class StreamManagement:
+    """SM state of one session: the unacked queue and both counters."""
+
+    __slots__ = ("queue", "acked", "inbound", "resume_id", "max_queue",
+                 "request_outstanding", "resume_timeout", "hibernated", "ack_target",
+                 "overflowed")
+
+    def __init__(self, max_queue: int, resume_id: Optional[str] = None,
+                 resume_timeout: float = 0.0) -> None:
+        #: stanzas sent (or to send) that the client has not acknowledged
+        self.queue: deque[domish.Element] = deque()
+        #: stanzas the client acknowledged (outbound 'h', unbounded)
+        self.acked = 0
+        self.inbound = InboundCounter()
+        #: the resumption id when resumable; None otherwise
+        self.resume_id = resume_id
+        self.resume_timeout = resume_timeout
+        #: unacked stanzas allowed before the client is dropped
+        self.max_queue = max_queue
+        #: an <r/> is on its way and not yet answered
+        self.request_outstanding = False
+        #: the hibernation (a DelayedCall holder) while detached; None when attached
+        self.hibernated: Any = None
+        #: the client asked (<r/>) while stanzas were in flight: send <a/>
+        #: again once ``inbound.handled`` reaches this count
+        self.ack_target: Optional[int] = None
+        #: the queue passed its bound; the session is being closed
+        self.overflowed = False
+
+    @property
+    def sent(self) -> int:
+        """Stanzas counted as sent: acknowledged plus queued."""
+        return self.acked + len(self.queue)
+
+    def push(self, element: domish.Element) -> bool:
+        """Queue a stanza; False when the queue is now over its bound."""
+        self.queue.append(element)
+        return len(self.queue) <= self.max_queue
+
+    def ack(self, h: int) -> int:
+        """Apply an ack with wire value ``h``; returns how many were dropped.
+
+        Raises:
+            HandledCountTooHigh: ``h`` covers more than was sent (§4).
+        """
+        count = newly_acked(wire(self.acked), h)
+        if count > len(self.queue):
+            raise HandledCountTooHigh(h, wire(self.sent))
+        queue = self.queue
+        for _ in range(count):
+            queue.popleft()
+        self.acked += count
+        return count
+
+    def take_unacked(self) -> list[domish.Element]:
+        """Empty the queue (the session ends): what the client may not have."""
+        out = list(self.queue)
+        self.queue.clear()
+        return out
