@@ -11,12 +11,14 @@ from typing import Any
 
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.muc import MucStore
 from chatbx_server.storage.offline import OfflineStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
 
 __all__ = [
     "Database",
+    "MucStore",
     "OfflineStore",
     "RosterItem",
     "RosterStore",
@@ -43,3 +45,4 @@ class Stores:
         self.users = UserStore(db, clock)
         self.roster = RosterStore(db, clock)
         self.offline = OfflineStore(db, clock)
+        self.muc = MucStore(db, clock)
