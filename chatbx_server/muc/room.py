@@ -419,9 +419,8 @@ class Room:
             return self.error(event, "not-acceptable", "you are not in this room")
         if occ.role not in ("participant", "moderator"):
             return self.error(event, "forbidden", "you have no voice in this room")
-        subject = next(stanza.elements(None, "subject"), None) or next(
-            stanza.elements(ns.CLIENT, "subject"), None)
-        has_body = any(c.name == "body" for c in stanza.elements())
+        subject = next(stanza.elements(stanza.uri, "subject"), None)
+        has_body = next(stanza.elements(stanza.uri, "body"), None) is not None
         if subject is not None and not has_body:
             if not (occ.role == "moderator" or self.config.change_subject):
                 return self.error(event, "forbidden", "you may not change the subject")

@@ -149,10 +149,10 @@ def rooms_created_by_txn(conn: Connection, creator: str) -> int:
 
 def list_rooms_txn(conn: Connection) -> list[dict[str, Any]]:
     """Every stored room with counts, for chatbxctl."""
-    counts: dict[int, int] = dict(conn.execute(
-        sa.select(_m.room_id, sa.func.count()).group_by(_m.room_id)).tuples().all())
-    affs: dict[int, int] = dict(conn.execute(
-        sa.select(_a.room_id, sa.func.count()).group_by(_a.room_id)).tuples().all())
+    counts = {int(r[0]): int(r[1]) for r in conn.execute(
+        sa.select(_m.room_id, sa.func.count()).group_by(_m.room_id))}
+    affs = {int(r[0]): int(r[1]) for r in conn.execute(
+        sa.select(_a.room_id, sa.func.count()).group_by(_a.room_id))}
     out = []
     for row in conn.execute(sa.select(muc_rooms).order_by(_r.jid)):
         out.append({"jid": row.jid, "config": json.loads(row.config), "subject": row.subject,
