@@ -190,14 +190,26 @@ def admin_set(room: Room, event: "StanzaEvent", query: domish.Element) -> bool:
             if refusal:
                 raise StanzaError(refusal)
             changes.append(("role", target, new_role, reason, None))
-        elif item.getAttribute("affiliation") is not None and item.getAttribute("jid"):
+        elif item.getAttribute("affiliation") is not None and (
+                item.getAttribute("jid") or item.getAttribute("nick")):
             new_aff = item["affiliation"]
             if new_aff not in AFFILIATIONS:
                 raise StanzaError("bad-request")
-            try:
-                who = JID.parse(item["jid"]).bare
-            except InvalidJID:
-                raise StanzaError("jid-malformed") from None
+            if item.getAttribute("jid"):
+                try:
+                    who = JID.parse(item["jid"]).bare
+                except InvalidJID:
+                    raise StanzaError("jid-malformed") from None
+            else:
+                # Some clients name an occupant by nick (§9: by JID, but the
+                # room knows whose nick it is).
+                try:
+                    by_nick = room.occupants.get(prepare_nick(item["nick"])[1])
+                except NickError:
+                    by_nick = None
+                if by_nick is None:
+                    raise StanzaError("item-not-found")
+                who = by_nick.bare
             refusal = can_set_affiliation(aff, pending_affs.get(who, "none"), new_aff)
             if refusal:
                 raise StanzaError(refusal)
@@ -205,7 +217,8 @@ def admin_set(room: Room, event: "StanzaEvent", query: domish.Element) -> bool:
                 pending_affs.pop(who, None)
             else:
                 pending_affs[who] = new_aff
-            changes.append(("affiliation", who, new_aff, reason, item.getAttribute("nick")))
+            changes.append(("affiliation", who, new_aff, reason,
+                            item.getAttribute("nick") if item.getAttribute("jid") else None))
         else:
             raise StanzaError("bad-request")
     if not changes:
