@@ -420,6 +420,60 @@ def cmd_upload_purge(ctx: _Context, args: argparse.Namespace) -> None:
         total += _result(store.delete(slots))
     what = f"of {jid}" if jid else "expired"
     print(f"deleted {total} {what} uploads", file=ctx.out)
+def _room_jid(text: str) -> str:
+    from chatbx_server.xmpp.jid import InvalidJID, JID
+
+    try:
+        jid = JID.parse(text)
+    except InvalidJID as exc:
+        raise CLIError(f"not a room JID: {text!r} ({exc})") from None
+    if jid.user is None or jid.resource is not None:
+        raise CLIError(f"not a room JID: {text!r} (room@service)")
+    return jid.bare
+
+
+def cmd_room_list(ctx: _Context, args: argparse.Namespace) -> None:
+    """Stored (persistent) rooms; temporary rooms live only in the server."""
+    for room in _result(ctx.stores().muc.list_rooms()):
+        config = room["config"]
+        flags = ",".join(flag for flag, on in (
+            ("public", config.get("public", True)), ("hidden", not config.get("public", True)),
+            ("members-only", config.get("members_only")), ("password", config.get("password")),
+            ("moderated", config.get("moderated")),
+            ("non-anonymous", config.get("whois") == "anyone")) if on)
+        print(f"{room['jid']}\t{flags}\t{room['affiliations']} affiliations\t"
+              f"{room['messages']} messages", file=ctx.out)
+
+
+def cmd_room_show(ctx: _Context, args: argparse.Namespace) -> None:
+    jid = _room_jid(args.jid)
+    rooms = [r for r in _result(ctx.stores().muc.list_rooms()) if r["jid"] == jid]
+    if not rooms:
+        raise CLIError(f"unknown room {jid}")
+    room = rooms[0]
+    import time as _time
+
+    print(f"room:         {jid}", file=ctx.out)
+    print(f"created:      {_time.strftime('%Y-%m-%d %H:%M:%S', _time.gmtime(room['created_at']))} "
+          f"UTC by {room['creator'] or '?'}", file=ctx.out)
+    print(f"subject:      {room['subject'] or ''}", file=ctx.out)
+    print(f"messages:     {room['messages']}", file=ctx.out)
+    for key, value in sorted(room["config"].items()):
+        if key == "password":
+            value = "(set)" if value else ""
+        print(f"config.{key}: {value}", file=ctx.out)
+    for who, affiliation in _result(ctx.stores().muc.affiliations(jid)):
+        print(f"{affiliation}: {who}", file=ctx.out)
+
+
+def cmd_room_destroy(ctx: _Context, args: argparse.Namespace) -> None:
+    """Delete a stored room with its affiliations and archive. A running
+    server that has the room loaded keeps it until it restarts (destroy it
+    from a client as its owner to tell the occupants)."""
+    jid = _room_jid(args.jid)
+    if not _result(ctx.stores().muc.delete_room(jid)):
+        raise CLIError(f"unknown room {jid}")
+    print(f"destroyed {jid}", file=ctx.out)
 
 
 # --- argument parsing -----------------------------------------------------------
@@ -479,6 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(upload, "purge", cmd_upload_purge,
                 "delete expired files and unused slots now (or every file of --user)")
     p.add_argument("--user", metavar="JID", help="delete every upload of this account")
+    room = group("room", "group chat rooms (stored, persistent ones)")
+    command(room, "list", cmd_room_list, "list stored rooms")
+    p = command(room, "show", cmd_room_show, "show a room's configuration and affiliations")
+    p.add_argument("jid", metavar="ROOM")
+    p = command(room, "destroy", cmd_room_destroy,
+                "delete a stored room, its affiliations and archive (a running server "
+                "forgets it at its next start)")
+    p.add_argument("jid", metavar="ROOM")
 
     config = group("config", "configuration")
     command(config, "check", cmd_config_check,

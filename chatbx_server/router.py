@@ -43,8 +43,10 @@ class Router:
         self.events = server.events
         self.sessions = server.sessions
         self.hosts: frozenset[str] = frozenset(server.hosts)
-        #: hosted service domains (conference., upload. ...) -> deliver(stanza)
-        self.services: dict[str, Callable[[domish.Element], Any]] = {}
+        #: hosted service domains (conference., upload. ...) -> deliver(event):
+        #: a service gets the same StanzaEvent as local delivery (sender,
+        #: origin session, target), after the sender's pre-* hooks ran
+        self.services: dict[str, Callable[[StanzaEvent], Any]] = {}
         #: remote delivery (s2s); None bounces remote stanzas
         self.remote: Optional[Callable[[StanzaEvent], Any]] = None
 
@@ -98,7 +100,7 @@ class Router:
     def _elsewhere(self, event: StanzaEvent) -> Any:
         service = self.services.get(event.to.host)
         if service is not None:
-            return service(event.stanza)
+            return service(event)
         if self.remote is not None:
             return self.remote(event)
         return self.bounce(event.stanza, "remote-server-not-found")

@@ -26,12 +26,14 @@ REGISTRY: dict[str, str] = {
     "upload": "chatbx_server.features.upload.UploadFeature",
     "smacks": "chatbx_server.features.smacks.SmacksFeature",
     "csi": "chatbx_server.features.csi.CSIFeature",
+    "muc": "chatbx_server.muc.service.MucFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
+    "muc",
 )
 
 

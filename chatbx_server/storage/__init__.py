@@ -11,6 +11,7 @@ from typing import Any
 
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.muc import MucStore
 from chatbx_server.storage.offline import OfflineStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.upload import UploadStore
@@ -18,6 +19,7 @@ from chatbx_server.storage.users import ScramCredentials, UserStore
 
 __all__ = [
     "Database",
+    "MucStore",
     "OfflineStore",
     "RosterItem",
     "RosterStore",
@@ -46,3 +48,4 @@ class Stores:
         self.roster = RosterStore(db, clock)
         self.offline = OfflineStore(db, clock)
         self.upload = UploadStore(db, clock)
+        self.muc = MucStore(db, clock)

@@ -7,7 +7,8 @@ them the same way. Constraint names come from the naming convention so later
 batch migrations on SQLite can refer to them.
 
 RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
-(offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0363 (uploads).
+(offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0363 (uploads),
+XEP-0045 / XEP-0313 (group chat rooms, affiliations and their archive).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import sqlalchemy as sa
 
 __all__ = [
     "metadata",
+    "muc_affiliations",
+    "muc_archive",
+    "muc_rooms",
     "offline_messages",
     "roster_items",
     "roster_versions",
@@ -172,4 +176,64 @@ uploads = sa.Table(
     sa.Index("ix_uploads_uploader_created_at", "uploader", "created_at"),
     sa.Index("ix_uploads_expires_at", "expires_at"),
     comment="HTTP File Upload (XEP-0363) slots and files (storage/upload.py)",
+muc_rooms = sa.Table(
+    "muc_rooms",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("jid", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="the room's bare JID (room@conference.domain)"),
+    sa.Column("config", sa.Text, nullable=False,
+              comment="JSON of the room configuration (muc/config.py RoomConfig)"),
+    sa.Column("subject", sa.Text, nullable=True, comment="current subject, XEP-0045 §8.1"),
+    sa.Column("subject_nick", sa.String(PART_LENGTH), nullable=True,
+              comment="nick that set the subject (the 'from' of the subject message)"),
+    sa.Column("creator", sa.String(BARE_JID_LENGTH), nullable=True,
+              comment="bare JID that created the room (rooms-per-user limit)"),
+    sa.Column("vcard", sa.Text, nullable=True,
+              comment="the room's vcard-temp XML (avatar), set by owners"),
+    sa.Column("avatar_hash", sa.String(64), nullable=True,
+              comment="SHA-1 hex of the avatar image, XEP-0153"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.UniqueConstraint("jid"),
+    comment="persistent group chat rooms (XEP-0045 §10.1)",
+)
+
+muc_affiliations = sa.Table(
+    "muc_affiliations",
+    metadata,
+    sa.Column("room_id", sa.Integer, sa.ForeignKey("muc_rooms.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("jid", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="bare JID (or domain) the affiliation is for"),
+    sa.Column("affiliation", sa.String(8), nullable=False,
+              comment="owner | admin | member | outcast"),
+    sa.Column("nick", sa.String(PART_LENGTH), nullable=True,
+              comment="nick reserved for this member, if any"),
+    sa.Column("reason", sa.Text, nullable=True, comment="reason given with the change"),
+    sa.PrimaryKeyConstraint("room_id", "jid"),
+    sa.CheckConstraint("affiliation IN ('owner', 'admin', 'member', 'outcast')",
+                       name="affiliation"),
+)
+
+muc_archive = sa.Table(
+    "muc_archive",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True,
+              comment="archive order"),
+    sa.Column("room_id", sa.Integer, sa.ForeignKey("muc_rooms.id", ondelete="CASCADE"),
+              nullable=False),
+    sa.Column("stanza_id", sa.String(64), nullable=False,
+              comment="XEP-0359 stanza-id the room gave the message (MAM id)"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.Column("nick", sa.String(PART_LENGTH), nullable=False, comment="sender's nick"),
+    sa.Column("occupant_id", sa.String(64), nullable=True, comment="XEP-0421 occupant id"),
+    sa.Column("sender", sa.String(BARE_JID_LENGTH), nullable=True,
+              comment="sender's real bare JID (who may retract it)"),
+    sa.Column("stanza", sa.Text, nullable=False,
+              comment="serialized message as broadcast (no 'to'); a tombstone once retracted"),
+    sa.Column("retracted", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="retracted (XEP-0424) or moderated (XEP-0425)"),
+    sa.UniqueConstraint("room_id", "stanza_id"),
+    sa.Index("ix_muc_archive_room_id_created_at", "room_id", "created_at"),
+    comment="group chat archive (XEP-0313 on the room JID)",
 )

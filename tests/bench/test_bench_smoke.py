@@ -74,3 +74,15 @@ def test_quick_compare_against_chatbx_delivers_everything(tmp_path: Path) -> Non
         if name.startswith("idle_memory_"):
             assert res["connections"] > 0 and res["login_failures"] == 0, res
     assert proc.returncode == 0, log
+
+
+def test_muc_bench_runs() -> None:
+    """bench/muc.py runs its three scenarios at a tiny size and every
+    occupant got every message (the script asserts the delivery count)."""
+    out = subprocess.run([sys.executable, str(BENCH / "muc.py"), "--occupants", "20", "--messages",
+                          "10", "--rooms", "3", "--size", "3", "--rounds", "2"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["scenario"] for r in lines] == ["room_20", "room_20_archived", "rooms_3x3"]
+    assert all(r["deliveries_per_s"] > 0 for r in lines)

@@ -73,6 +73,30 @@ async def online(server: ChatbxServer, jid: str) -> Slix:
     return slix
 
 
+MUC = "http://jabber.org/protocol/muc"
+
+
+async def open_room(slix: Slix, room: str, nick: str) -> None:
+    """Create ``room`` as ``slix`` and accept the instant configuration
+    (XEP-0045 §10.1.2), so a real client can join an unlocked room."""
+    import xml.etree.ElementTree as ET
+
+    client = slix.client
+    pres = client.make_presence(pto=f"{room}/{nick}")
+    pres.append(ET.fromstring(f"<x xmlns='{MUC}'/>"))
+    pres.send()
+    iq = client.Iq()
+    iq["to"] = room
+    iq["type"] = "set"
+    iq.append(ET.fromstring(f"<query xmlns='{MUC}#owner'><x xmlns='jabber:x:data' type='submit'/>"
+                            "</query>"))
+    await iq.send(timeout=10)
+
+
+def groupchat_from(room: str, body: str) -> Callable[[Any], bool]:
+    return lambda m: m["type"] == "groupchat" and m["from"].bare == room and m["body"] == body
+
+
 async def _cancel_the_rest() -> None:
     """End what slixmpp left running here, not in __del__ on a closed loop."""
     pending = asyncio.all_tasks() - {asyncio.current_task()}
@@ -254,6 +278,28 @@ class TestMcabber:
                            "the message in mcabber's history", details=lambda: f"{tail(history)}\n{mc.details()}"))
 
 
+    def test_joins_room_and_talks(self, scenario: Scenario, mc: Mcabber) -> None:
+        """/room join: mcabber enters bob's room (bob sees alice's occupant
+        presence), says something there, and gets bob's groupchat message."""
+        bob: Slix = scenario.state["bob"]
+        room = "mcroom@conference.localhost"
+
+        async def step() -> None:
+            await open_room(bob, room, "Bob")
+            mc.command(f"/room join {room} alice")
+            await bob.presences.wait(lambda p: p["from"].full == f"{room}/alice",
+                                     what="alice's presence in the room")
+            mc.command(f"/say_to {room} hello room, mcabber here")
+            got = await bob.messages.wait(groupchat_from(room, "hello room, mcabber here"),
+                                          what="mcabber's groupchat message")
+            assert got["from"].full == f"{room}/alice"
+            bob.client.send_message(mto=room, mbody="hello mcabber, from the room",
+                                    mtype="groupchat")
+            await mc.traced(r"hello mcabber, from the room", "mcabber to get the room message")
+
+        scenario.run(step())
+
+
 # -- go-sendxmpp -----------------------------------------------------------------
 
 
@@ -321,6 +367,26 @@ class TestGoSendxmpp:
 
         scenario.run(step())
         program.stop()
+
+    def test_sends_to_room(self, scenario: Scenario, bob: Slix) -> None:
+        """-c: go-sendxmpp joins bob's room and sends its message there as
+        groupchat; it exits 0."""
+        room = "sendroom@conference.localhost"
+        scenario.run(open_room(bob, room, "Bob"))
+        program = sendxmpp(scenario, "muc", "-u", ALICE, "-p", scenario.server.users[ALICE],
+                           "-j", f"127.0.0.1:{scenario.server.c2s_port}", "-c", room,
+                           stdin="hello room, go-sendxmpp here\n")
+
+        async def step() -> None:
+            got = await bob.messages.wait(groupchat_from(room, "hello room, go-sendxmpp here"),
+                                          what="go-sendxmpp's groupchat message")
+            assert got["from"].resource, got
+            assert await program.exit_status("go-sendxmpp to exit") == 0, program.output()
+
+        try:
+            scenario.run(step())
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{program.output()}") from None
 
 
 # -- profanity -------------------------------------------------------------------
@@ -428,5 +494,29 @@ class TestProfanity:
             await prof.shows("hello profanity, bob here", "the message on profanity's screen")
             await until(lambda: (BOB, ALICE, "hello profanity, bob here") in prof.chat_log(),
                         "the message in profanity's chat log", details=lambda: repr(prof.chat_log()))
+
+        scenario.run(step())
+
+    def test_joins_room_and_talks(self, scenario: Scenario, prof: Profanity) -> None:
+        """/join: profanity enters bob's room (bob sees its occupant
+        presence); what is typed in the room window reaches bob as
+        groupchat; bob's groupchat message shows on profanity's screen."""
+        bob: Slix = scenario.state["bob"]
+        room = "profroom@conference.localhost"
+
+        async def step() -> None:
+            await open_room(bob, room, "Bob")
+            prof.tmux.type(f"/join {room} nick alice")
+            await bob.presences.wait(lambda p: p["from"].full == f"{room}/alice",
+                                     what="alice's presence in the room")
+            await until(lambda: "Room self presence received" in read(prof.log),
+                        "profanity to see itself in the room", details=prof.details)
+            prof.tmux.type("hello room, profanity here")
+            got = await bob.messages.wait(groupchat_from(room, "hello room, profanity here"),
+                                          what="profanity's groupchat message")
+            assert got["from"].full == f"{room}/alice"
+            bob.client.send_message(mto=room, mbody="hello profanity, from the room",
+                                    mtype="groupchat")
+            await prof.shows("hello profanity, from the room", "the room message on screen")
 
         scenario.run(step())

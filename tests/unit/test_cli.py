@@ -496,3 +496,35 @@ def test_upload_usage_and_purge(ctl, config: str) -> None:
     assert ctl("--config", config, "upload", "purge", "--user", "bob@example.org")[1] \
         == "deleted 1 of bob@example.org uploads\n"
     assert not Path(bobs).exists()
+# --- room list / show / destroy ---------------------------------------------------
+
+def test_room_list_show_destroy(ctl, config: str) -> None:
+    """room list shows stored rooms with flags and counts, show prints the
+    configuration (password hidden) and affiliations, destroy deletes it;
+    unknown rooms and non-room JIDs are one-line errors."""
+    from chatbx_server.config import load_config
+    from chatbx_server.storage import Database, Stores
+
+    db = Database(load_config(config).database_url, threadless=True)
+    try:
+        cli._result(Stores(db).muc.save_room(
+            "team@conference.localhost",
+            {"members_only": True, "whois": "anyone", "password": "pw", "public": False},
+            "Plans", "Alice", "alice@localhost",
+            {"alice@localhost": ("owner", None, None), "bob@localhost": ("member", None, None)}))
+    finally:
+        db.stop()
+    code, out, _ = ctl("--config", config, "room", "list")
+    assert code == 0
+    assert out.split("\t")[:2] == ["team@conference.localhost",
+                                   "hidden,members-only,password,non-anonymous"]
+    code, out, _ = ctl("--config", config, "room", "show", "team@conference.localhost")
+    assert code == 0 and "owner: alice@localhost" in out and "member: bob@localhost" in out
+    assert "config.password: (set)" in out and "pw" not in out.replace("(set)", "")
+    assert "subject:      Plans" in out
+    assert ctl("--config", config, "room", "destroy", "team@conference.localhost")[0] == 0
+    assert ctl("--config", config, "room", "list")[1] == ""
+    code, _, err = ctl("--config", config, "room", "destroy", "team@conference.localhost")
+    assert code == 1 and "unknown room" in err
+    code, _, err = ctl("--config", config, "room", "show", "conference.localhost")
+    assert code == 1 and "not a room JID" in err

@@ -108,7 +108,7 @@ def test_host_items_list_hosted_services() -> None:
     alice = bind(server, "alice@localhost/a")
     [reply] = ask(server, alice, items("localhost"))
     assert reply["type"] == "result" and list(reply.firstChildElement().elements()) == []
-    server.router.services["conference.localhost"] = lambda stanza: None
+    server.router.services["conference.localhost"] = lambda event: None
     [reply] = ask(server, alice, items("localhost"))
     jids = [i["jid"] for i in reply.firstChildElement().elements(ns.DISCO_ITEMS, "item")]
     assert jids == ["conference.localhost"]

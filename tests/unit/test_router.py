@@ -202,7 +202,8 @@ def test_remote_without_s2s(server):
 
 
 def test_remote_and_services(server):
-    """Remote stanzas go to router.remote; hosted service domains to their handler."""
+    """Remote stanzas go to router.remote; hosted service domains get the
+    StanzaEvent (sender, origin session, target), as local delivery does."""
     alice = bind(server, "alice@localhost/phone")
     remote, service = [], []
     server.router.remote = remote.append
@@ -210,7 +211,10 @@ def test_remote_and_services(server):
     send(server, alice, "<message to='x@remote.example'/>")
     send(server, alice, "<presence to='room@conference.localhost/nick'/>")
     assert remote[0].to.full == "x@remote.example" and remote[0].sender == alice.jid
-    assert service[0].name == "presence"
+    assert service[0].stanza.name == "presence"
+    # A service gets the whole event: the sender and its session, not only the element.
+    assert service[0].sender == alice.jid and service[0].origin is alice
+    assert service[0].to.full == "room@conference.localhost/nick" and service[0].kind == "full"
 
 
 def test_no_to_and_no_origin_is_dropped(server):
