@@ -176,6 +176,8 @@ uploads = sa.Table(
     sa.Index("ix_uploads_uploader_created_at", "uploader", "created_at"),
     sa.Index("ix_uploads_expires_at", "expires_at"),
     comment="HTTP File Upload (XEP-0363) slots and files (storage/upload.py)",
+)
+
 muc_rooms = sa.Table(
     "muc_rooms",
     metadata,
