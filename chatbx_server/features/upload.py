@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from chatbx_server.logs import log_observer
+from chatbx_server.events import StanzaEvent
 from chatbx_server.modules import Feature
 from chatbx_server.storage.upload import QuotaExceeded, UploadFiles, UploadRecord
 from chatbx_server.xmpp import ns
@@ -145,7 +146,9 @@ class UploadFeature(Feature):
         super().teardown()
 
     # -- stanzas to upload.DOMAIN ---------------------------------------------
-    def on_stanza(self, stanza: domish.Element) -> Any:
+    def on_stanza(self, event: StanzaEvent) -> Any:
+        """A stanza for upload.<domain> (router service: gets the event)."""
+        stanza = event.stanza
         if stanza.name != "iq" or stanza.getAttribute("type") not in ("get", "set"):
             if stanza.name == "message" and stanza.getAttribute("type") != "error":
                 self._send(error_reply(stanza, "service-unavailable"))
