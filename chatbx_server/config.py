@@ -210,6 +210,8 @@ class S2SConfig:
     dns_cache_size: int = 1000
     #: simultaneous incoming s2s connections per address
     max_connections_per_ip: int = 20
+    #: bidirectional streams (XEP-0288): offered to peers, used when offered
+    bidi: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import Optional
 
+from twisted.words.xish import domish
+
+from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
 
 NS_DIALBACK = "jabber:server:dialback"
@@ -52,3 +56,18 @@ def domain_or_none(text: str | None) -> str | None:
     if jid.user is not None or jid.resource is not None:
         return None
     return jid.host
+
+
+def dialback_error(name: str, local: str, remote: str, condition: str, etype: str,
+                   stream_id: Optional[str] = None) -> domish.Element:
+    """``<db:result|verify type='error'>`` (XEP-0220 §2.4)."""
+    el = domish.Element((NS_DIALBACK, name))
+    el["from"] = local
+    el["to"] = remote
+    if stream_id is not None:
+        el["id"] = stream_id
+    el["type"] = "error"
+    err = el.addElement((None, "error"))
+    err["type"] = etype
+    err.addElement((ns.STANZA_ERRORS, condition))
+    return el

@@ -70,7 +70,7 @@ class OutRoute:
     """Outgoing state of one (local domain, remote domain) pair."""
 
     __slots__ = ("local", "remote", "stream", "queue", "verifies", "connecting",
-                 "failures", "retry_at", "last_error", "target")
+                 "failures", "retry_at", "last_error", "target", "bidi")
 
     def __init__(self, local: str, remote: str) -> None:
         self.local = local
@@ -83,6 +83,19 @@ class OutRoute:
         self.retry_at = 0.0
         self.last_error = ""
         self.target: Optional[Target] = None
+        #: an incoming stream the remote made bidirectional (XEP-0288)
+        self.bidi: Optional["S2SInStream"] = None
+
+    def sender(self) -> Optional[S2SStream]:
+        """The stream stanzas go out on now: our own ready stream, else the
+        remote's bidirectional one (XEP-0288); None while there is neither."""
+        stream = self.stream
+        if stream is not None and stream.ready:
+            return stream
+        bidi = self.bidi
+        if bidi is not None and not bidi.closed:
+            return bidi
+        return None
 
 
 class S2SManager:
@@ -218,9 +231,9 @@ class S2SManager:
                     self.server.router.bounce(stanza, "resource-constraint", "too many remote domains")
                 return True
             route = self._route(local, remote)
-        stream = route.stream
-        if stream is not None and stream.ready:
-            stream.send_element(stanza)
+        sender = route.sender()
+        if sender is not None:
+            sender.send_element(stanza)
             return True
         if not route.connecting and self.clock.seconds() < route.retry_at:
             # Backing off after a failure: answer now rather than queue.
@@ -413,8 +426,34 @@ class S2SManager:
         self.incoming.add(stream)
         self._log("in", None, stream.peer, "connected", "incoming connection")
 
+    def bidi_ready(self, stream: "S2SInStream", local: str, remote: str) -> None:
+        """An incoming stream may carry our stanzas for (local, remote) (XEP-0288).
+
+        It is used when we have no ready stream of our own for the pair;
+        stanzas queued while ours is being set up go out on it at once.
+        """
+        route = self.routes.get((local, remote))
+        if route is None:
+            if len(self.routes) >= MAX_ROUTES:
+                return
+            route = self._route(local, remote)
+        if route.bidi is not None and not route.bidi.closed:
+            return  # the first bidirectional stream for the pair stays in use
+        route.bidi = stream
+        stream.bidi_routes.add((local, remote))
+        self._log("in", local, remote, "bidi", f"stanzas to {remote} may use this incoming stream")
+        sender = route.sender()
+        while route.queue and sender is not None and not sender.closed:
+            sender.send_element(route.queue.popleft())
+        self.status_changed()
+
     def incoming_closed(self, stream: "S2SInStream", reason: str) -> None:
         self.incoming.discard(stream)
+        for pair in stream.bidi_routes:
+            route = self.routes.get(pair)
+            if route is not None and route.bidi is stream:
+                route.bidi = None
+        stream.bidi_routes.clear()
         if stream.admitted:
             stream.admitted = False
             host = stream.peer.rpartition(":")[0]
@@ -438,7 +477,7 @@ class S2SManager:
                 self._log("out", route.local, route.remote, "idle", f"no traffic for {idle:.0f}s")
                 stream.close_stream()
             elif (stream is None and not route.connecting and not route.queue
-                  and not route.verifies and now >= route.retry_at):
+                  and not route.verifies and now >= route.retry_at and route.bidi is None):
                 del self.routes[key]
         for incoming in list(self.incoming):
             if incoming.authenticated and now - incoming.last_active >= idle:
@@ -472,10 +511,15 @@ class S2SManager:
             stream = route.stream
             entry: dict[str, Any] = {"local": route.local, "remote": route.remote,
                                      "queued": len(route.queue)}
-            if stream is not None:
+            bidi = route.bidi
+            if stream is not None and (stream.ready or bidi is None or bidi.closed):
                 entry.update(state=stream.state_name, auth=stream.auth_method or None,
                              secure=stream.secure, peer=stream.peer,
-                             since=round(stream.started_at, 3))
+                             since=round(stream.started_at, 3), bidi=stream.bidi)
+            elif bidi is not None and not bidi.closed:
+                # XEP-0288: the remote's incoming stream carries our stanzas.
+                entry.update(state="ready", auth=bidi.auth_method or None, secure=bidi.secure,
+                             peer=bidi.peer, since=round(bidi.started_at, 3), bidi=True, via="incoming")
             elif route.connecting:
                 entry.update(state="connecting")
             else:
@@ -487,7 +531,7 @@ class S2SManager:
             incoming.append({"local": ins.local, "remote": sorted(ins.authenticated)
                              or ([ins.remote_hint] if ins.remote_hint else []),
                              "auth": ins.auth_method or None, "secure": ins.secure,
-                             "peer": ins.peer, "since": round(ins.started_at, 3)})
+                             "peer": ins.peer, "since": round(ins.started_at, 3), "bidi": ins.bidi})
         return {"running": self.running, "updated": round(now, 3),
                 "outgoing": outgoing, "incoming": incoming}
 

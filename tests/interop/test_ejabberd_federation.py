@@ -27,7 +27,7 @@ from tests.interop.ejabberd import Ejabberd, available
 from tests.interop.prosody import free_port
 
 from conftest import ChatbxServer, run  # tests/integration
-from test_federation import scenario, wait_status  # tests/integration
+from test_federation import remote_shutdown_is_clean, scenario, wait_status  # tests/integration
 from testcerts import make_ca, make_leaf  # tests/integration
 
 if not available() and os.environ.get("CHATBX_REQUIRE_INTEROP") == "1":
@@ -105,6 +105,7 @@ def test_chatbx_and_ejabberd_federate(chatbx_server: Callable[..., ChatbxServer]
         assert any(E in i["remote"] and i["auth"] == method for i in status["incoming"]), status
         # ejabberd found chatbx through the stub's SRV record, not elsewhere.
         assert (f"_xmpp-server._tcp.{A}", "SRV") in stub.queries, stub.queries
+        remote_shutdown_is_clean(chatbx, ejabberd)
     except BaseException:
         print(ejabberd.log_text()[-20000:])
         raise
