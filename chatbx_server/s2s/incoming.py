@@ -295,8 +295,14 @@ class S2SInStream(S2SStream):
             self.manager.log_event(self, "verify-refused", remote=receiving,
                                    reason=f"db:verify for unknown host {originating}")
             return
-        valid = bool(stream_id) and check_key(self.manager.secret, receiving, originating, stream_id,
-                                              str(element))
+        key = str(element)
+        self.manager.dialback_secret().addCallback(self._answer_verify, receiving, originating, stream_id, key)
+
+    def _answer_verify(self, secret: bytes, receiving: str, originating: str, stream_id: str,
+                       key: str) -> None:
+        if self.closed:
+            return
+        valid = bool(stream_id) and check_key(secret, receiving, originating, stream_id, key)
         answer = domish.Element((NS_DIALBACK, "verify"))
         answer["from"] = originating
         answer["to"] = receiving

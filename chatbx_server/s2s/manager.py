@@ -30,7 +30,7 @@ from twisted.words.xish import domish
 
 from chatbx_server.events import StanzaEvent
 from chatbx_server.s2s.certs import ClientCreator, Trust, client_context
-from chatbx_server.s2s.dialback import NS_DIALBACK, new_secret
+from chatbx_server.s2s.dialback import DIALBACK_SECRET, NS_DIALBACK, new_secret
 from chatbx_server.s2s.dns import Resolver, Target
 from chatbx_server.s2s.stream import S2SStream, log
 from chatbx_server.xmpp.stanzas import is_error_or_result
@@ -120,7 +120,9 @@ class S2SManager:
         self.config = server.config.s2s
         self.certificates = dict(certificates)
         self.default_host = server.config.domains[0]
-        self.secret = new_secret()
+        #: the dialback secret (server_secrets, read at start); None until read
+        self.secret: Optional[bytes] = None
+        self._secret_waiters: list[defer.Deferred] = []
         self.trust = trust or Trust(self.config.ca_file)
         self.resolver = resolver or Resolver(self.clock, self.config.static_routes,
                                              self.config.dns_cache_size)
@@ -139,12 +141,33 @@ class S2SManager:
     # -- life cycle -------------------------------------------------------
     def start(self) -> None:
         self.running = True
+        if self.secret is None:
+            self.server.secrets.get(DIALBACK_SECRET).addCallbacks(self._set_secret, self._secret_failed)
         period = max(1.0, min(self.config.idle_timeout / 4, 60.0))
         loop = task.LoopingCall(self._sweep)
         loop.clock = self.clock
         loop.start(period, now=False)
         self._idle_loop = loop
         self.write_status()
+
+    def dialback_secret(self) -> defer.Deferred:
+        """The dialback secret, once it has been read from the database."""
+        if self.secret is not None:
+            return defer.succeed(self.secret)
+        d: defer.Deferred = defer.Deferred()
+        self._secret_waiters.append(d)
+        return d
+
+    def _set_secret(self, secret: bytes) -> None:
+        self.secret = secret
+        waiters, self._secret_waiters = self._secret_waiters, []
+        for d in waiters:
+            d.callback(secret)
+
+    def _secret_failed(self, failure: Any) -> None:
+        log.failure("s2s: cannot read the dialback secret from the database; using one for this "
+                    "process only (its keys do not verify on other nodes or after a restart)", failure)
+        self._set_secret(new_secret())
 
     def stop(self) -> None:
         self.running = False

@@ -185,10 +185,15 @@ class S2SOutStream(S2SStream):
             self._give_up("the remote server offers no authentication we can use")
             return
         self.state = DIALBACK
+        self.manager.dialback_secret().addCallback(self._send_db_result)
+
+    def _send_db_result(self, secret: bytes) -> None:
+        if self.closed:
+            return
         result = domish.Element((NS_DIALBACK, "result"))
         result["from"] = self.local or ""
         result["to"] = self.remote or ""
-        result.addContent(make_key(self.manager.secret, self.remote or "", self.local or "", self.stream_id))
+        result.addContent(make_key(secret, self.remote or "", self.local or "", self.stream_id))
         self.send_element(result)
 
     def _on_tls_answer(self, element: domish.Element) -> None:
