@@ -56,6 +56,8 @@ class S2SInStream(S2SStream):
         #: what the peer's header said it is ('from'); a hint until proven
         self.remote_hint: Optional[str] = None
         self.admitted = False
+        #: counted in the manager's unauthenticated connections
+        self.counted_unauthenticated = False
         #: dialback results being checked: remote domain -> local domain
         self._pending: dict[str, str] = {}
         #: (local, remote) domain pairs authenticated on this stream
@@ -202,6 +204,7 @@ class S2SInStream(S2SStream):
         self.pairs.add((local, domain))
         self.auth_method = self.auth_method or method
         self.cancel_auth_timer()
+        self.manager.incoming_authenticated(self)
         self.manager.log_event(self, "authenticated", remote=domain, reason=method)
         self.manager.status_changed()
         self._offer_bidi_routes()

@@ -133,6 +133,8 @@ class S2SManager:
         self.routes: dict[tuple[str, str], OutRoute] = {}
         self.incoming: set["S2SInStream"] = set()
         self._per_ip: dict[str, int] = {}
+        #: admitted incoming streams that have not authenticated a domain yet
+        self.unauthenticated = 0
         self._verifies: dict[tuple[str, str, str], tuple[defer.Deferred, Any]] = {}
         self._idle_loop: Optional[task.LoopingCall] = None
         self._status_call: Any = None
@@ -436,14 +438,32 @@ class S2SManager:
 
     # -- incoming streams ------------------------------------------------------------
     def admit(self, stream: "S2SInStream") -> bool:
+        """Whether a new incoming connection is accepted: at most
+        ``max_incoming`` in all, ``max_unauthenticated`` of them not yet
+        authenticated, ``max_connections_per_ip`` from one address."""
         host = stream.peer.rpartition(":")[0]
+        config = self.config
+        if len(self.incoming) >= config.max_incoming:
+            self._log("in", None, host, "refused", "incoming connection limit reached", warn=True)
+            return False
+        if self.unauthenticated >= config.max_unauthenticated:
+            self._log("in", None, host, "refused", "limit of unauthenticated connections reached", warn=True)
+            return False
         count = self._per_ip.get(host, 0)
-        if count >= self.config.max_connections_per_ip:
+        if count >= config.max_connections_per_ip:
             self._log("in", None, host, "refused", "connection limit per address reached", warn=True)
             return False
         self._per_ip[host] = count + 1
         stream.admitted = True
+        stream.counted_unauthenticated = True
+        self.unauthenticated += 1
         return True
+
+    def incoming_authenticated(self, stream: "S2SInStream") -> None:
+        """An incoming stream authenticated its first domain."""
+        if stream.counted_unauthenticated:
+            stream.counted_unauthenticated = False
+            self.unauthenticated -= 1
 
     def incoming_opened(self, stream: "S2SInStream") -> None:
         self.incoming.add(stream)
@@ -472,6 +492,7 @@ class S2SManager:
 
     def incoming_closed(self, stream: "S2SInStream", reason: str) -> None:
         self.incoming.discard(stream)
+        self.incoming_authenticated(stream)  # no longer counted either way
         for pair in stream.bidi_routes:
             route = self.routes.get(pair)
             if route is not None and route.bidi is stream:
@@ -555,7 +576,7 @@ class S2SManager:
                              or ([ins.remote_hint] if ins.remote_hint else []),
                              "auth": ins.auth_method or None, "secure": ins.secure,
                              "peer": ins.peer, "since": round(ins.started_at, 3), "bidi": ins.bidi})
-        return {"running": self.running, "updated": round(now, 3),
+        return {"running": self.running, "updated": round(now, 3), "unauthenticated": self.unauthenticated,
                 "outgoing": outgoing, "incoming": incoming}
 
     def write_status(self) -> None:
