@@ -94,7 +94,10 @@ async def scenario(a: Any, b: Any, ALICE: str = ALICE, BOB: str = BOB, offline: 
         await alice.plugin["xep_0199"].ping(jid=B, timeout=CLIENT_TIMEOUT)
         version = await alice.plugin["xep_0092"].get_version(B, timeout=CLIENT_TIMEOUT)
         assert version["software_version"]["name"]
+        bob.register_plugin("xep_0030")
         bob.register_plugin("xep_0199")
+        info = await bob.plugin["xep_0030"].get_info(jid=A, timeout=CLIENT_TIMEOUT)
+        assert "urn:xmpp:ping" in info["disco_info"]["features"]
         await bob.plugin["xep_0199"].ping(jid=A, timeout=CLIENT_TIMEOUT)
 
         # Unavailable at logout reaches the other side.
