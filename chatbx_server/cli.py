@@ -381,6 +381,51 @@ def cmd_s2s_status(ctx: _Context, args: argparse.Namespace) -> None:
               f"{'bidi  ' if e.get('bidi') else ''}{e.get('peer', '')}", file=ctx.out)
 
 
+def _upload_files(ctx: _Context) -> Any:
+    from chatbx_server.features import build_module_options
+    from chatbx_server.features.upload import UploadFeature
+    from chatbx_server.storage.upload import UploadFiles
+
+    options = build_module_options(UploadFeature, ctx.config)
+    return options, UploadFiles(os.path.abspath(
+        options.store_dir or os.path.join(ctx.config.data_dir, "uploads")))
+
+
+def cmd_upload_usage(ctx: _Context, args: argparse.Namespace) -> None:
+    jid = _user_jid(args.jid, ctx.config) if args.jid else None
+    rows = _result(ctx.stores().upload.usage(jid))
+    if jid is not None and not rows:
+        print(f"{jid}: no uploads", file=ctx.out)
+        return
+    print(f"{'uploader':40} {'files':>7} {'bytes':>14} {'last 24h':>14}", file=ctx.out)
+    for row in rows:
+        print(f"{row.uploader:40} {row.files:>7} {row.bytes:>14} {row.bytes_today:>14}",
+              file=ctx.out)
+
+
+def cmd_upload_purge(ctx: _Context, args: argparse.Namespace) -> None:
+    import time
+
+    from chatbx_server.features.upload import UNUSED_GRACE
+
+    options, files = _upload_files(ctx)
+    store = ctx.stores().upload
+    total = 0
+    jid = _user_jid(args.user, ctx.config) if args.user else None
+    while True:
+        if jid is not None:
+            slots = _result(store.of_uploader(jid, options.purge_batch))
+        else:
+            before = time.time() - options.slot_lifetime - UNUSED_GRACE
+            slots = _result(store.due(before, options.purge_batch))
+        if not slots:
+            break
+        files.remove(slots)
+        total += _result(store.delete(slots))
+    what = f"of {jid}" if jid else "expired"
+    print(f"deleted {total} {what} uploads", file=ctx.out)
+
+
 # --- argument parsing -----------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(s2s, "status", cmd_s2s_status,
                 "list the running server's incoming and outgoing s2s streams")
     p.add_argument("--json", action="store_true", help="print the status file as it is")
+    upload = group("upload", "HTTP File Upload (XEP-0363) files")
+    p = command(upload, "usage", cmd_upload_usage,
+                "files and bytes stored per uploader (largest first)")
+    p.add_argument("jid", nargs="?", metavar="JID")
+    p = command(upload, "purge", cmd_upload_purge,
+                "delete expired files and unused slots now (or every file of --user)")
+    p.add_argument("--user", metavar="JID", help="delete every upload of this account")
 
     config = group("config", "configuration")
     command(config, "check", cmd_config_check,

@@ -35,6 +35,7 @@ __all__ = [
     "DatabaseConfig",
     "Endpoint",
     "FrozenDict",
+    "HTTPConfig",
     "LimitsConfig",
     "ListenConfig",
     "LogConfig",
@@ -119,11 +120,7 @@ class DatabaseConfig:
 
 @dataclass(frozen=True)
 class ListenConfig:
-    """Listening addresses; None means that listener is disabled.
-
-    ``http`` is accepted only empty (disabled) until that listener exists
-    (see ``_NOT_IMPLEMENTED``).
-    """
+    """Listening addresses; None means that listener is disabled."""
 
     c2s: Endpoint | None = Endpoint("127.0.0.1", 5222)
     c2s_tls: Endpoint | None = Endpoint("127.0.0.1", 5223)
@@ -131,6 +128,44 @@ class ListenConfig:
     s2s: Endpoint | None = None
     #: server-to-server with direct TLS (XEP-0368)
     s2s_tls: Endpoint | None = None
+    #: HTTPS (or plain HTTP behind a reverse proxy, ``[http] tls = false``):
+    #: upload, WebSocket, BOSH, host-meta, metrics
+    http: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """The HTTP listener (``[http]``); see chatbx.example.toml for each key."""
+
+    #: HTTPS with the c2s certificates (SNI); false = plain HTTP, only for
+    #: requests from trusted_proxies (a reverse proxy terminates TLS)
+    tls: bool = True
+    #: public base URL of the listener; "{domain}" is replaced by the hosted
+    #: domain; "" = https://DOMAIN:PORT of [listen] http
+    external_url: str = ""
+    #: addresses/networks of reverse proxies whose X-Forwarded-For and
+    #: X-Forwarded-Proto are believed
+    trusted_proxies: tuple[str, ...] = ()
+    #: largest request body outside uploads (BOSH), bytes
+    max_request_body: int = 1048576
+    #: seconds an HTTP connection may stay idle (also bounds slow requests)
+    idle_timeout: float = 60.0
+    #: serve XMPP over WebSocket (RFC 7395) at /xmpp-websocket
+    websocket: bool = True
+    #: serve BOSH (XEP-0124/0206) at /http-bind
+    bosh: bool = True
+    #: longest 'wait' a BOSH client gets, seconds
+    bosh_max_wait: int = 60
+    #: most requests a BOSH session may hold waiting ('hold')
+    bosh_max_hold: int = 1
+    #: seconds a BOSH session lives without any request
+    bosh_inactivity: int = 60
+    #: open BOSH sessions per client address
+    bosh_max_sessions_per_ip: int = 20
+    #: addresses/networks that may read /metrics without a token
+    metrics_allow: tuple[str, ...] = ("127.0.0.1", "::1")
+    #: bearer token that lets anyone read /metrics ("" = none)
+    metrics_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,6 +273,7 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     s2s: S2SConfig = S2SConfig()
     log: LogConfig = LogConfig()
+    http: HTTPConfig = HTTPConfig()
     module_options: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
 
     @property
@@ -423,14 +459,12 @@ def prepare_domain(domain: str) -> str:
 # --- loading ----------------------------------------------------------------
 
 _TOP_KEYS = ("domains", "data_dir", "modules", "admins", "database", "listen", "tls",
-             "limits", "s2s", "log")
+             "limits", "s2s", "log", "http")
 _LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "s2s_tls", "http")
 
 #: Keys accepted only empty: their feature is not built yet, and a key that
-#: silently does nothing would mislead (an HTTP port that never opens,
-#: admins without admin commands).
+#: silently does nothing would mislead (admins without admin commands).
 _NOT_IMPLEMENTED = {
-    "http": "not implemented yet: the HTTP listener is not built; use \"\" or remove the key",
     "admins": "not implemented yet: admin commands come with account registration; "
               "use [] or remove the key",
 }
@@ -539,7 +573,43 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
                               "log.level", path)
         kwargs["log"] = LogConfig(level=level)
 
+    if "http" in raw:
+        kwargs["http"] = _parse_http(raw["http"], path)
+
     return Config(**kwargs)
+
+
+def parse_networks(values: typing.Iterable[str], key: str, path: str | None = None
+                   ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Addresses or CIDR networks ("10.0.0.0/8", "::1")."""
+    out = []
+    for i, text in enumerate(values):
+        try:
+            out.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"invalid address or network {text!r}", f"{key}[{i}]",
+                              path) from None
+    return tuple(out)
+
+
+def _parse_http(value: Any, path: str | None) -> HTTPConfig:
+    http = build_options(HTTPConfig, value, "http", path)
+    parse_networks(http.trusted_proxies, "http.trusted_proxies", path)
+    parse_networks(http.metrics_allow, "http.metrics_allow", path)
+    url = http.external_url.strip()
+    if url and not (url.startswith("https://") or url.startswith("http://")):
+        raise ConfigError("must start with https:// (or http://)", "http.external_url", path)
+    if not http.tls and not http.trusted_proxies:
+        raise ConfigError("plain HTTP is served only behind a reverse proxy: "
+                          "list its address in http.trusted_proxies", "http.tls", path)
+    if not http.tls and not url:
+        raise ConfigError("with tls = false the public https:// URL of the reverse proxy is "
+                          "required", "http.external_url", path)
+    for name in ("max_request_body", "idle_timeout", "bosh_max_wait", "bosh_max_hold",
+                 "bosh_inactivity", "bosh_max_sessions_per_ip"):
+        if getattr(http, name) < 1:
+            raise ConfigError("must be at least 1", f"http.{name}", path)
+    return dataclasses.replace(http, external_url=url.rstrip("/"))
 
 
 def _parse_modules(value: Any, path: str | None

@@ -53,6 +53,8 @@ class EventBus:
     def __init__(self) -> None:
         self._entries: dict[str, list[tuple[int, int, Handler]]] = {}
         self._sorted: dict[str, tuple[Handler, ...]] = {}
+        #: name -> ((priority, handler), ...) in the same order, for fire_from
+        self._levels: dict[str, tuple[tuple[int, Handler], ...]] = {}
         self._seq = 0
 
     def on(self, name: str, handler: Handler, priority: int = DELIVER) -> None:
@@ -61,16 +63,21 @@ class EventBus:
         entries = self._entries.setdefault(name, [])
         entries.append((-priority, self._seq, handler))
         entries.sort(key=lambda e: (e[0], e[1]))
-        self._sorted[name] = tuple(e[2] for e in entries)
+        self._index(name, entries)
 
     def off(self, name: str, handler: Handler) -> None:
         entries = [e for e in self._entries.get(name, []) if e[2] is not handler]
         if entries:
             self._entries[name] = entries
-            self._sorted[name] = tuple(e[2] for e in entries)
+            self._index(name, entries)
         else:
             self._entries.pop(name, None)
             self._sorted.pop(name, None)
+            self._levels.pop(name, None)
+
+    def _index(self, name: str, entries: list[tuple[int, int, Handler]]) -> None:
+        self._sorted[name] = tuple(e[2] for e in entries)
+        self._levels[name] = tuple((-e[0], e[2]) for e in entries)
 
     def has(self, name: str) -> bool:
         return name in self._sorted
@@ -81,6 +88,22 @@ class EventBus:
         if handlers is None:
             return None
         for handler in handlers:
+            result = handler(event)
+            if result is not None:
+                return result
+        return None
+
+    def fire_from(self, name: str, event: Any, priority: int) -> Optional[Any]:
+        """Like :meth:`fire`, but only the handlers at ``priority`` or below.
+
+        For a stanza that has already been through the handlers above
+        ``priority`` under another event name: message/full falling back to
+        the bare-JID rules enters message/bare at DELIVER, so observers
+        hooked on both (archive, carbons) do not see it twice.
+        """
+        for level, handler in self._levels.get(name, ()):
+            if level > priority:
+                continue
             result = handler(event)
             if result is not None:
                 return result

@@ -5,6 +5,14 @@ RFC 6120 §10 (server rules for processing XML stanzas) and RFC 6121 §8.5
 ``pre-message/bare`` for what a local client sends, ``message/full`` for
 delivery to a local target, ``iq-get/host/urn:xmpp:ping:ping`` for requests,
 ``iq-result/host/{id}`` for answers to the server's own requests.
+
+Each stanza fires each event once. Where a feature redirects a stanza to
+another target kind (a message to a gone resource handled by the bare-JID
+rules, RFC 6121 §8.5.3.2.1), it does not fire the other event again from
+the top: ``events.fire_from(name, event, DELIVER)`` continues from delivery
+down (see features/message.py), and presence subscriptions to a full JID
+call the bare-JID handler directly (features/presence.py). IQs to a full
+JID go to the session or bounce; they never fall back.
 """
 
 from __future__ import annotations

@@ -211,5 +211,14 @@ def makeService(options: Options) -> service.IService:
         internet.StreamServerEndpointService(endpoint, factory).setServiceParent(top)
     if listen.s2s is not None or listen.s2s_tls is not None:
         cast(service.MultiService, _federation(server, certificates, listen)).setServiceParent(top)
+    if listen.http is not None:
+        from chatbx_server.http.server import build_site
+
+        # HTTPS with the c2s contexts (SNI picks the domain's certificate);
+        # plain HTTP only behind a reverse proxy ([http] tls = false).
+        site = build_site(server, reactor)
+        context = tls.server_context_factory() if config.http.tls else None
+        endpoint = _endpoint(reactor, listen.http, context)
+        internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
     # MultiService provides IService through @implementer, which mypy cannot see.
     return cast(service.IService, top)

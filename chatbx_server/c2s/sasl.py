@@ -117,7 +117,7 @@ class SASLExchange:
 
     def _user_jid(self, username: str, authzid: Optional[str]) -> JID:
         try:
-            jid = JID.parse(f"{username}@{self.host}")
+            jid = JID.parse(f"{username}@{self.host}", cache=False)
         except InvalidJID:
             raise SASLFailure("not-authorized") from None
         if jid.user is None or jid.resource is not None or jid.host != self.host:
@@ -126,7 +126,7 @@ class SASLExchange:
             raise SASLFailure("not-authorized")
         if authzid:
             try:
-                wanted = JID.parse(authzid)
+                wanted = JID.parse(authzid, cache=False)
             except InvalidJID:
                 raise SASLFailure("invalid-authzid") from None
             if wanted.bare != jid.bare:

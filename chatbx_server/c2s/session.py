@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from twisted.words.xish import domish
 
+from chatbx_server.http.metrics import STANZAS_OUT
 from chatbx_server.xmpp.jid import JID
 
 
@@ -50,6 +51,9 @@ class ClientSession:
     def send(self, element: domish.Element) -> None:
         """Deliver a stanza to the client (serialized once, here)."""
         if not self.closed:
+            counter = STANZAS_OUT.get(element.name)
+            if counter is not None:
+                counter.inc()
             self.stream.send_element(element)
 
     def close(self, condition: Optional[str] = None, text: Optional[str] = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Optional, cast
 from uuid import uuid4
 
@@ -35,6 +36,7 @@ from chatbx_server.xmpp.jid import JID, InvalidJID
 from chatbx_server.xmpp.serializer import CLIENT_STREAMS, StreamSerializer
 from chatbx_server.xmpp.stanzas import StanzaError, StreamError, error_reply, result_reply
 from chatbx_server.logs import log_observer
+from chatbx_server.http import metrics
 
 if TYPE_CHECKING:
     from chatbx_server.server import Server
@@ -257,14 +259,14 @@ class C2SStream(Protocol):
         sender = root.getAttribute("from")
         if sender:
             try:
-                self.peer_from = JID.parse(sender).full
+                self.peer_from = JID.parse(sender, cache=False).full
             except InvalidJID:
                 pass  # RFC 6120 §4.7.1: not worth an error; just not echoed
         to = root.getAttribute("to")
         host = None
         if to:
             try:
-                host = JID.parse(to).host
+                host = JID.parse(to, cache=False).host
             except InvalidJID:
                 pass
         if self.host is not None and host != self.host:
@@ -407,6 +409,7 @@ class C2SStream(Protocol):
         self.sasl = None
         self.user = jid
         self.factory.throttle.succeeded(self.peer)
+        metrics.AUTH_SUCCESS.inc()
         # RFC 6120 §6.4.6: additional data with success (SCRAM's v=) or none.
         self.send_element(_with_b64(domish.Element((ns.SASL, "success")), additional))
         log.info("c2s {peer} authenticated as {user}", peer=self.peer, user=jid.bare)
@@ -420,6 +423,7 @@ class C2SStream(Protocol):
             return
         condition = exc.condition
         self.sasl_failures += 1
+        metrics.AUTH_FAILURE.inc()
         element = failure_element(condition, exc.text)
 
         def answer() -> None:
@@ -559,8 +563,13 @@ class C2SStream(Protocol):
                 return  # the keepalive only needed the bytes; nothing to route
             if self._legacy_session(stanza):
                 return
+        counter = metrics.STANZAS_IN.get(stanza.name)
+        if counter is not None:
+            counter.inc()
+        started = perf_counter()
         try:
             result = self.server.router.route(stanza, session)
+            metrics.ROUTE_SECONDS.observe(perf_counter() - started)
         except StanzaError as exc:
             self.server.router.bounce(stanza, exc.condition, exc.text)
             return

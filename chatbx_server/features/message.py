@@ -6,6 +6,16 @@ highest non-negative priority (chat, normal; Prosody's choice among the
 options §8.5.2.1.1 allows) or all non-negative ones (headline). What no
 resource takes falls through to lower priorities (offline storage), then
 to this module's fallback, which answers the way §8.5.2.2 says.
+
+Each message passes each event's observers once. A message to a full JID
+whose resource is gone (§8.5.3.2.1) has already been through the
+``message/full`` handlers above DELIVER (archive, carbons, filters); its
+bare-JID delivery enters ``message/bare`` at DELIVER
+(``events.fire_from``), so delivery, offline storage and the fallback run
+and a handler hooked on both events above DELIVER does not run twice
+(Prosody's mod_message calls its bare-JID delivery directly for the same
+reason). A feature that must see every message to an account, however it
+was addressed, hooks both events above DELIVER.
 """
 
 from __future__ import annotations
@@ -37,9 +47,10 @@ class MessageFeature(Feature):
             return True  # §8.5.3.2.1: silently ignored
         if mtype == "groupchat":
             return self.server.router.bounce(event.stanza, "service-unavailable")
-        # chat, normal, headline: as if addressed to the bare JID.
+        # chat, normal, headline: as if addressed to the bare JID, from
+        # delivery down (see the module docstring).
         event.kind = "bare"
-        return self.server.events.fire("message/bare", event)
+        return self.server.events.fire_from("message/bare", event, DELIVER)
 
     def on_bare(self, event: StanzaEvent) -> Any:
         mtype = event.stanza.getAttribute("type", "normal")

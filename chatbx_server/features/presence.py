@@ -9,7 +9,9 @@ Outbound (``pre-presence/*``, what a local client sends):
   user's other resources, and delivers the stored subscription requests
   (§3.1.3);
 - with ``to``: directed presence (§4.6), remembered in ``session.directed``
-  so the target hears unavailable when the resource goes away;
+  so the target hears unavailable when the resource goes away. At most
+  ``max_directed_presence`` targets per resource: available presence to
+  one more is refused with ``policy-violation`` (see PresenceOptions);
 - subscription types: the state machine of ``subscription.py`` with the
   ``from`` stamped as the user's bare JID (§3.1.2); client probes are
   ignored (§4.3).
@@ -17,11 +19,17 @@ Outbound (``pre-presence/*``, what a local client sends):
 Inbound (``presence/bare|full``, to a local account): available,
 unavailable and error presence go to every available resource (bare) or to
 the addressed session (full); subscription stanzas run the inbound state
-machine; probes are answered for subscribed contacts (§4.3.2). Stanzas to
-an account that does not exist are silently ignored (§8.5.1).
+machine; probes are answered as §4.3.2 says (presence, or unavailable
+when no resource is available, for subscribed contacts; ``unsubscribed``
+for anyone else). Other stanzas to an account that does not exist are
+silently ignored (§8.5.1).
 
 When a session ends, cleanly or not (``session/closed``), its contacts and
-directed-presence targets receive unavailable presence.
+directed-presence targets receive unavailable presence, ``UNAVAILABLE_SLICE``
+stanzas per reactor turn (the first slice at once), so a logoff with a
+large roster never holds the reactor. If the same full JID sends presence
+again while its unavailable presence is still going out, the rest is sent
+first, so no target sees the new presence before the old unavailable.
 
 Remote contacts are reached with ``router.route`` like everything else, so
 this code is unchanged when s2s arrives.
@@ -29,7 +37,9 @@ this code is unchanged when s2s arrives.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, cast
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,14 +53,39 @@ from chatbx_server.features.subscription import (
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
 from chatbx_server.xmpp import ns
-from chatbx_server.xmpp.stanzas import error_reply
+from chatbx_server.xmpp.stanzas import StanzaError, error_reply
 from chatbx_server.logs import log_observer
 
 log = Logger(observer=log_observer)
 
-__all__ = ["PresenceFeature", "parse_priority"]
+__all__ = ["PresenceFeature", "PresenceOptions", "UNAVAILABLE_SLICE", "parse_priority"]
 
 PRESENCE_TYPES = frozenset((None, "unavailable", "probe", "error")) | SUBSCRIPTION_TYPES
+
+#: unavailable presence stanzas routed per reactor turn when a resource goes away
+UNAVAILABLE_SLICE = 64
+
+
+@dataclass(frozen=True)
+class PresenceOptions:
+    """``[modules.presence]``.
+
+    ``max_directed_presence``: distinct targets of directed presence (§4.6)
+    one resource may have at once. Each is remembered until the resource
+    goes away, to send it unavailable presence then, so the set is bounded.
+    Past the limit, available presence to a new target is refused with
+    ``policy-violation`` rather than evicting an older target: an evicted
+    target (a chat room, often) would never hear that the resource left,
+    while a refusal leaves nothing stale and tells the client at once. A
+    directed unavailable frees its target's place. 256 leaves room for
+    users in many group chats (each room joined is one target).
+    """
+
+    max_directed_presence: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_directed_presence < 1:
+            raise ValueError("max_directed_presence must be at least 1")
 
 
 def parse_priority(stanza: domish.Element) -> int:
@@ -112,8 +147,15 @@ class PresenceFeature(Feature):
     name = "presence"
     spec = "RFC 6121 §3-§4"
     depends = ("roster",)
+    Options = PresenceOptions
 
     def setup(self) -> None:
+        if self.options is None:
+            self.options = PresenceOptions()
+        #: full JID -> (stanza, target) still to send after it went away
+        self._outgoing: dict[str, deque[tuple[domish.Element, str]]] = {}
+        #: full JID -> the delayed call that sends its next slice
+        self._next_slice: dict[str, Any] = {}
         self.roster: Any = self.server.modules.get("roster")
         self.router = self.server.router
         self.sessions = self.server.sessions
@@ -123,6 +165,14 @@ class PresenceFeature(Feature):
         self.hook("presence/full", self.on_inbound_full, DELIVER)
         self.hook("presence/host", self.on_inbound_host, FALLBACK)
         self.hook("session/closed", self.on_session_closed, DELIVER)
+
+    def teardown(self) -> None:
+        super().teardown()
+        for call in self._next_slice.values():
+            if call.active():
+                call.cancel()
+        self._next_slice.clear()
+        self._outgoing.clear()
 
     # -- outbound --------------------------------------------------------
     def on_outbound(self, event: StanzaEvent) -> Any:
@@ -137,6 +187,8 @@ class PresenceFeature(Feature):
         if ptype == "probe":
             return True  # §4.3: probes are the server's business
         stanza["from"] = session.jid.full
+        if session.jid.full in self._outgoing:
+            self._flush(session.jid.full)  # the old unavailable goes first
         if ptype == "error":
             return None
         if stanza.getAttribute("to") is None:
@@ -145,12 +197,19 @@ class PresenceFeature(Feature):
             return self._broadcast_unavailable(session, stanza)
         # §4.6: directed presence; remembered unless it is for the account itself.
         if event.to.bare != session.bare:
+            target = event.to.full
             if ptype is None:
-                if session.directed is None:
-                    session.directed = set()
-                session.directed.add(event.to.full)
+                directed = session.directed
+                if directed is None:
+                    directed = session.directed = set()
+                if target not in directed:
+                    if len(directed) >= self.options.max_directed_presence:
+                        session.send(error_reply(stanza, "policy-violation",
+                                                 text="too many directed presence targets"))
+                        return True
+                    directed.add(target)
             elif session.directed:
-                session.directed.discard(event.to.full)
+                session.directed.discard(target)
         return None
 
     def _broadcast_available(self, session: Any, stanza: domish.Element) -> Any:
@@ -210,9 +269,9 @@ class PresenceFeature(Feature):
         session.presence = None
         directed = session.directed or set()
         session.directed = None
+        full = session.jid.full
         if not was_available:
-            for target in directed:
-                self.router.route(copy_to(stanza, target))
+            self._send_unavailable(full, stanza, directed)
             return True
         user = session.bare
         for other in self.sessions.available(user):
@@ -223,16 +282,52 @@ class PresenceFeature(Feature):
 
         def to_contacts(state: RosterState) -> None:
             subscribers = state.subscribers()
-            for contact in subscribers:
-                self.router.route(copy_to(stanza, contact))
             skip = set(subscribers)
-            for target in directed:
-                if target.partition("/")[0] not in skip:
-                    self.router.route(copy_to(stanza, target))
+            others = [t for t in directed if t.partition("/")[0] not in skip]
+            self._send_unavailable(full, stanza, subscribers + others)
 
         d.addCallback(to_contacts)
         d.addErrback(_log_failure, "unavailable broadcast")
         return d
+
+    # -- sliced fan-out ------------------------------------------------------
+    def _send_unavailable(self, full: str, stanza: domish.Element,
+                          targets: Iterable[str]) -> None:
+        """Route ``stanza`` to each target, UNAVAILABLE_SLICE per reactor turn."""
+        queue = self._outgoing.get(full)
+        if queue is None:
+            queue = self._outgoing[full] = deque()
+        queue.extend((stanza, target) for target in targets)
+        if full not in self._next_slice:
+            self._send_slice(full)
+
+    def _send_slice(self, full: str) -> None:
+        self._next_slice.pop(full, None)
+        queue = self._outgoing.get(full)
+        if queue is None:
+            return
+        for _ in range(min(UNAVAILABLE_SLICE, len(queue))):
+            stanza, target = queue.popleft()
+            self._route_logged(copy_to(stanza, target))
+        if queue:
+            self._next_slice[full] = self.server.clock.callLater(0, self._send_slice, full)
+        else:
+            del self._outgoing[full]
+
+    def _flush(self, full: str) -> None:
+        """Send the rest of ``full``'s unavailable presence now."""
+        call = self._next_slice.pop(full, None)
+        if call is not None and call.active():
+            call.cancel()
+        for stanza, target in self._outgoing.pop(full, ()):
+            self._route_logged(copy_to(stanza, target))
+
+    def _route_logged(self, stanza: domish.Element) -> None:
+        # Off the stanza's own call stack: a failure must not stop the rest.
+        try:
+            self.router.route(stanza)
+        except Exception:
+            log.failure("presence: routing unavailable presence failed")
 
     def on_session_closed(self, session: Any) -> None:
         if session.presence is None and not session.directed:
@@ -248,9 +343,19 @@ class PresenceFeature(Feature):
         stanza = event.stanza
         stanza["from"] = user  # §3.1.2: the bare JID
         stanza["to"] = contact
+        session = event.origin
         d = self.roster.run_locked(
             user, lambda: self._apply(user, contact, outbound, ptype, stanza))
         d.addCallback(self.roster.route_all)
+
+        def refused(failure: Failure) -> None:
+            # A roster limit (RosterFeature.check_room): the client hears why.
+            failure.trap(StanzaError)
+            reply = error_reply(stanza, cast(StanzaError, failure.value))
+            reply["to"] = session.jid.full
+            session.send(reply)
+
+        d.addErrback(refused)
         d.addErrback(_log_failure, "outbound subscription")
         return d
 
@@ -267,6 +372,13 @@ class PresenceFeature(Feature):
         d = self.roster.run_locked(
             user, lambda: self._apply(user, contact, inbound, ptype, stanza))
         d.addCallback(self.roster.route_all)
+
+        def refused(failure: Failure) -> None:
+            failure.trap(StanzaError)
+            error = cast(StanzaError, failure.value)
+            self.router.bounce(stanza, error.condition, error.text)
+
+        d.addErrback(refused)
         d.addErrback(_log_failure, "inbound subscription")
         return d
 
@@ -280,6 +392,8 @@ class PresenceFeature(Feature):
         outcome: Outcome = machine(state_of(state, contact), ptype)
         new: SubState = outcome.state
         item = item_with_state(state.items.get(contact), contact, new)
+        # Both limits before any write, so a refusal changes nothing.
+        self.roster.check_room(state, contact, item, new.pending_in)
         await self.roster.store_item(user, state, contact, item)
         status = _status(stanza) if ptype == "subscribe" else None
         await self.roster.set_pending_in(user, state, contact, new.pending_in, status)
@@ -325,22 +439,44 @@ class PresenceFeature(Feature):
         return True  # presence to the server itself has no meaning here
 
     def _inbound_probe(self, event: StanzaEvent) -> Any:
-        """§4.3.2: subscribed contacts get the last presence of each resource."""
+        """Answer a probe for ``event.to`` (RFC 6121 §4.3.2).
+
+        The prober may be anywhere (today a remote server's probe; the
+        local shortcut is :meth:`_probe`), so answers go through the router:
+
+        1. no such account, or the prober's bare JID is not 'From', 'From +
+           Pending Out' or 'Both' on the roster: ``unsubscribed`` to the
+           prober's bare JID. Nothing changes here, so a pre-approval
+           (§3.4) survives. A missing account answers like a stranger's, so
+           probes do not reveal which accounts exist;
+        2. no available resource: ``unavailable`` from the bare JID (chatbx
+           keeps no last unavailable presence to send instead);
+        3. otherwise the last presence of each available resource.
+        Rules 2 and 3 answer the probe's 'from' as it came (full or bare).
+        """
         sender = event.sender
         user = event.to.bare
         if sender is None or sender.bare == user:
             return True
         d = self.roster.load(user)
 
-        def answer(state: RosterState) -> None:
-            item = state.items.get(sender.bare)
+        def answer(state: Optional[RosterState]) -> None:
+            item = state.items.get(sender.bare) if state is not None else None
             if item is None or not has_from(item.subscription):
                 self.router.route(_presence(user, sender.bare, "unsubscribed"))
                 return
-            for session in self.sessions.available(user):
+            available = self.sessions.available(user)
+            if not available:
+                self.router.route(_presence(user, sender.full, "unavailable"))
+                return
+            for session in available:
                 self.router.route(copy_to(session.presence, sender.full))
 
+        def no_account(failure: Failure) -> None:
+            failure.trap(UnknownUser)
+            return None
+
+        d.addErrback(no_account)
         d.addCallback(answer)
         d.addErrback(_log_failure, "probe")
         return d
-

@@ -28,7 +28,7 @@ from twisted.words.xish import domish
 from chatbx_server.events import FALLBACK, StanzaEvent
 from chatbx_server.features.subscription import SubState, has_from, has_to
 from chatbx_server.modules import Feature
-from chatbx_server.storage.roster import RosterItem
+from chatbx_server.storage.roster import RosterItem, RosterLimitReached
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import InvalidJID, JID
 from chatbx_server.xmpp.stanzas import StanzaError
@@ -105,15 +105,21 @@ def item_element(item: RosterItem, remove: bool = False) -> domish.Element:
 
 @dataclass(frozen=True)
 class RosterOptions:
-    """``[modules.roster]``: limits on what clients may store (§2.3.3)."""
+    """``[modules.roster]``: limits on what an account stores (§2.3.3)."""
 
+    #: roster items, however they are created (roster set, subscribe,
+    #: approval, pre-approval)
     max_items: int = 1000
     max_name_length: int = 1023
     max_group_length: int = 1023
     max_groups: int = 64
+    #: unanswered inbound subscription requests kept for the account
+    #: (§3.1.3); anyone may send them, so they are bounded on their own
+    max_pending_requests: int = 100
 
     def __post_init__(self) -> None:
-        for name in ("max_items", "max_name_length", "max_group_length", "max_groups"):
+        for name in ("max_items", "max_name_length", "max_group_length", "max_groups",
+                     "max_pending_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
 
@@ -198,6 +204,13 @@ class RosterFeature(Feature):
         if loading is not None:
             loading.dirty = True
 
+    def _stale(self, user: str) -> None:
+        """The store refused what the cached copy allowed: load it afresh next time."""
+        self._cache.pop(user, None)
+        loading = self._loading.get(user)
+        if loading is not None:
+            loading.dirty = True
+
     def on_session_closed(self, session: Any) -> None:
         if not self.server.sessions.resources(session.bare):
             self._cache.pop(session.bare, None)
@@ -223,18 +236,50 @@ class RosterFeature(Feature):
         return d
 
     # -- changes (call under run_locked) --------------------------------------
+    def check_room(self, state: RosterState, contact: str, item: Optional[RosterItem],
+                   pending_in: bool = False) -> None:
+        """Refuse a change that would add past a limit; nothing is stored then.
+
+        A new roster item past ``max_items`` is ``not-allowed``: the
+        account's own action (roster set, subscribe, approval,
+        pre-approval) that only the user can undo, by removing items; the
+        same answer as a roster set (§2.3.3 leaves the condition open;
+        ``resource-constraint`` would ask the client to retry later).
+        A new inbound request past ``max_pending_requests`` is
+        ``resource-constraint`` (type wait) to its sender: room returns
+        when the user answers requests.
+
+        Raises:
+            StanzaError: the limit that would be passed.
+        """
+        opts = self.options
+        if item is not None and contact not in state.items and len(state.items) >= opts.max_items:
+            raise StanzaError("not-allowed", text="roster is full")
+        if (pending_in and contact not in state.requests
+                and len(state.requests) >= opts.max_pending_requests):
+            raise StanzaError("resource-constraint", text="too many pending subscription requests")
+
     async def store_item(self, user: str, state: RosterState, contact: str,
                          item: Optional[RosterItem]) -> None:
-        """Store ``item`` for ``contact`` (None removes it) and push the change."""
+        """Store ``item`` for ``contact`` (None removes it) and push the change.
+
+        Every path that creates an item comes here, so ``max_items`` holds
+        for all of them (:meth:`check_room`).
+        """
         old = state.items.get(contact)
         if item == old:
             return
+        self.check_room(state, contact, item)
         roster = self.server.stores.roster
         if item is None:
             version = await roster.remove_item(user, contact)
             state.items.pop(contact, None)
         else:
-            version = await roster.set_item(user, item)
+            try:
+                version = await roster.set_item(user, item, self.options.max_items)
+            except RosterLimitReached:
+                self._stale(user)
+                raise StanzaError("not-allowed", text="roster is full") from None
             state.items[contact] = item
         state.version = version
         self._changed(user, state)
@@ -246,9 +291,15 @@ class RosterFeature(Feature):
         """Remember or forget ``contact``'s inbound request (§3.1.3)."""
         if pending == (contact in state.requests):
             return
+        self.check_room(state, contact, None, pending)
         roster = self.server.stores.roster
         if pending:
-            await roster.add_request(user, contact, status)
+            try:
+                await roster.add_request(user, contact, status, self.options.max_pending_requests)
+            except RosterLimitReached:
+                self._stale(user)
+                raise StanzaError("resource-constraint",
+                                  text="too many pending subscription requests") from None
             state.requests[contact] = status
         else:
             await roster.remove_request(user, contact)
@@ -336,8 +387,6 @@ class RosterFeature(Feature):
         state = await self.load(user)
         old = state.items.get(contact)
         if old is None:
-            if len(state.items) >= self.options.max_items:
-                raise StanzaError("not-allowed", text="roster is full")
             new = RosterItem(contact, name, "none", False, False, groups)
         else:
             new = RosterItem(contact, name, old.subscription, old.ask, old.approved, groups)

@@ -58,7 +58,7 @@ def domain_or_none(text: str | None) -> str | None:
     if not text:
         return None
     try:
-        jid = JID.parse(text)
+        jid = JID.parse(text, cache=False)  # unauthenticated peers
     except InvalidJID:
         return None
     if jid.user is not None or jid.resource is not None:

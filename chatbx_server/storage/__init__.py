@@ -13,6 +13,7 @@ from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.offline import OfflineStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
+from chatbx_server.storage.upload import UploadStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "StorageError",
     "Stores",
     "UnknownUser",
+    "UploadStore",
     "UserExists",
     "UserStore",
     "default_sqlite_url",
@@ -43,3 +45,4 @@ class Stores:
         self.users = UserStore(db, clock)
         self.roster = RosterStore(db, clock)
         self.offline = OfflineStore(db, clock)
+        self.upload = UploadStore(db, clock)

@@ -6,6 +6,11 @@ counter per user, bumped on every change).
 
 Only local accounts have rosters: every method fails with UnknownUser for a
 JID that is not in ``users``, so nothing is stored for remote JIDs.
+
+Limits (``max_items``, ``max_requests``) are checked in the transaction
+that inserts, after the per-user row lock, so they hold exactly even when
+several processes change one roster; the roster feature checks its cached
+copy first and this is the backstop.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred
 
 from chatbx_server.storage.database import Database
+from chatbx_server.storage.errors import StorageError
 from chatbx_server.storage.schema import roster_items, roster_versions, subscription_requests
 from chatbx_server.storage.users import now_function, user_id_txn
 
-__all__ = ["RosterItem", "RosterStore", "SUBSCRIPTIONS"]
+__all__ = ["RosterItem", "RosterLimitReached", "RosterStore", "SUBSCRIPTIONS"]
 
 SUBSCRIPTIONS = frozenset({"none", "to", "from", "both"})
 
@@ -41,6 +47,21 @@ class RosterItem:
     def __post_init__(self) -> None:
         if self.subscription not in SUBSCRIPTIONS:
             raise ValueError(f"bad subscription state: {self.subscription!r}")
+
+
+class RosterLimitReached(StorageError):
+    """Inserting would pass ``limit`` ("max_items" or "max_requests"); nothing changed."""
+
+    def __init__(self, user: str, limit: str) -> None:
+        super().__init__(f"{limit} reached for {user}")
+        self.user = user
+        self.limit = limit
+
+
+def _count_txn(conn: Connection, table: sa.Table, user_id: int) -> int:
+    return int(conn.execute(
+        sa.select(sa.func.count()).select_from(table).where(table.c.user_id == user_id)
+    ).scalar() or 0)
 
 
 def _row_to_item(row: Any) -> RosterItem:
@@ -113,10 +134,15 @@ def get_item_txn(conn: Connection, user: str, contact: str) -> RosterItem | None
     return None if row is None else _row_to_item(row)
 
 
-def set_item_txn(conn: Connection, user: str, item: RosterItem) -> int:
-    """Insert or replace an item; returns the new roster version."""
+def set_item_txn(conn: Connection, user: str, item: RosterItem,
+                 max_items: int | None = None) -> int:
+    """Insert or replace an item; returns the new roster version.
+
+    Raises:
+        RosterLimitReached: a new contact would make more than ``max_items``.
+    """
     user_id = user_id_txn(conn, user)
-    version = _bump_version_txn(conn, user_id)
+    version = _bump_version_txn(conn, user_id)  # also the per-user lock
     values = {
         "name": item.name,
         "subscription": item.subscription,
@@ -130,6 +156,8 @@ def set_item_txn(conn: Connection, user: str, item: RosterItem) -> int:
         .values(**values)
     )
     if not updated.rowcount:
+        if max_items is not None and _count_txn(conn, roster_items, user_id) >= max_items:
+            raise RosterLimitReached(user, "max_items")  # rolls the version back too
         conn.execute(sa.insert(roster_items).values(user_id=user_id, contact=item.jid, **values))
     return version
 
@@ -148,9 +176,14 @@ def remove_item_txn(conn: Connection, user: str, contact: str) -> int:
 
 
 def add_request_txn(
-    conn: Connection, user: str, contact: str, status: str | None, now: float
+    conn: Connection, user: str, contact: str, status: str | None, now: float,
+    max_requests: int | None = None,
 ) -> None:
-    """Remember an inbound request; a repeated one updates the status text."""
+    """Remember an inbound request; a repeated one updates the status text.
+
+    Raises:
+        RosterLimitReached: a new contact would make more than ``max_requests``.
+    """
     user_id = user_id_txn(conn, user, for_update=True)
     updated = conn.execute(
         sa.update(subscription_requests)
@@ -161,6 +194,9 @@ def add_request_txn(
         .values(status=status)
     )
     if not updated.rowcount:
+        if (max_requests is not None
+                and _count_txn(conn, subscription_requests, user_id) >= max_requests):
+            raise RosterLimitReached(user, "max_requests")
         conn.execute(
             sa.insert(subscription_requests).values(
                 user_id=user_id, contact=contact, status=status, created_at=now
@@ -226,9 +262,13 @@ class RosterStore:
         """One item or None."""
         return self.db.run("roster.get_item", get_item_txn, user, contact)
 
-    def set_item(self, user: str, item: RosterItem) -> Deferred[int]:
-        """Insert or replace an item; fires with the new version."""
-        return self.db.run("roster.set_item", set_item_txn, user, item)
+    def set_item(self, user: str, item: RosterItem,
+                 max_items: int | None = None) -> Deferred[int]:
+        """Insert or replace an item; fires with the new version.
+
+        Fails with RosterLimitReached when a new contact would pass ``max_items``.
+        """
+        return self.db.run("roster.set_item", set_item_txn, user, item, max_items)
 
     def remove_item(self, user: str, contact: str) -> Deferred[int]:
         """Remove an item; fires with the (possibly unchanged) version."""
@@ -238,10 +278,14 @@ class RosterStore:
         """The current XEP-0237 version."""
         return self.db.run("roster.get_version", get_version_txn, user)
 
-    def add_request(self, user: str, contact: str, status: str | None) -> Deferred[None]:
-        """Store an inbound subscription request for delivery at login."""
+    def add_request(self, user: str, contact: str, status: str | None,
+                    max_requests: int | None = None) -> Deferred[None]:
+        """Store an inbound subscription request for delivery at login.
+
+        Fails with RosterLimitReached when a new contact would pass ``max_requests``.
+        """
         return self.db.run("roster.add_request", add_request_txn, user, contact, status,
-                           self._now())
+                           self._now(), max_requests)
 
     def remove_request(self, user: str, contact: str) -> Deferred[bool]:
         """Drop an inbound request; fires True if one was stored."""

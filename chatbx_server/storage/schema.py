@@ -7,7 +7,7 @@ them the same way. Constraint names come from the naming convention so later
 batch migrations on SQLite can refer to them.
 
 RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
-(offline messages), RFC 5802 / RFC 7677 (SCRAM credentials).
+(offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0363 (uploads).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "scram_credentials",
     "server_secrets",
     "subscription_requests",
+    "uploads",
     "users",
 ]
 
@@ -146,4 +147,29 @@ server_secrets = sa.Table(
               comment="random bytes, generated once and shared by every node"),
     sa.PrimaryKeyConstraint("name"),
     comment="per-installation secrets (storage/secrets.py)",
+)
+
+uploads = sa.Table(
+    "uploads",
+    metadata,
+    sa.Column("slot", sa.String(32), nullable=False,
+              comment="random hex id: the file's URL path and on-disk name"),
+    sa.Column("uploader", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="bare JID that requested the slot (no FK: files outlive accounts "
+                      "until they expire)"),
+    sa.Column("filename", sa.String(255), nullable=False,
+              comment="the name the client gave, shown in the URL and Content-Disposition"),
+    sa.Column("size", sa.BigInteger, nullable=False, comment="bytes, fixed at slot request"),
+    sa.Column("content_type", sa.String(255), nullable=False,
+              comment="MIME type served on GET"),
+    sa.Column("created_at", sa.Double, nullable=False,
+              comment="Unix time of the slot request (daily quota)"),
+    sa.Column("completed_at", sa.Double, nullable=True,
+              comment="Unix time the PUT finished; NULL = slot not used (yet)"),
+    sa.Column("expires_at", sa.Double, nullable=True,
+              comment="Unix time the file is deleted; NULL = kept"),
+    sa.PrimaryKeyConstraint("slot"),
+    sa.Index("ix_uploads_uploader_created_at", "uploader", "created_at"),
+    sa.Index("ix_uploads_expires_at", "expires_at"),
+    comment="HTTP File Upload (XEP-0363) slots and files (storage/upload.py)",
 )

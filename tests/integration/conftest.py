@@ -85,6 +85,7 @@ class ChatbxServer:
     s2s_tls_port: Optional[int] = None
     c2s_port: int = 0
     c2s_tls_port: int = 0
+    http_port: int = 0
     proc: Optional[subprocess.Popen] = None
     starts: int = 0
     log_paths: list[Path] = field(default_factory=list)
@@ -100,6 +101,7 @@ class ChatbxServer:
     def write_config(self) -> None:
         self.c2s_port = free_port()
         self.c2s_tls_port = free_port()
+        self.http_port = free_port()
         domains = self.domains or ["localhost"]
         if self.s2s_port == 0:
             self.s2s_port = free_port()
@@ -109,7 +111,8 @@ class ChatbxServer:
             lines.append("modules = [" + ", ".join(f'"{m}"' for m in self.modules) + "]")
         if self.db_url:
             lines += ["[database]", f'url = "{self.db_url}"']
-        lines += ["[listen]", f'c2s = "127.0.0.1:{self.c2s_port}"', f'c2s_tls = "127.0.0.1:{self.c2s_tls_port}"']
+        lines += ["[listen]", f'c2s = "127.0.0.1:{self.c2s_port}"', f'c2s_tls = "127.0.0.1:{self.c2s_tls_port}"',
+                  f'http = "127.0.0.1:{self.http_port}"']
         if self.s2s_port is not None:
             lines.append(f's2s = "127.0.0.1:{self.s2s_port}"')
         if self.s2s_tls_port is not None:
@@ -160,7 +163,7 @@ class ChatbxServer:
                 code = self.proc.returncode
                 self.proc = None
                 pytest.fail(f"chatbx exited with {code} while starting:\n{self.log_text()}")
-            if _port_open(self.c2s_port) and _port_open(self.c2s_tls_port):
+            if _port_open(self.c2s_port) and _port_open(self.c2s_tls_port) and _port_open(self.http_port):
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -186,6 +189,11 @@ class ChatbxServer:
         """Stop and start again on the same data (ports are kept)."""
         self.stop()
         self.start()
+
+    @property
+    def certificate(self) -> Path:
+        """The generated self-signed certificate of localhost (HTTPS clients trust it)."""
+        return self.data_dir / "certs" / "localhost.crt"
 
     def log_text(self) -> str:
         out = []

@@ -9,7 +9,7 @@ import pytest
 
 from chatbx_server.storage import Stores
 from chatbx_server.storage.errors import UnknownUser
-from chatbx_server.storage.roster import RosterItem
+from chatbx_server.storage.roster import RosterItem, RosterLimitReached
 
 ALICE = "alice@example.org"
 
@@ -114,3 +114,25 @@ def test_load_returns_version_items_and_requests(roster: Any, result_of: Any) ->
     assert result_of(roster.load(ALICE)) == (1, [item], [("zoe@b.org", "hi")])
     with pytest.raises(UnknownUser):
         result_of(roster.load("nobody@example.org"))
+
+
+def test_set_item_max_items(roster: Any, result_of: Any) -> None:
+    """Past max_items a new contact is refused and nothing changes (not even the version);
+    existing items are still updated."""
+    for jid in ("amy@b.org", "bob@b.org"):
+        result_of(roster.set_item(ALICE, RosterItem(jid), max_items=2))
+    with pytest.raises(RosterLimitReached) as refused:
+        result_of(roster.set_item(ALICE, RosterItem("zoe@b.org"), max_items=2))
+    assert refused.value.limit == "max_items"
+    assert result_of(roster.get_roster(ALICE)) == (2, [RosterItem("amy@b.org"), RosterItem("bob@b.org")])
+    assert result_of(roster.set_item(ALICE, RosterItem("amy@b.org", name="A"), max_items=2)) == 3
+
+
+def test_add_request_max_requests(roster: Any, result_of: Any) -> None:
+    """Past max_requests a new request is refused; a repeated one still updates its status."""
+    result_of(roster.add_request(ALICE, "amy@b.org", None, max_requests=1))
+    with pytest.raises(RosterLimitReached) as refused:
+        result_of(roster.add_request(ALICE, "zoe@b.org", None, max_requests=1))
+    assert refused.value.limit == "max_requests"
+    result_of(roster.add_request(ALICE, "amy@b.org", "again", max_requests=1))
+    assert result_of(roster.list_requests(ALICE)) == [("amy@b.org", "again")]

@@ -444,3 +444,55 @@ def test_run_exits_with_main_code(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as info:
         cli.run()
     assert info.value.code == 3
+
+
+# --- upload usage / purge ---------------------------------------------------------
+
+def _reserve(config: str, slot: str, uploader: str, size: int, created: float,
+             expires: float | None, done: bool = True) -> str:
+    """A stored upload row plus its file, as the upload service leaves them."""
+    import os
+
+    from chatbx_server.config import load_config
+    from chatbx_server.storage import Database, Stores
+    from chatbx_server.storage.upload import UploadFiles, UploadRecord
+
+    loaded = load_config(config)
+    slot = slot.ljust(32, "0")
+    db = Database(loaded.database_url, threadless=True)
+    try:
+        store = Stores(db).upload
+        cli._result(store.reserve(UploadRecord(slot, uploader, "f.txt", size, "text/plain",
+                                               created, None, expires), 0, 0))
+        if done:
+            cli._result(store.complete(slot))
+    finally:
+        db.stop()
+    files = UploadFiles(os.path.join(loaded.data_dir, "uploads"))
+    path = files.path(slot)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Path(path).write_bytes(b"x" * size)
+    return path
+
+
+def test_upload_usage_and_purge(ctl, config: str) -> None:
+    """usage lists bytes per uploader; purge deletes expired files (rows and
+    files) and keeps the others; purge --user deletes all of one account's."""
+    import time
+
+    now = time.time()
+    old = _reserve(config, "a1", "alice@localhost", 5, now - 100, now - 1)
+    kept = _reserve(config, "a2", "alice@localhost", 7, now, now + 1000)
+    bobs = _reserve(config, "b1", "bob@example.org", 3, now, None)
+    code, out, _ = ctl("--config", config, "upload", "usage")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].split() == ["alice@localhost", "2", "12", "12"]
+    assert lines[2].split() == ["bob@example.org", "1", "3", "3"]
+    assert ctl("--config", config, "upload", "purge") == (0, "deleted 1 expired uploads\n", "")
+    assert not Path(old).exists() and Path(kept).exists()
+    code, out, _ = ctl("--config", config, "upload", "usage", "alice@localhost")
+    assert out.splitlines()[1].split() == ["alice@localhost", "1", "7", "7"]
+    assert ctl("--config", config, "upload", "purge", "--user", "bob@example.org")[1] \
+        == "deleted 1 of bob@example.org uploads\n"
+    assert not Path(bobs).exists()

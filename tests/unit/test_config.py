@@ -166,7 +166,6 @@ def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str, message: 
 
 
 @pytest.mark.parametrize("text, key", [
-    ("[listen]\nhttp = '127.0.0.1:5280'", "listen.http"),
     ("admins = ['admin@example.org']", "admins"),
 ])
 def test_unbuilt_features_are_refused(tmp_path: Path, text: str, key: str) -> None:
@@ -209,6 +208,31 @@ def test_s2s_keys(tmp_path: Path) -> None:
 ])
 def test_s2s_bad_values(tmp_path: Path, text: str, key: str) -> None:
     """Bad [s2s] values are refused, naming the key."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert info.value.key == key
+
+
+def test_http_listener_and_section(tmp_path: Path) -> None:
+    """[listen] http is a real listener now and [http] is read with its checks."""
+    config = load_config(write(tmp_path, "[listen]\nhttp = '127.0.0.1:5443'\n[http]\n"
+                                         "external_url = 'https://{domain}/x/'\n"
+                                         "trusted_proxies = ['10.0.0.0/8']\n"))
+    assert config.listen.http == Endpoint("127.0.0.1", 5443)
+    assert config.http.external_url == "https://{domain}/x"
+    assert config.http.trusted_proxies == ("10.0.0.0/8",)
+    assert load_config(None).listen.http is None
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[http]\ntls = false\nexternal_url = 'https://x'", "http.tls"),
+    ("[http]\ntls = false\ntrusted_proxies = ['127.0.0.1']", "http.external_url"),
+    ("[http]\ntrusted_proxies = ['nope']", "http.trusted_proxies[0]"),
+    ("[http]\nexternal_url = 'ftp://x'", "http.external_url"),
+    ("[http]\nbosh_max_wait = 0", "http.bosh_max_wait"),
+])
+def test_http_errors(tmp_path: Path, text: str, key: str) -> None:
+    """Plain HTTP without a proxy, bad networks/URLs and zero bounds are refused by key."""
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert info.value.key == key

@@ -100,3 +100,20 @@ def test_handler_added_during_fire_waits_for_next_fire():
     assert calls == ["adder"]
     bus.fire("e", None)
     assert calls == ["adder", "new", "adder"]
+
+
+def test_fire_from_skips_higher_priorities():
+    """fire_from runs only the handlers at or below the given priority, in order, first result wins."""
+    bus = EventBus()
+    calls: list[str] = []
+    bus.on("e", lambda ev: calls.append("filter"), events.FILTER)
+    bus.on("e", lambda ev: calls.append("deliver"), events.DELIVER)
+    bus.on("e", lambda ev: calls.append("offline") or "stored", events.OFFLINE)
+    bus.on("e", lambda ev: calls.append("fallback"), events.FALLBACK)
+    assert bus.fire_from("e", None, events.DELIVER) == "stored"
+    assert calls == ["deliver", "offline"]
+    assert bus.fire_from("nothing", None, events.DELIVER) is None
+    bus.off("e", bus._sorted["e"][0])
+    calls.clear()
+    bus.fire_from("e", None, events.FILTER)
+    assert calls == ["deliver", "offline"]

@@ -377,3 +377,127 @@ def test_broadcast_uses_cached_roster():
     server.router.route(stanza("<presence from='x@remote.example/z' to='a@localhost'/>"))
     assert calls == []
     assert len(presences(b)) >= 1
+
+
+def test_inbound_probe_when_no_resource_is_available():
+    """§4.3.2: a subscribed contact's probe to an account with no available resource gets
+    unavailable from the bare JID, addressed to the probe's 'from'."""
+    server = setup()
+    remote = remote_recorder(server)
+    a = bind(server, "a@localhost/r1", available=True)
+    server.router.route(stanza("<presence from='x@remote.example' to='a@localhost' type='subscribe'/>"))
+    send(server, a, "<presence to='x@remote.example' type='subscribed'/>")
+    close(server, a)
+    remote.clear()
+    server.router.route(stanza("<presence from='x@remote.example/home' to='a@localhost' type='probe'/>"))
+    assert [(s["from"], s["to"], s.getAttribute("type")) for s in remote] == [
+        ("a@localhost", "x@remote.example/home", "unavailable")]
+    # A bound but not available resource counts as none.
+    bind(server, "a@localhost/r2")
+    remote.clear()
+    server.router.route(stanza("<presence from='x@remote.example' to='a@localhost/r2' type='probe'/>"))
+    assert [(s["from"], s["to"], s.getAttribute("type")) for s in remote] == [
+        ("a@localhost", "x@remote.example", "unavailable")]
+
+
+def test_inbound_probe_from_non_subscribers_gets_unsubscribed():
+    """§4.3.2 rule 1: 'none', 'to', Pending In, a missing account: 'unsubscribed' to the bare JID;
+    a pre-approval is not cancelled by it."""
+    server = setup()
+    remote = remote_recorder(server)
+    a = bind(server, "a@localhost/r1", available=True)
+    send(server, a, "<presence to='to@remote.example' type='subscribe'/>")
+    server.router.route(stanza("<presence from='to@remote.example' to='a@localhost' type='subscribed'/>"))
+    server.router.route(stanza("<presence from='in@remote.example' to='a@localhost' type='subscribe'/>"))
+    send(server, a, "<presence to='pre@remote.example' type='subscribed'/>")
+    assert item(server, "a@localhost", "to@remote.example").subscription == "to"
+    assert item(server, "a@localhost", "pre@remote.example").approved is True
+    close(server, a)
+    for prober, target in [("to@remote.example/r", "a@localhost"), ("in@remote.example", "a@localhost"),
+                           ("pre@remote.example", "a@localhost"), ("z@remote.example/q", "nobody@localhost")]:
+        remote.clear()
+        server.router.route(stanza(f"<presence from='{prober}' to='{target}' type='probe'/>"))
+        assert [(s["from"], s["to"], s.getAttribute("type")) for s in remote] == [
+            (target, prober.partition("/")[0], "unsubscribed")], prober
+    assert item(server, "a@localhost", "pre@remote.example").approved is True
+
+
+def setup_options(options: str, users=("a", "b", "c")):
+    enabled = ", ".join(f'"{m}"' for m in MODULES)
+    server = make_server(config_text=f"[modules]\nenabled = [{enabled}]\n[modules.presence]\n{options}")
+    for user in users:
+        create_user(server, f"{user}@localhost")
+    return server
+
+
+def test_directed_presence_targets_are_bounded():
+    """§4.6 targets are remembered up to max_directed_presence; presence to one more is refused
+    (policy-violation, not routed); repeats are fine and a directed unavailable frees a place."""
+    server = setup_options("max_directed_presence = 3\n")
+    remote = remote_recorder(server)
+    a = bind(server, "a@localhost/r1", available=True)
+    for n in range(3):
+        send(server, a, f"<presence to='room{n}@muc.remote.example/nick'/>")
+    a.take()
+    send(server, a, "<presence to='room3@muc.remote.example/nick'/>")
+    (refused,) = presences(a, "error")
+    assert child(refused, "error").firstChildElement().name == "policy-violation"
+    assert refused["from"] == "room3@muc.remote.example/nick" and refused["to"] == "a@localhost/r1"
+    assert [s["to"] for s in remote] == [f"room{n}@muc.remote.example/nick" for n in range(3)]
+    send(server, a, "<presence to='room0@muc.remote.example/nick'><show>away</show></presence>")
+    send(server, a, "<presence to='room1@muc.remote.example/nick' type='unavailable'/>")
+    send(server, a, "<presence to='room3@muc.remote.example/nick'/>")
+    assert len(presences(a, "error")) == 1
+    assert a.directed == {f"room{n}@muc.remote.example/nick" for n in (0, 2, 3)}
+
+
+def one_turn(clock):
+    """Run the calls due now but not those they schedule, as one reactor iteration does
+    (MemoryReactorClock.advance(0) would also run calls added while it runs)."""
+    due = [c for c in clock.calls if c.getTime() <= clock.seconds()]
+    for call in due:
+        clock.calls.remove(call)
+        call.called = 1
+        call.func(*call.args, **call.kw)
+
+
+def test_unavailable_fan_out_is_sliced_across_reactor_turns():
+    """At logoff, unavailable presence to subscribers and directed targets goes out
+    UNAVAILABLE_SLICE per reactor turn, each target once."""
+    from chatbx_server.features.presence import UNAVAILABLE_SLICE
+    server = setup_options("max_directed_presence = 1000\n")
+    remote = remote_recorder(server)
+    a = bind(server, "a@localhost/r1", available=True)
+    targets = [f"t{n}@remote.example/x" for n in range(2 * UNAVAILABLE_SLICE + 10)]
+    for target in targets:
+        send(server, a, f"<presence to='{target}'/>")
+    remote.clear()
+    close(server, a)
+    assert len(remote) == UNAVAILABLE_SLICE
+    one_turn(server.clock)
+    assert len(remote) == 2 * UNAVAILABLE_SLICE
+    one_turn(server.clock)
+    assert sorted(s["to"] for s in remote) == sorted(targets)
+    assert all(s["type"] == "unavailable" and s["from"] == "a@localhost/r1" for s in remote)
+    assert server.clock.getDelayedCalls() == []
+
+
+def test_new_presence_waits_for_the_old_unavailable():
+    """A resource that comes back while its old unavailable presence is still going out
+    sends the rest first: no target sees the new presence before the old unavailable."""
+    from chatbx_server.features.presence import UNAVAILABLE_SLICE
+    server = setup_options("max_directed_presence = 1000\n")
+    remote = remote_recorder(server)
+    a = bind(server, "a@localhost/r1", available=True)
+    targets = [f"t{n}@remote.example/x" for n in range(3 * UNAVAILABLE_SLICE)]
+    for target in targets:
+        send(server, a, f"<presence to='{target}'/>")
+    remote.clear()
+    close(server, a)
+    again = bind(server, "a@localhost/r1", available=True)
+    send(server, again, f"<presence to='{targets[-1]}'/>")
+    kinds = [(s["to"], s.getAttribute("type")) for s in remote]
+    assert sorted(kinds[:-1]) == sorted((t, "unavailable") for t in targets)
+    assert kinds[-1] == (targets[-1], None)
+    # nothing left to send twice (the streams' own keepalive timers aside)
+    assert [c for c in server.clock.getDelayedCalls() if "keepalive" not in repr(c.func)] == []

@@ -51,7 +51,8 @@ def pushes(session):
 
 def error_condition(el):
     assert el.getAttribute("type") == "error", el.toXml()
-    err = next(el.elements(ns.CLIENT, "error"))
+    # live elements (what router.remote got) carry no stream namespace
+    err = next(e for e in el.elements() if e.name == "error")
     return next(err.elements()).name
 
 
@@ -258,3 +259,68 @@ def test_roster_cache_dropped_when_last_session_closes():
     assert feature.cached("a@localhost") is not None
     disconnect(a)
     assert feature.cached("a@localhost") is None
+
+
+def presence_errors(session):
+    return [error_condition(e) for e in session.sent
+            if e.name == "presence" and e.getAttribute("type") == "error"]
+
+
+def test_subscriptions_respect_max_items():
+    """Subscribe, approval and pre-approval create items too: past max_items they are refused
+    with not-allowed, nothing is stored or routed, and changes to existing items still work."""
+    server = setup("max_items = 1\n")
+    remote = []
+    server.router.remote = lambda event: remote.append(event.stanza) or True
+    a = bind(server, "a@localhost/r1")
+    send(server, a, "<presence><priority>1</priority></presence>")
+    b = bind(server, "b@localhost/r1")
+    send(server, b, "<presence/>")
+    send(server, a, "<presence to='b@localhost' type='subscribe'/>")   # the one item
+    a.take(), b.take()
+    send(server, a, "<presence to='c@localhost' type='subscribe'/>")
+    send(server, a, "<presence to='x@remote.example' type='subscribed'/>")  # pre-approval
+    server.router.route(stanza("<presence from='y@remote.example' to='a@localhost' type='subscribe'/>"))
+    send(server, a, "<presence to='y@remote.example' type='subscribed'/>")  # approval
+    assert presence_errors(a) == ["not-allowed"] * 3
+    refused = [e for e in a.sent if e.getAttribute("type") == "error"]
+    assert all(e["to"] == "a@localhost/r1" for e in refused)
+    assert [s.getAttribute("type") for s in remote] == []
+    roster = server.stores.roster.get_roster("a@localhost").result[1]
+    assert [i.jid for i in roster] == ["b@localhost"]
+    send(server, b, "<presence to='a@localhost' type='subscribed'/>")  # the existing item changes
+    assert server.stores.roster.get_item("a@localhost", "b@localhost").result.subscription == "to"
+
+
+def test_pending_requests_are_bounded():
+    """Inbound requests past max_pending_requests bounce with resource-constraint and are not
+    stored; a repeated request and answers still work."""
+    server = setup("max_pending_requests = 2\n")
+    remote = []
+    server.router.remote = lambda event: remote.append(event.stanza) or True
+    for n in range(3):
+        server.router.route(stanza(f"<presence from='s{n}@remote.example' to='a@localhost' type='subscribe'/>"))
+    server.router.route(stanza("<presence from='s0@remote.example' to='a@localhost' type='subscribe'/>"))
+    assert [(e["to"], error_condition(e)) for e in remote] == [("s2@remote.example", "resource-constraint")]
+    requests = server.stores.roster.list_requests("a@localhost").result
+    assert [c for c, _ in requests] == ["s0@remote.example", "s1@remote.example"]
+    a = bind(server, "a@localhost/r1")
+    send(server, a, "<presence/>")
+    assert sorted(p["from"] for p in a.sent if p.getAttribute("type") == "subscribe") == [
+        "s0@remote.example", "s1@remote.example"]
+    send(server, a, "<presence to='s1@remote.example' type='unsubscribed'/>")
+    server.router.route(stanza("<presence from='s2@remote.example' to='a@localhost' type='subscribe'/>"))
+    assert [p["from"] for p in a.sent if p.getAttribute("type") == "subscribe"][-1] == "s2@remote.example"
+
+
+def test_store_enforces_max_items_behind_a_stale_cache():
+    """Items added elsewhere (another node) that the cache has not seen still count:
+    the store refuses past max_items, and the stale cached roster is dropped."""
+    from chatbx_server.storage.roster import RosterItem
+    server = setup("max_items = 1\n")
+    a = bind(server, "a@localhost/r1")
+    get_roster(server, a)  # cached: no items
+    server.stores.roster.set_item("a@localhost", RosterItem("b@localhost"))  # behind its back
+    set_item(server, a, "<item jid='c@localhost'/>", "s1")
+    assert error_condition(result_of(a, "s1")) == "not-allowed"
+    assert [el["jid"] for el in items(get_roster(server, a))] == ["b@localhost"]

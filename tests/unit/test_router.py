@@ -239,3 +239,32 @@ def test_bounce_of_stanza_without_to_comes_from_account(server):
     server.router.bounce(s, "not-allowed")
     (reply,) = alice.take()
     assert reply["from"] == "alice@localhost" and error_condition(reply) == "not-allowed"
+
+
+def test_full_jid_fallback_runs_observers_once(server):
+    """§8.5.3.2.1: a message to a gone resource is delivered by the bare-JID rules, and an
+    observer hooked on message/full and message/bare above DELIVER sees it only once."""
+    from chatbx_server.events import ARCHIVE
+    alice = bind(server, "alice@localhost/a")
+    bob = bind(server, "bob@localhost/r1")
+    bob.presence = stanza("<presence/>")  # available (no presence module here)
+    seen = []
+    for name in ("message/full", "message/bare"):
+        server.events.on(name, lambda ev, name=name: seen.append(name), ARCHIVE)
+    send(server, alice, "<message to='bob@localhost/gone' type='chat'><body>hi</body></message>")
+    assert seen == ["message/full"]
+    assert [m["to"] for m in bob.sent if m.name == "message"] == ["bob@localhost/gone"]
+    send(server, alice, "<message to='bob@localhost' type='chat'><body>hi</body></message>")
+    assert seen == ["message/full", "message/bare"]
+
+
+def test_full_jid_fallback_reaches_lower_priorities(server):
+    """With no resource available, the fallback still reaches offline storage (below DELIVER)."""
+    from chatbx_server.events import OFFLINE
+    alice = bind(server, "alice@localhost/a")
+    stored = []
+    server.events.on("message/bare", lambda ev: stored.append(ev.stanza["to"]) or True, OFFLINE)
+    alice.take()
+    send(server, alice, "<message to='bob@localhost/gone' type='chat'><body>hi</body></message>")
+    assert stored == ["bob@localhost/gone"]
+    assert alice.sent == []  # stored, not bounced

@@ -1,0 +1,1 @@
+"""HTTP services of chatbx (twisted.web): upload, WebSocket, BOSH, host-meta, metrics."""

@@ -1,0 +1,229 @@
+"""HTTP File Upload (XEP-0363) storage: slot rows in ``uploads``, files on disk.
+
+A slot is reserved (a row with ``completed_at`` NULL) when a client asks
+for one, so the quotas count what is promised, not only what arrived; the
+PUT completes it. The quota check and the insert run in one transaction,
+serialized per uploader (an advisory lock on PostgreSQL; SQLite has one
+writer), so concurrent requests cannot overshoot.
+
+Files live under one directory, named by the slot id only (the client's
+file name never touches the file system): ``ROOT/ab/abcdef...``. A PUT
+body is written to ``ROOT/tmp`` and renamed into place, so a file appears
+whole or not at all (rename is atomic on one file system).
+
+Expired files and unused slots are removed in bounded batches: the rows
+due are read, their files unlinked, then the rows deleted; a crash between
+the two leaves rows whose files are gone, which the next batch deletes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zlib
+from typing import Any, Iterable, NamedTuple, Optional
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from twisted.internet.defer import Deferred
+
+from chatbx_server.storage.database import Database
+from chatbx_server.storage.schema import uploads
+from chatbx_server.storage.users import now_function
+
+__all__ = ["DAY", "QuotaExceeded", "UploadFiles", "UploadRecord", "UploadStore", "Usage",
+           "is_slot"]
+
+DAY = 86400.0
+_SLOT = re.compile(r"^[0-9a-f]{32}$")
+_DELETE_CHUNK = 500
+_t = uploads.c
+
+
+def is_slot(text: str) -> bool:
+    """A well-formed slot id (32 lowercase hex digits): nothing else reaches the disk."""
+    return bool(_SLOT.match(text))
+
+
+class QuotaExceeded(Exception):
+    """The uploader's daily or total quota would be passed.
+
+    Attributes:
+        which: "daily" or "total".
+        limit: the quota in bytes.
+        used: bytes already counted against it.
+    """
+
+    def __init__(self, which: str, limit: int, used: int) -> None:
+        super().__init__(f"{which} upload quota of {limit} bytes reached ({used} used)")
+        self.which = which
+        self.limit = limit
+        self.used = used
+
+
+class UploadRecord(NamedTuple):
+    slot: str
+    uploader: str
+    filename: str
+    size: int
+    content_type: str
+    created_at: float
+    completed_at: Optional[float]
+    expires_at: Optional[float]
+
+
+class Usage(NamedTuple):
+    """One uploader's stored files (completed) and reservations."""
+
+    uploader: str
+    files: int
+    bytes: int
+    #: bytes requested in the last 24 hours (the daily quota's count)
+    bytes_today: int
+
+
+def _lock_uploader_txn(conn: Connection, uploader: str) -> None:
+    if conn.dialect.name == "postgresql":
+        # Serializes quota checks of one uploader across nodes; released at commit.
+        key = zlib.crc32(uploader.encode("utf-8")) - 2**31
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def reserve_txn(conn: Connection, record: UploadRecord, daily_quota: int,
+                total_quota: int) -> None:
+    """Insert a slot unless it takes the uploader past a quota (0 = no quota).
+
+    Raises:
+        QuotaExceeded: which quota, its limit and what is used.
+    """
+    _lock_uploader_txn(conn, record.uploader)
+    if total_quota:
+        used = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(_t.size), 0))
+                            .where(_t.uploader == record.uploader)).scalar_one()
+        if int(used) + record.size > total_quota:
+            raise QuotaExceeded("total", total_quota, int(used))
+    if daily_quota:
+        used = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(_t.size), 0))
+                            .where(_t.uploader == record.uploader,
+                                   _t.created_at > record.created_at - DAY)).scalar_one()
+        if int(used) + record.size > daily_quota:
+            raise QuotaExceeded("daily", daily_quota, int(used))
+    conn.execute(sa.insert(uploads).values(**record._asdict()))
+
+
+def complete_txn(conn: Connection, slot: str, now: float) -> bool:
+    """Mark a reserved slot as uploaded; False when unknown or already used."""
+    result = conn.execute(sa.update(uploads)
+                          .where(_t.slot == slot, _t.completed_at.is_(None))
+                          .values(completed_at=now))
+    return result.rowcount == 1
+
+
+def get_txn(conn: Connection, slot: str) -> Optional[UploadRecord]:
+    row = conn.execute(sa.select(*[_t[f] for f in UploadRecord._fields])
+                       .where(_t.slot == slot)).one_or_none()
+    return UploadRecord(*row) if row is not None else None
+
+
+def due_txn(conn: Connection, now: float, unused_before: float, limit: int) -> list[str]:
+    """Up to ``limit`` slots to remove: expired files and slots never used in time."""
+    query = (sa.select(_t.slot)
+             .where(sa.or_(_t.expires_at <= now,
+                           sa.and_(_t.completed_at.is_(None), _t.created_at < unused_before)))
+             .order_by(_t.created_at).limit(limit))
+    return [row[0] for row in conn.execute(query)]
+
+
+def of_uploader_txn(conn: Connection, uploader: str, limit: int) -> list[str]:
+    query = (sa.select(_t.slot).where(_t.uploader == uploader)
+             .order_by(_t.created_at).limit(limit))
+    return [row[0] for row in conn.execute(query)]
+
+
+def delete_txn(conn: Connection, slots: list[str]) -> int:
+    count = 0
+    for start in range(0, len(slots), _DELETE_CHUNK):
+        chunk = slots[start:start + _DELETE_CHUNK]
+        count += conn.execute(sa.delete(uploads).where(_t.slot.in_(chunk))).rowcount
+    return count
+
+
+def usage_txn(conn: Connection, uploader: Optional[str], now: float) -> list[Usage]:
+    """Per-uploader totals (one uploader, or all ordered by bytes, largest first)."""
+    today = sa.case((_t.created_at > now - DAY, _t.size), else_=0)
+    done = sa.case((_t.completed_at.is_not(None), 1), else_=0)
+    done_bytes = sa.case((_t.completed_at.is_not(None), _t.size), else_=0)
+    query = (sa.select(_t.uploader, sa.func.sum(done), sa.func.sum(done_bytes),
+                       sa.func.sum(today))
+             .group_by(_t.uploader).order_by(sa.func.sum(done_bytes).desc(), _t.uploader))
+    if uploader is not None:
+        query = query.where(_t.uploader == uploader)
+    return [Usage(row[0], int(row[1] or 0), int(row[2] or 0), int(row[3] or 0))
+            for row in conn.execute(query)]
+
+
+class UploadFiles:
+    """Where the bytes of uploaded files live (names are slot ids only)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.tmp = os.path.join(root, "tmp")
+
+    def ensure(self) -> None:
+        os.makedirs(self.tmp, mode=0o700, exist_ok=True)
+
+    def path(self, slot: str) -> str:
+        if not is_slot(slot):
+            raise ValueError("not a slot id")
+        return os.path.join(self.root, slot[:2], slot)
+
+    def install(self, temp_path: str, slot: str) -> str:
+        """Move a finished temporary file into place (atomic rename)."""
+        final = self.path(slot)
+        os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+        os.replace(temp_path, final)
+        return final
+
+    def remove(self, slots: Iterable[str]) -> int:
+        """Unlink the files of ``slots``; missing files are fine. Returns how many went."""
+        removed = 0
+        for slot in slots:
+            try:
+                os.unlink(self.path(slot))
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+class UploadStore:
+    """Upload slots and files in the database."""
+
+    def __init__(self, db: Database, clock: Any = None) -> None:
+        self.db = db
+        self._now = now_function(clock)
+
+    def now(self) -> float:
+        return self._now()
+
+    def reserve(self, record: UploadRecord, daily_quota: int, total_quota: int
+                ) -> Deferred[None]:
+        return self.db.run("upload.reserve", reserve_txn, record, daily_quota, total_quota)
+
+    def complete(self, slot: str) -> Deferred[bool]:
+        return self.db.run("upload.complete", complete_txn, slot, self._now())
+
+    def get(self, slot: str) -> Deferred[Optional[UploadRecord]]:
+        return self.db.run("upload.get", get_txn, slot)
+
+    def usage(self, uploader: Optional[str] = None) -> Deferred[list[Usage]]:
+        return self.db.run("upload.usage", usage_txn, uploader, self._now())
+
+    def due(self, unused_before: float, limit: int) -> Deferred[list[str]]:
+        return self.db.run("upload.due", due_txn, self._now(), unused_before, limit)
+
+    def of_uploader(self, uploader: str, limit: int) -> Deferred[list[str]]:
+        return self.db.run("upload.of_uploader", of_uploader_txn, uploader, limit)
+
+    def delete(self, slots: list[str]) -> Deferred[int]:
+        return self.db.run("upload.delete", delete_txn, slots)

@@ -1,0 +1,219 @@
+"""XEP-0363 HTTP File Upload: the upload.DOMAIN service and /upload/ over HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from chatbx_server.features.upload import NS_UPLOAD, clean_filename
+from chatbx_server.xmpp import ns
+from tests.unit.fakes import bind, make_server, stanza
+from tests.unit.httpfakes import request, simple, site_for
+
+MODULES = ["message", "disco", "upload"]
+
+
+def make(tmp_path: Path, extra: str = "") -> Any:
+    text = (f'data_dir = "{tmp_path}"\n[listen]\nhttp = "127.0.0.1:5443"\n'
+            f'[http]\nexternal_url = "https://{{domain}}:5443"\n')
+    if extra:
+        modules = ", ".join(f'"{m}"' for m in MODULES)
+        text = (f'data_dir = "{tmp_path}"\n[modules]\nenabled = [{modules}]\n'
+                f'[modules.upload]\n{extra}\n[listen]\nhttp = "127.0.0.1:5443"\n'
+                f'[http]\nexternal_url = "https://{{domain}}:5443"\n')
+        return make_server(config_text=text)
+    return make_server(modules=MODULES, config_text=text)
+
+
+def ask_slot(server: Any, session: Any, size: int, name: str = "cat.jpg",
+             ctype: str = "image/jpeg") -> Any:
+    iq = stanza(f"<iq type='get' id='s1' to='upload.localhost'><request xmlns='{NS_UPLOAD}' "
+                f"filename='{name}' size='{size}' content-type='{ctype}'/></iq>")
+    iq["from"] = session.jid.full
+    server.router.route(iq, session)
+    [reply] = session.take()
+    return reply
+
+
+def slot_urls(reply: Any) -> tuple[str, str]:
+    slot = reply.firstChildElement()
+    put = next(c for c in slot.elements() if c.name == "put")["url"]
+    get = next(c for c in slot.elements() if c.name == "get")["url"]
+    return put, get
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + ("?" + parts.query if parts.query else "")
+
+
+def error_of(reply: Any) -> tuple[str, Any]:
+    error = next(c for c in reply.elements() if c.name == "error")
+    condition = next(c.name for c in error.elements() if c.uri == ns.STANZA_ERRORS)
+    app = next((c for c in error.elements() if c.uri == NS_UPLOAD), None)
+    return condition, app
+
+
+def test_disco_announces_service_and_limit(tmp_path: Path) -> None:
+    """upload.localhost is listed in the host's items and its info has the
+    store/file identity, the feature and max-file-size (XEP-0363 §3)."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    iq = stanza(f"<iq type='get' id='d1' to='localhost'><query xmlns='{ns.DISCO_ITEMS}'/></iq>")
+    iq["from"] = alice.jid.full
+    server.router.route(iq, alice)
+    [items] = alice.take()
+    assert "upload.localhost" in [i["jid"] for i in items.firstChildElement().elements()]
+    iq = stanza(f"<iq type='get' id='d2' to='upload.localhost'><query xmlns='{ns.DISCO_INFO}'/></iq>")
+    iq["from"] = alice.jid.full
+    server.router.route(iq, alice)
+    [info] = alice.take()
+    xml = info.toXml()
+    assert "category='store'" in xml and NS_UPLOAD in xml
+    assert "<field var='max-file-size'><value>104857600</value>" in xml
+
+
+def test_slot_put_get_range_and_headers(tmp_path: Path) -> None:
+    """A slot's PUT stores the body; GET returns it with type, inline
+    disposition, ETag, CORS and caching; Range returns the slice; a second
+    PUT on the same slot is refused."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    reply = ask_slot(server, alice, 10, "caté.jpg")
+    assert reply["type"] == "result"
+    put, get = slot_urls(reply)
+    assert get.startswith("https://localhost:5443/upload/") and get.endswith("/cat%C3%A9.jpg")
+    site = site_for(server)
+    resp, _ = request(site, simple("PUT", path_of(put), b"0123456789",
+                                   {"Content-Type": "image/jpeg"}))
+    assert resp.code == 201, resp.raw
+    resp, _ = request(site, simple("GET", path_of(get)))
+    assert resp.code == 200 and resp.body == b"0123456789"
+    assert resp.headers["content-type"] == "image/jpeg"
+    assert resp.headers["content-disposition"].startswith("inline;")
+    assert "filename*=UTF-8''cat%C3%A9.jpg" in resp.headers["content-disposition"]
+    assert resp.headers["access-control-allow-origin"] == "*"
+    assert resp.headers["etag"].startswith('"') and "max-age" in resp.headers["cache-control"]
+    etag = resp.headers["etag"]
+    resp, _ = request(site, simple("GET", path_of(get), headers={"Range": "bytes=2-5"}))
+    assert resp.code == 206 and resp.body == b"2345"
+    assert resp.headers["content-range"] == "bytes 2-5/10"
+    resp, _ = request(site, simple("GET", path_of(get), headers={"If-None-Match": etag}))
+    assert resp.code == 304 and resp.body == b""
+    resp, _ = request(site, simple("PUT", path_of(put), b"abcdefghij",
+                                   {"Content-Type": "image/jpeg"}))
+    assert resp.code == 409
+    resp, _ = request(site, simple("GET", path_of(get)))
+    assert resp.body == b"0123456789"
+
+
+def test_attachment_for_other_types(tmp_path: Path) -> None:
+    """A PDF (and SVG) is served as an attachment, not inline."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    put, get = slot_urls(ask_slot(server, alice, 3, "doc.pdf", "application/pdf"))
+    site = site_for(server)
+    assert request(site, simple("PUT", path_of(put), b"pdf"))[0].code == 201
+    resp, _ = request(site, simple("GET", path_of(get)))
+    assert resp.headers["content-disposition"].startswith("attachment;")
+
+
+def test_too_large_slot_gets_limit(tmp_path: Path) -> None:
+    """A slot larger than max-file-size: not-acceptable with <file-too-large>
+    carrying the limit (XEP-0363 §4.1)."""
+    server = make(tmp_path, "max_file_size = 100")
+    alice = bind(server, "alice@localhost/a")
+    reply = ask_slot(server, alice, 101)
+    condition, app = error_of(reply)
+    assert condition == "not-acceptable" and app.name == "file-too-large"
+    assert str(next(app.elements())) == "100"
+
+
+def test_quota_error_names_quota(tmp_path: Path) -> None:
+    """Past the daily quota the slot request gets resource-constraint saying which."""
+    server = make(tmp_path, "daily_quota = 15")
+    alice = bind(server, "alice@localhost/a")
+    assert ask_slot(server, alice, 10)["type"] == "result"
+    reply = ask_slot(server, alice, 10)
+    assert error_of(reply)[0] == "resource-constraint"
+    assert "daily upload quota of 15 bytes" in reply.toXml()
+
+
+@pytest.mark.parametrize("change, code", [
+    (lambda p: p.replace("&h=", "&h=0"), 403),          # tampered token
+    (lambda p: p.replace("s=10", "s=11"), 403),         # size not the signed one
+])
+def test_bad_put_urls_refused_before_body(tmp_path: Path, change: Any, code: int) -> None:
+    """A tampered PUT URL is answered before the body, and nothing is stored."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    put, _ = slot_urls(ask_slot(server, alice, 10))
+    site = site_for(server)
+    resp, transport = request(site, simple("PUT", change(path_of(put)), b"",
+                                           {"Content-Length": "10"}))
+    assert resp.code == code and transport.disconnecting
+    assert os.listdir(tmp_path / "uploads" / "tmp") == []
+
+
+def test_content_length_mismatch_and_expiry(tmp_path: Path) -> None:
+    """A Content-Length other than the slot size is refused at the headers
+    (413 with the size), and a PUT URL past its lifetime is refused (403)."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    put, _ = slot_urls(ask_slot(server, alice, 10))
+    site = site_for(server)
+    resp, transport = request(site, simple("PUT", path_of(put), None,
+                                           {"Content-Length": "10485760",
+                                            "Expect": "100-continue"}))
+    assert resp.code == 413 and b"100 Continue" not in transport.value()
+    server.clock.advance(301)
+    resp, _ = request(site, simple("PUT", path_of(put), b"0123456789"))
+    assert resp.code == 403 and b"expired" in resp.body
+
+
+def test_other_paths_404(tmp_path: Path) -> None:
+    """Traversal attempts, listings, unknown and unfinished slots are 404."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    _, get = slot_urls(ask_slot(server, alice, 10))
+    site = site_for(server)
+    for path in ("/upload/", "/upload/../../etc/passwd", "/upload/%2e%2e/%2e%2e/etc/passwd",
+                 "/upload/" + "0" * 32 + "/x", path_of(get), "/", "/nothing",
+                 "/upload/tmp/x", "/upload/" + path_of(get).split("/")[2] + "/other-name"):
+        resp, _ = request(site, simple("GET", path))
+        assert resp.code == 404, path
+
+
+def test_expired_files_purged_in_batches(tmp_path: Path) -> None:
+    """After expire_after the file is 404 and the purge loop deletes rows and
+    files, purge_batch at a time."""
+    server = make(tmp_path, "expire_after = 120\npurge_interval = 50\npurge_batch = 2")
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    gets = []
+    for _ in range(3):
+        put, get = slot_urls(ask_slot(server, alice, 1))
+        assert request(site, simple("PUT", path_of(put), b"x"))[0].code == 201
+        gets.append(get)
+    files = lambda: sum(len(f) for d, _, f in os.walk(tmp_path / "uploads")
+                        if os.path.basename(d) != "tmp")
+    assert files() == 3
+    server.clock.pump([50, 50, 21])  # the loop ran at 50 and 100 and found nothing due
+    assert request(site, simple("GET", path_of(gets[0])))[0].code == 404
+    assert files() == 3
+    server.clock.advance(29)   # the loop runs: one batch of 2, another a second later
+    assert files() == 1
+    server.clock.advance(1)
+    assert files() == 0
+    assert server.modules.get("upload").purge().result == 0
+
+
+def test_only_local_users_and_clean_names() -> None:
+    """Names lose slashes and control characters; empty names become 'file'."""
+    assert clean_filename("../../etc/passwd") == "etcpasswd"
+    assert clean_filename("a\x00b\nc.txt") == "abc.txt"
+    assert clean_filename("...") == "file"
