@@ -10,6 +10,7 @@ messages the scenario delivered, that is microseconds per message per stage.
 
     python3 bench/profile_chatbx.py --scenario throughput [--keep]
     python3 bench/profile_chatbx.py --scenario idle --idle-count 2000   # object counts per connection
+    python3 bench/profile_chatbx.py --scenario s2s    # two chatbx servers, users chatting across them
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from xmppload import scenarios, servers  # noqa: E402
+from xmppload import federation, run, scenarios, servers  # noqa: E402
 from xmppload.scenarios import Target  # noqa: E402
 
 # (category, regex on "function (file:line)"), tried in order on each frame from the leaf outwards
@@ -40,6 +41,7 @@ CATEGORIES = [
     ("domish building", re.compile(r"domish\.py|chatbx_server/c2s/parser\.py")),
     ("writes (transport buffering)", re.compile(r"twisted/internet/(abstract|tcp|_newtls)\.py")),
     ("routing / delivery / features", re.compile(r"chatbx_server/(router|events|sessions|modules|features/)")),
+    ("s2s stream + manager", re.compile(r"chatbx_server/s2s/")),
     ("c2s stream + session", re.compile(r"chatbx_server/c2s/")),
     ("storage (DB thread handoff)", re.compile(r"chatbx_server/storage|sqlalchemy")),
     ("xmlstream dispatch (xish)", re.compile(r"twisted/words/")),
@@ -97,7 +99,8 @@ def start(workdir: str, users: int, fan: bool, cpus: list[int], memprobe: bool,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=("throughput", "latency", "login_rate", "idle"), default="throughput")
+    ap.add_argument("--scenario", choices=("throughput", "latency", "login_rate", "idle", "s2s"),
+                    default="throughput")
     ap.add_argument("--workdir", help="reuse a chatbx workdir (users already added)")
     ap.add_argument("--idle-count", type=int, default=2000)
     ap.add_argument("--duration", type=float, default=6.0)
@@ -114,6 +117,9 @@ def main() -> int:
     servers.raise_nofile()
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus, gen_cpus = (cpus[:1], cpus[1:]) if len(cpus) > 1 else ([], [])
+    if args.scenario == "s2s":
+        assert py_spy is not None
+        return profile_s2s(py_spy, args.duration, server_cpus, gen_cpus, args.keep)
     workdir = args.workdir or tempfile.mkdtemp(prefix="chatbx-profile-")
     handle = start(workdir, max(200, args.idle_count), False, server_cpus, memprobe=args.scenario == "idle",
                    trace=args.tracemalloc, release_buffers=args.release_buffers)
@@ -136,26 +142,63 @@ def main() -> int:
         res = asyncio.run(coro)[0]
         spy.wait(60)
         print(res)
-        cats, total, leaves = categorize(raw)
         # CPU per message from the scenario's own measurement (server CPU % over the measured
         # window / rate), split by the sampled shares: robust to py-spy's missed samples.
         rate = res["value"] if args.scenario != "latency" else res.get("achieved_rate", 0)
         per_item = (res.get("server_cpu_pct", 100) / 100 * 1e6 / rate) if rate else 0.0
         unit = "us/login" if args.scenario == "login_rate" else "us/msg"
-        print(f"\n{total} py-spy samples; server CPU {res.get('server_cpu_pct')}% at {rate:.0f}/s "
-              f"= {per_item:.1f} {unit}")
-        print(f"{'category':40s} {'share':>7s} {unit:>8s}")
-        for name, n in cats.most_common():
-            print(f"{name:40s} {100 * n / total:6.1f}% {per_item * n / total:8.2f}")
-        print("hottest frames (the frame that decided the category):")
-        for frame, n in leaves.most_common(25):
-            print(f"  {100 * n / total:5.1f}%  {frame}")
-        print(f"raw profile: {raw}")
+        print_profile(raw, per_item, unit, f"server CPU {res.get('server_cpu_pct')}% at {rate:.0f}/s")
         return 0
     finally:
         handle.stop()
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_profile(raw: str, per_item: float, unit: str, what: str) -> None:
+    """The categories of one py-spy raw profile, in shares and in time per item."""
+    cats, total, leaves = categorize(raw)
+    print(f"\n{total} py-spy samples; {what} = {per_item:.1f} {unit}")
+    print(f"{'category':40s} {'share':>7s} {unit:>8s}")
+    for name, n in cats.most_common():
+        print(f"{name:40s} {100 * n / max(1, total):6.1f}% {per_item * n / max(1, total):8.2f}")
+    print("hottest frames (the frame that decided the category):")
+    for frame, n in leaves.most_common(25):
+        print(f"  {100 * n / max(1, total):5.1f}%  {frame}")
+    print(f"raw profile: {raw}")
+
+
+def profile_s2s(py_spy: str, duration: float, server_cpus: list[int], gen_cpus: list[int], keep: bool) -> int:
+    """Two chatbx servers (bench/xmppload/federation.py), 50 pairs chatting across them; each
+    server profiled: its CPU per delivered message (it sends half of them over s2s and
+    receives the other half), by stage."""
+    root = tempfile.mkdtemp(prefix="chatbx-profile-s2s-")
+    params = run.with_overrides(run.FULL, duration=duration)
+    nodes = federation.start_nodes(root, params, server_cpus, "secret", ("ca", "cb"))
+    try:
+        if gen_cpus:
+            os.sched_setaffinity(0, set(gen_cpus))
+        raws, spies = {}, []
+        for key, node in nodes.items():
+            raws[key] = os.path.join(root, f"pyspy-s2s-{key}.txt")
+            spies.append(subprocess.Popen(
+                [py_spy, "record", "--pid", str(node.handle.pid), "--format", "raw", "--output", raws[key],
+                 "--rate", "250", "--nonblocking", "--duration", str(int(duration + 8))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        res = asyncio.run(federation.s2s_throughput("chatbx-chatbx", nodes["ca"].target, nodes["cb"].target,
+                                                    params.pairs, params.window, duration, params.warmup))
+        for spy in spies:
+            spy.wait(60)
+        print(res)
+        for key in ("ca", "cb"):
+            pct = res[f"server_{'a' if key == 'ca' else 'b'}_cpu_pct"]
+            print_profile(raws[key], pct / 100 * 1e6 / res["value"] if res["value"] else 0.0, "us/msg",
+                          f"{key}: CPU {pct}% at {res['value']:.0f} msgs/s")
+        return 0
+    finally:
+        federation.stop_nodes(nodes)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def profile_idle(handle: servers.ServerHandle, target: Target, count: int) -> int:

@@ -369,6 +369,8 @@ def cmd_s2s_status(ctx: _Context, args: argparse.Namespace) -> None:
     print(f"outgoing ({len(outgoing)}):", file=ctx.out)
     for e in outgoing:
         extra = e.get("auth") or e.get("error") or ""
+        if e.get("bidi"):
+            extra += "  bidi" + (" (their stream)" if e.get("via") == "incoming" else "")
         print(f"  {e.get('local')} -> {e.get('remote')}  {e.get('state')}  {extra}  "
               f"queued={e.get('queued', 0)}".rstrip(), file=ctx.out)
     incoming = status.get("incoming", [])
@@ -376,7 +378,9 @@ def cmd_s2s_status(ctx: _Context, args: argparse.Namespace) -> None:
     for e in incoming:
         remote = ",".join(e.get("remote") or []) or "?"
         print(f"  {remote} -> {e.get('local')}  {e.get('auth') or 'unauthenticated'}  "
-              f"{e.get('peer', '')}", file=ctx.out)
+              f"{'bidi  ' if e.get('bidi') else ''}{e.get('peer', '')}", file=ctx.out)
+
+
 def _upload_files(ctx: _Context) -> Any:
     from chatbx_server.features import build_module_options
     from chatbx_server.features.upload import UploadFeature

@@ -245,6 +245,13 @@ class S2SConfig:
     dns_cache_size: int = 1000
     #: simultaneous incoming s2s connections per address
     max_connections_per_ip: int = 20
+    #: simultaneous incoming s2s connections in all
+    max_incoming: int = 5000
+    #: ... of which not authenticated yet (each costs a TLS handshake and
+    #: may cost a dialback check)
+    max_unauthenticated: int = 250
+    #: bidirectional streams (XEP-0288): offered to peers, used when offered
+    bidi: bool = True
 
 
 @dataclass(frozen=True)
@@ -690,7 +697,8 @@ def _parse_s2s(value: Any, path: str | None, resolve: typing.Callable[[str], str
                  "max_retry_delay"):
         if getattr(s2s, name) <= 0:
             raise ConfigError("must be greater than 0", f"s2s.{name}", path)
-    for name in ("max_queue", "dns_cache_size", "max_connections_per_ip"):
+    for name in ("max_queue", "dns_cache_size", "max_connections_per_ip", "max_incoming",
+                 "max_unauthenticated"):
         if getattr(s2s, name) < 1:
             raise ConfigError("must be at least 1", f"s2s.{name}", path)
     if s2s.max_retry_delay < s2s.retry_delay:

@@ -148,14 +148,14 @@ PROSODY_CONFIG = """\
 run_as_root = true
 pidfile = "{workdir}/prosody.pid"
 data_path = "{workdir}/data"
-plugin_paths = {{}}
+plugin_paths = {{ {plugins} }}
 certificates = "{workdir}"
 admin_socket = "{workdir}/prosody.sock"
 interfaces = {{ "127.0.0.1" }}
 local_interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {port} }}
 c2s_direct_tls_ports = {{ {tls_port} }}
-s2s_ports = {{}}
+s2s_ports = {{ {s2s_ports} }}
 http_ports = {{}}
 https_ports = {{}}
 component_ports = {{}}
@@ -167,8 +167,9 @@ password_hash = "SHA-256"
 c2s_require_encryption = true
 allow_registration = false
 log = {{ warn = "{workdir}/prosody.log" }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix" }}
-modules_disabled = {{ "s2s", "s2s_auth_certs" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix"{more_modules} }}
+modules_disabled = {{ {disabled} }}
+{s2s_settings}
 VirtualHost "{domain}"
     ssl = {{ certificate = "{cert}"; key = "{key}" }}
 """
@@ -247,18 +248,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: the test-only Prosody module that routes listed domains to loopback ports (no DNS)
+ROUTES_MODULE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 "tests", "interop")
+
+
 def start_prosody(workdir: str, domain: str = "localhost", cpus: Optional[Sequence[int]] = None,
-                  port: Optional[int] = None) -> ServerHandle:
-    """Start Prosody in `workdir` on free loopback ports (installs the package if missing)."""
+                  port: Optional[int] = None, s2s_port: Optional[int] = None,
+                  routes: Optional[dict[str, int]] = None, bidi: bool = False) -> ServerHandle:
+    """Start Prosody in `workdir` on free loopback ports (installs the package if missing).
+
+    With `s2s_port`, federation is on (dialback, TLS required, self-signed
+    certificates accepted as Prosody's `s2s_secure_auth = false` does) and
+    `routes` (domain -> loopback port) replace DNS through the test module
+    tests/interop/mod_chatbx_test_routes.lua.
+    """
     ensure_prosody()
     os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
     cert, key = make_cert(workdir, domain)
     port = port or free_port()
     tls_port = free_port()
     cfg = os.path.join(workdir, "prosody.cfg.lua")
+    if s2s_port is None:
+        fed = dict(plugins="", s2s_ports="", more_modules="", disabled='"s2s", "s2s_auth_certs"', s2s_settings="")
+    else:
+        table = "; ".join(f'["{d}"] = {p}' for d, p in (routes or {}).items())
+        fed = dict(plugins=f'"{ROUTES_MODULE_DIR}"', s2s_ports=str(s2s_port),
+                   more_modules=', "dialback", "chatbx_test_routes"' + (', "s2s_bidi"' if bidi else ""),
+                   disabled="", s2s_settings=("s2s_require_encryption = true\ns2s_secure_auth = false\n"
+                                              "s2s_interfaces = { \"127.0.0.1\" }\n"
+                                              f"chatbx_test_routes = {{ {table} }}"))
     with open(cfg, "w") as fh:
         fh.write(PROSODY_CONFIG.format(workdir=workdir, port=port, tls_port=tls_port, domain=domain,
-                                       cert=cert, key=key))
+                                       cert=cert, key=key, **fed))
     log_path = os.path.join(workdir, "prosody.stdout")
     out = open(log_path, "ab")
     proc = subprocess.Popen(["prosody", "--config", cfg, "-F"], stdout=out, stderr=subprocess.STDOUT,
@@ -266,6 +288,8 @@ def start_prosody(workdir: str, domain: str = "localhost", cpus: Optional[Sequen
     handle = ServerHandle("prosody", proc, port, tls_port, domain, workdir, log_path, {"config": cfg})
     try:
         wait_port(port, proc, 30)
+        if s2s_port is not None:
+            wait_port(s2s_port, proc, 30)
     except Exception as exc:
         handle.stop()
         log = os.path.join(workdir, "prosody.log")
@@ -335,12 +359,20 @@ def chatbx_commands() -> tuple[list[str], list[str]]:
     return [twistd], ctl_cmd
 
 
-def write_chatbx_config(workdir: str, domain: str, port: int, tls_port: int) -> str:
+def write_chatbx_config(workdir: str, domain: str, port: int, tls_port: int,
+                        s2s_port: Optional[int] = None, routes: Optional[dict[str, int]] = None) -> str:
+    """The bench config; with `s2s_port`, federation on that port and static
+    routes (domain -> loopback port) to the other servers."""
     os.makedirs(os.path.join(workdir, "data"), exist_ok=True)
     cfg = os.path.join(workdir, "chatbx.toml")
+    text = CHATBX_CONFIG.format(domain=domain, data_dir=os.path.join(workdir, "data"), port=port,
+                                tls_port=tls_port)
+    if s2s_port is not None:
+        text = text.replace("[limits]", f's2s = "127.0.0.1:{s2s_port}"\n\n[limits]', 1)
+        table = ", ".join(f'"{d}" = "127.0.0.1:{p}"' for d, p in (routes or {}).items())
+        text += f"\n[s2s]\nstatic_routes = {{ {table} }}\n"
     with open(cfg, "w") as fh:
-        fh.write(CHATBX_CONFIG.format(domain=domain, data_dir=os.path.join(workdir, "data"),
-                                      port=port, tls_port=tls_port))
+        fh.write(text)
     return cfg
 
 

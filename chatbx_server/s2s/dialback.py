@@ -1,9 +1,12 @@
 """Server Dialback keys (XEP-0220 with the key generation of XEP-0185).
 
-The originating server makes the key; the authoritative server (the same
-process here) makes it again from the same inputs to verify it. Only this
-process knows the secret, so a key proves that whoever asks for it was
-given it by us on a stream we opened.
+The originating server makes the key; the authoritative server makes it
+again from the same inputs to verify it. The secret is a row of the
+database's ``server_secrets`` (``DIALBACK_SECRET``), so every node of a
+cluster and every restart makes and verifies the same keys (XEP-0185 §3:
+a key made before a restart, or by another node answering for the domain,
+still verifies). Only this installation knows it, so a key proves that
+whoever asks for it was given it by us on a stream we opened.
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from typing import Optional
 
+from twisted.words.xish import domish
+
+from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
 
 NS_DIALBACK = "jabber:server:dialback"
@@ -19,8 +26,13 @@ NS_DIALBACK = "jabber:server:dialback"
 NS_DIALBACK_FEATURE = "urn:xmpp:features:dialback"
 
 
+#: the server_secrets row the dialback keys are made with
+DIALBACK_SECRET = "s2s-dialback"
+
+
 def new_secret() -> bytes:
-    """A fresh secret for this process (keys need not outlive it)."""
+    """A fresh secret for this process only: the fallback when the database
+    cannot be read (keys then do not verify on other nodes or after a restart)."""
     return os.urandom(32)
 
 
@@ -52,3 +64,18 @@ def domain_or_none(text: str | None) -> str | None:
     if jid.user is not None or jid.resource is not None:
         return None
     return jid.host
+
+
+def dialback_error(name: str, local: str, remote: str, condition: str, etype: str,
+                   stream_id: Optional[str] = None) -> domish.Element:
+    """``<db:result|verify type='error'>`` (XEP-0220 §2.4)."""
+    el = domish.Element((NS_DIALBACK, name))
+    el["from"] = local
+    el["to"] = remote
+    if stream_id is not None:
+        el["id"] = stream_id
+    el["type"] = "error"
+    err = el.addElement((None, "error"))
+    err["type"] = etype
+    err.addElement((ns.STANZA_ERRORS, condition))
+    return el

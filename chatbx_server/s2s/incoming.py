@@ -9,6 +9,9 @@ one stream (dialback piggybacking, XEP-0220 §2.5); each stanza's ``from``
 domain must be one of them (``invalid-from``), its ``to`` one of ours
 (``host-unknown``), and nothing is routed before a domain is authenticated
 (``not-authorized``).
+
+When the peer asks for it (XEP-0288), the stream also carries our stanzas
+to the peer, from each local domain of a pair it authenticated.
 """
 
 from __future__ import annotations
@@ -17,16 +20,14 @@ import base64
 import binascii
 from typing import TYPE_CHECKING, Any, Optional
 
-from twisted.internet import defer
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
-from chatbx_server.s2s.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE, check_key, domain_or_none
-from chatbx_server.s2s.stream import STANZAS, S2SStream, header, log, major_version
+from chatbx_server.s2s.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE, check_key, dialback_error, domain_or_none
+from chatbx_server.s2s.stream import NS_BIDI, NS_BIDI_FEATURE, STANZAS, S2SStream, header, major_version
 from chatbx_server.xmpp import ns
-from chatbx_server.xmpp.jid import JID, InvalidJID
-from chatbx_server.xmpp.stanzas import StanzaError, StreamError
+from chatbx_server.xmpp.stanzas import StreamError
 
 if TYPE_CHECKING:
     from chatbx_server.s2s.manager import S2SManager
@@ -39,21 +40,6 @@ HEADER, OPEN, CLOSED = range(3)
 MAX_PENDING_DIALBACK = 5
 #: remote domains one stream may authenticate (piggybacking, XEP-0220 §2.5)
 MAX_DOMAINS = 50
-
-
-def dialback_error(name: str, local: str, remote: str, condition: str, etype: str,
-                   stream_id: Optional[str] = None) -> domish.Element:
-    """``<db:result|verify type='error'>`` (XEP-0220 §2.4)."""
-    el = domish.Element((NS_DIALBACK, name))
-    el["from"] = local
-    el["to"] = remote
-    if stream_id is not None:
-        el["id"] = stream_id
-    el["type"] = "error"
-    err = el.addElement((None, "error"))
-    err["type"] = etype
-    err.addElement((ns.STANZA_ERRORS, condition))
-    return el
 
 
 class S2SInStream(S2SStream):
@@ -70,8 +56,16 @@ class S2SInStream(S2SStream):
         #: what the peer's header said it is ('from'); a hint until proven
         self.remote_hint: Optional[str] = None
         self.admitted = False
+        #: counted in the manager's unauthenticated connections
+        self.counted_unauthenticated = False
         #: dialback results being checked: remote domain -> local domain
         self._pending: dict[str, str] = {}
+        #: (local, remote) domain pairs authenticated on this stream
+        self.pairs: set[tuple[str, str]] = set()
+        #: SASL succeeded and the peer's restarted header has not come yet
+        self._restarting = False
+        #: (local, remote) pairs the manager sends over this stream (bidi)
+        self.bidi_routes: set[tuple[str, str]] = set()
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -111,6 +105,9 @@ class S2SInStream(S2SStream):
         self.send_header()
         self.state = OPEN
         self.send_element(self._features())
+        if self._restarting:
+            self._restarting = False
+            self._offer_bidi_routes()
 
     def _features(self) -> domish.Element:
         features = domish.Element((ns.STREAMS, "features"))
@@ -128,6 +125,8 @@ class S2SInStream(S2SStream):
                 mechs.addElement("mechanism", content="EXTERNAL")
         if self.auth_method != "sasl-external":
             features.addElement((NS_DIALBACK_FEATURE, "dialback")).addElement("errors")
+            if self.manager.config.bidi:
+                features.addElement((NS_BIDI_FEATURE, "bidi"))  # XEP-0288 §2.1
         return features
 
     # -- elements --------------------------------------------------------------
@@ -143,6 +142,10 @@ class S2SInStream(S2SStream):
             self._on_starttls()
         elif uri == ns.SASL:
             self._on_sasl(element)
+        elif uri == NS_BIDI and name == "bidi":
+            self._on_bidi()
+        elif uri == ns.STREAMS and name == "error":
+            self.on_peer_error(element)
         else:
             raise StreamError("unsupported-stanza-type")
 
@@ -187,7 +190,8 @@ class S2SInStream(S2SStream):
             return
         self.send_element(domish.Element((ns.SASL, "success")))
         self.remote = domain
-        self._authenticated(domain, "sasl-external")
+        self._restarting = True
+        self._authenticated(self.local or "", domain, "sasl-external")
         self._reset_parser()  # RFC 6120 §6.4.6: stream restart
 
     def _sasl_failure(self, condition: str) -> None:
@@ -195,12 +199,15 @@ class S2SInStream(S2SStream):
         failure.addElement(condition)
         self.send_element(failure)
 
-    def _authenticated(self, domain: str, method: str) -> None:
+    def _authenticated(self, local: str, domain: str, method: str) -> None:
         self.authenticated.add(domain)
+        self.pairs.add((local, domain))
         self.auth_method = self.auth_method or method
         self.cancel_auth_timer()
+        self.manager.incoming_authenticated(self)
         self.manager.log_event(self, "authenticated", remote=domain, reason=method)
         self.manager.status_changed()
+        self._offer_bidi_routes()
 
     # -- dialback (XEP-0220) -----------------------------------------------------
     def _on_db_result(self, element: domish.Element) -> None:
@@ -219,7 +226,7 @@ class S2SInStream(S2SStream):
         if self.manager.is_local_domain(remote):
             self._db_answer(local, remote, "invalid", "claims to be a local domain")
             return
-        if remote in self.authenticated:
+        if (local, remote) in self.pairs:
             self._db_answer(local, remote, "valid", "already authenticated")
             return
         if remote in self._pending:
@@ -267,10 +274,10 @@ class S2SInStream(S2SStream):
         answer["type"] = verdict
         self.send_element(answer)
         if verdict == "valid":
-            if remote not in self.authenticated:
+            if (local, remote) not in self.pairs:
                 if self.remote is None:
                     self.remote = remote
-                self._authenticated(remote, "dialback")
+                self._authenticated(local, remote, "dialback")
         else:
             self.manager.log_event(self, "auth-failed", remote=remote, reason=f"dialback: {reason}")
 
@@ -291,8 +298,14 @@ class S2SInStream(S2SStream):
             self.manager.log_event(self, "verify-refused", remote=receiving,
                                    reason=f"db:verify for unknown host {originating}")
             return
-        valid = bool(stream_id) and check_key(self.manager.secret, receiving, originating, stream_id,
-                                              str(element))
+        key = str(element)
+        self.manager.dialback_secret().addCallback(self._answer_verify, receiving, originating, stream_id, key)
+
+    def _answer_verify(self, secret: bytes, receiving: str, originating: str, stream_id: str,
+                       key: str) -> None:
+        if self.closed:
+            return
+        valid = bool(stream_id) and check_key(secret, receiving, originating, stream_id, key)
         answer = domish.Element((NS_DIALBACK, "verify"))
         answer["from"] = originating
         answer["to"] = receiving
@@ -307,43 +320,29 @@ class S2SInStream(S2SStream):
     def _on_stanza(self, stanza: domish.Element) -> None:
         if not self.authenticated:
             raise StreamError("not-authorized", "authenticate first")
-        try:
-            sender = JID.parse(stanza.getAttribute("from") or "")
-        except InvalidJID:
-            raise StreamError("invalid-from") from None
-        if sender.host not in self.authenticated:
-            # RFC 6120 §4.9.3.9 / §13.9.3: spoofing a domain it did not prove.
-            self.manager.log_event(self, "invalid-from", remote=sender.host,
-                                   reason="stanza from a domain not authenticated on this stream")
-            raise StreamError("invalid-from")
-        target = stanza.getAttribute("to")
-        if not target:
-            raise StreamError("improper-addressing", "a stanza without 'to'")
-        try:
-            to = JID.parse(target)
-        except InvalidJID:
-            self.server.router.bounce(stanza, "jid-malformed")
-            return
-        if not self.manager.is_local_domain(to.host):
-            raise StreamError("host-unknown", "that domain is not served here")
-        self.last_active = self.clock.seconds()
-        router = self.server.router
-        try:
-            result = router.route(stanza)
-        except StanzaError as exc:
-            router.bounce(stanza, exc.condition, exc.text)
-            return
-        except Exception:
-            log.failure("routing a {name} from {remote} failed", name=stanza.name, remote=sender.host)
-            router.bounce(stanza, "internal-server-error")
-            return
-        if isinstance(result, defer.Deferred):
-            result.addErrback(self._route_failed, stanza)
+        self.accept_stanza(stanza, self.authenticated)
 
-    def _route_failed(self, failure: Failure, stanza: domish.Element) -> None:
-        log.failure("handling a {name} from {remote} failed", failure, name=stanza.name,
-                    remote=self.remote)
-        self.server.router.bounce(stanza, "internal-server-error")
+    # -- bidirectional streams (XEP-0288) ------------------------------------------
+    def _on_bidi(self) -> None:
+        """The peer asks to receive our stanzas on this stream too (XEP-0288 §2.2)."""
+        self._need_tls(self.remote_hint)  # §2.1: STARTTLS first when TLS is used
+        if not self.manager.config.bidi:
+            raise StreamError("unsupported-stanza-type", "bidirectional streams are not offered")
+        if not self.bidi:
+            self.bidi = True
+            self._offer_bidi_routes()
+
+    def _offer_bidi_routes(self) -> None:
+        """Let the manager send over this stream for each authenticated pair.
+
+        XEP-0288 §2.2: only once the peer is authenticated, only from the
+        domains it authenticated to (the stream's 'to' for SASL, the inverse
+        of each dialback pair), and not between a SASL success and the
+        restarted stream's header.
+        """
+        if self.bidi and not self._restarting and not self.closed:
+            for local, remote in sorted(self.pairs):
+                self.manager.bidi_ready(self, local, remote)
 
 
 class S2SInFactory(Factory):

@@ -30,7 +30,7 @@ from twisted.words.xish import domish
 
 from chatbx_server.events import StanzaEvent
 from chatbx_server.s2s.certs import ClientCreator, Trust, client_context
-from chatbx_server.s2s.dialback import NS_DIALBACK, new_secret
+from chatbx_server.s2s.dialback import DIALBACK_SECRET, NS_DIALBACK, new_secret
 from chatbx_server.s2s.dns import Resolver, Target
 from chatbx_server.s2s.stream import S2SStream, log
 from chatbx_server.xmpp.stanzas import is_error_or_result
@@ -70,7 +70,7 @@ class OutRoute:
     """Outgoing state of one (local domain, remote domain) pair."""
 
     __slots__ = ("local", "remote", "stream", "queue", "verifies", "connecting",
-                 "failures", "retry_at", "last_error", "target")
+                 "failures", "retry_at", "last_error", "target", "bidi")
 
     def __init__(self, local: str, remote: str) -> None:
         self.local = local
@@ -83,6 +83,19 @@ class OutRoute:
         self.retry_at = 0.0
         self.last_error = ""
         self.target: Optional[Target] = None
+        #: an incoming stream the remote made bidirectional (XEP-0288)
+        self.bidi: Optional["S2SInStream"] = None
+
+    def sender(self) -> Optional[S2SStream]:
+        """The stream stanzas go out on now: our own ready stream, else the
+        remote's bidirectional one (XEP-0288); None while there is neither."""
+        stream = self.stream
+        if stream is not None and stream.ready:
+            return stream
+        bidi = self.bidi
+        if bidi is not None and not bidi.closed:
+            return bidi
+        return None
 
 
 class S2SManager:
@@ -107,7 +120,9 @@ class S2SManager:
         self.config = server.config.s2s
         self.certificates = dict(certificates)
         self.default_host = server.config.domains[0]
-        self.secret = new_secret()
+        #: the dialback secret (server_secrets, read at start); None until read
+        self.secret: Optional[bytes] = None
+        self._secret_waiters: list[defer.Deferred] = []
         self.trust = trust or Trust(self.config.ca_file)
         self.resolver = resolver or Resolver(self.clock, self.config.static_routes,
                                              self.config.dns_cache_size)
@@ -118,6 +133,8 @@ class S2SManager:
         self.routes: dict[tuple[str, str], OutRoute] = {}
         self.incoming: set["S2SInStream"] = set()
         self._per_ip: dict[str, int] = {}
+        #: admitted incoming streams that have not authenticated a domain yet
+        self.unauthenticated = 0
         self._verifies: dict[tuple[str, str, str], tuple[defer.Deferred, Any]] = {}
         self._idle_loop: Optional[task.LoopingCall] = None
         self._status_call: Any = None
@@ -126,12 +143,33 @@ class S2SManager:
     # -- life cycle -------------------------------------------------------
     def start(self) -> None:
         self.running = True
+        if self.secret is None:
+            self.server.secrets.get(DIALBACK_SECRET).addCallbacks(self._set_secret, self._secret_failed)
         period = max(1.0, min(self.config.idle_timeout / 4, 60.0))
         loop = task.LoopingCall(self._sweep)
         loop.clock = self.clock
         loop.start(period, now=False)
         self._idle_loop = loop
         self.write_status()
+
+    def dialback_secret(self) -> defer.Deferred:
+        """The dialback secret, once it has been read from the database."""
+        if self.secret is not None:
+            return defer.succeed(self.secret)
+        d: defer.Deferred = defer.Deferred()
+        self._secret_waiters.append(d)
+        return d
+
+    def _set_secret(self, secret: bytes) -> None:
+        self.secret = secret
+        waiters, self._secret_waiters = self._secret_waiters, []
+        for d in waiters:
+            d.callback(secret)
+
+    def _secret_failed(self, failure: Any) -> None:
+        log.failure("s2s: cannot read the dialback secret from the database; using one for this "
+                    "process only (its keys do not verify on other nodes or after a restart)", failure)
+        self._set_secret(new_secret())
 
     def stop(self) -> None:
         self.running = False
@@ -218,9 +256,9 @@ class S2SManager:
                     self.server.router.bounce(stanza, "resource-constraint", "too many remote domains")
                 return True
             route = self._route(local, remote)
-        stream = route.stream
-        if stream is not None and stream.ready:
-            stream.send_element(stanza)
+        sender = route.sender()
+        if sender is not None:
+            sender.send_element(stanza)
             return True
         if not route.connecting and self.clock.seconds() < route.retry_at:
             # Backing off after a failure: answer now rather than queue.
@@ -400,21 +438,66 @@ class S2SManager:
 
     # -- incoming streams ------------------------------------------------------------
     def admit(self, stream: "S2SInStream") -> bool:
+        """Whether a new incoming connection is accepted: at most
+        ``max_incoming`` in all, ``max_unauthenticated`` of them not yet
+        authenticated, ``max_connections_per_ip`` from one address."""
         host = stream.peer.rpartition(":")[0]
+        config = self.config
+        if len(self.incoming) >= config.max_incoming:
+            self._log("in", None, host, "refused", "incoming connection limit reached", warn=True)
+            return False
+        if self.unauthenticated >= config.max_unauthenticated:
+            self._log("in", None, host, "refused", "limit of unauthenticated connections reached", warn=True)
+            return False
         count = self._per_ip.get(host, 0)
-        if count >= self.config.max_connections_per_ip:
+        if count >= config.max_connections_per_ip:
             self._log("in", None, host, "refused", "connection limit per address reached", warn=True)
             return False
         self._per_ip[host] = count + 1
         stream.admitted = True
+        stream.counted_unauthenticated = True
+        self.unauthenticated += 1
         return True
+
+    def incoming_authenticated(self, stream: "S2SInStream") -> None:
+        """An incoming stream authenticated its first domain."""
+        if stream.counted_unauthenticated:
+            stream.counted_unauthenticated = False
+            self.unauthenticated -= 1
 
     def incoming_opened(self, stream: "S2SInStream") -> None:
         self.incoming.add(stream)
         self._log("in", None, stream.peer, "connected", "incoming connection")
 
+    def bidi_ready(self, stream: "S2SInStream", local: str, remote: str) -> None:
+        """An incoming stream may carry our stanzas for (local, remote) (XEP-0288).
+
+        It is used when we have no ready stream of our own for the pair;
+        stanzas queued while ours is being set up go out on it at once.
+        """
+        route = self.routes.get((local, remote))
+        if route is None:
+            if len(self.routes) >= MAX_ROUTES:
+                return
+            route = self._route(local, remote)
+        if route.bidi is not None and not route.bidi.closed:
+            return  # the first bidirectional stream for the pair stays in use
+        route.bidi = stream
+        stream.bidi_routes.add((local, remote))
+        self._log("in", local, remote, "bidi", f"stanzas to {remote} may use this incoming stream")
+        sender = route.sender()
+        while route.queue and sender is not None and not sender.closed:
+            sender.send_element(route.queue.popleft())
+        self.status_changed()
+
     def incoming_closed(self, stream: "S2SInStream", reason: str) -> None:
         self.incoming.discard(stream)
+        self.incoming_authenticated(stream)  # no longer counted either way
+        for pair in stream.bidi_routes:
+            route = self.routes.get(pair)
+            if route is not None and route.bidi is stream:
+                route.bidi = None
+        stream.bidi_routes.clear()
         if stream.admitted:
             stream.admitted = False
             host = stream.peer.rpartition(":")[0]
@@ -438,7 +521,7 @@ class S2SManager:
                 self._log("out", route.local, route.remote, "idle", f"no traffic for {idle:.0f}s")
                 stream.close_stream()
             elif (stream is None and not route.connecting and not route.queue
-                  and not route.verifies and now >= route.retry_at):
+                  and not route.verifies and now >= route.retry_at and route.bidi is None):
                 del self.routes[key]
         for incoming in list(self.incoming):
             if incoming.authenticated and now - incoming.last_active >= idle:
@@ -472,10 +555,15 @@ class S2SManager:
             stream = route.stream
             entry: dict[str, Any] = {"local": route.local, "remote": route.remote,
                                      "queued": len(route.queue)}
-            if stream is not None:
+            bidi = route.bidi
+            if stream is not None and (stream.ready or bidi is None or bidi.closed):
                 entry.update(state=stream.state_name, auth=stream.auth_method or None,
                              secure=stream.secure, peer=stream.peer,
-                             since=round(stream.started_at, 3))
+                             since=round(stream.started_at, 3), bidi=stream.bidi)
+            elif bidi is not None and not bidi.closed:
+                # XEP-0288: the remote's incoming stream carries our stanzas.
+                entry.update(state="ready", auth=bidi.auth_method or None, secure=bidi.secure,
+                             peer=bidi.peer, since=round(bidi.started_at, 3), bidi=True, via="incoming")
             elif route.connecting:
                 entry.update(state="connecting")
             else:
@@ -487,8 +575,8 @@ class S2SManager:
             incoming.append({"local": ins.local, "remote": sorted(ins.authenticated)
                              or ([ins.remote_hint] if ins.remote_hint else []),
                              "auth": ins.auth_method or None, "secure": ins.secure,
-                             "peer": ins.peer, "since": round(ins.started_at, 3)})
-        return {"running": self.running, "updated": round(now, 3),
+                             "peer": ins.peer, "since": round(ins.started_at, 3), "bidi": ins.bidi})
+        return {"running": self.running, "updated": round(now, 3), "unauthenticated": self.unauthenticated,
                 "outgoing": outgoing, "incoming": incoming}
 
     def write_status(self) -> None:

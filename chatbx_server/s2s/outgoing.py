@@ -9,6 +9,11 @@ dialback with a key made for the remote's stream id. It also carries our
 server as soon as the stream is encrypted, authenticated or not, as
 Prosody and ejabberd expect. Once authenticated it is "ready": the
 manager sends the queued stanzas, in order.
+
+When the remote offers bidirectional streams (XEP-0288) we ask for one
+before authenticating; once ready, the remote may then send us stanzas on
+this stream, from the domain we connected to and to the domain we
+authenticated as.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet.protocol import Factory
 from twisted.words.xish import domish
 
-from chatbx_server.s2s.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE, domain_or_none, make_key
+from chatbx_server.s2s.dialback import NS_DIALBACK, NS_DIALBACK_FEATURE, dialback_error, domain_or_none, make_key
 from chatbx_server.s2s.dns import Target
-from chatbx_server.s2s.stream import S2SStream, header, major_version
+from chatbx_server.s2s.stream import NS_BIDI, NS_BIDI_FEATURE, STANZAS, S2SStream, header, major_version
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.stanzas import StreamError
 
@@ -76,6 +81,10 @@ class S2SOutStream(S2SStream):
         self.manager.log_event(self, "failed", reason=text)
         self.close_stream(condition, text)
 
+    def peer_error(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = (reason, "connection-timeout" in reason)
+
     def _give_up(self, text: str, condition: str = "policy-violation") -> None:
         self.fail(condition, text)
 
@@ -99,6 +108,16 @@ class S2SOutStream(S2SStream):
             self._on_db_verify_answer(element)
             return
         state = self.state
+        if self.bidi and uri == ns.CLIENT and name in STANZAS:
+            if state != READY:
+                raise StreamError("not-authorized", "not authenticated yet")
+            # XEP-0288 §2.2: from the domain we connected to, to the one we are.
+            self.accept_stanza(element, (self.remote or "",), self.local)
+            return
+        if self.bidi and state == READY and uri == NS_DIALBACK and name == "result" \
+                and element.getAttribute("type") is None:
+            self._refuse_piggyback(element)
+            return
         if state == FEATURES and uri == ns.STREAMS and name == "features":
             self._on_features(element)
         elif state == STARTTLS and uri == ns.TLS:
@@ -107,12 +126,15 @@ class S2SOutStream(S2SStream):
             self._on_sasl_answer(element)
         elif state == DIALBACK and uri == NS_DIALBACK and name == "result":
             self._on_db_result(element)
+        elif uri == ns.STREAMS and name == "error":
+            self.on_peer_error(element)
         else:
             # RFC 6120 §4.9.3.22: nothing else may come to the originating side.
             raise StreamError("unsupported-stanza-type")
 
     def _on_features(self, features: domish.Element) -> None:
         starttls = mechanisms = None
+        bidi_offered = False
         for child in features.elements():
             if child.uri == ns.TLS and child.name == "starttls":
                 starttls = child
@@ -120,6 +142,8 @@ class S2SOutStream(S2SStream):
                 mechanisms = [str(m).strip() for m in child.elements() if m.name == "mechanism"]
             elif child.uri == NS_DIALBACK_FEATURE and child.name == "dialback":
                 self.dialback_offered = True
+            elif child.uri == NS_BIDI_FEATURE and child.name == "bidi":
+                bidi_offered = True
         if self.auth_method:
             self._ready()  # the features after a SASL restart
             return
@@ -142,6 +166,10 @@ class S2SOutStream(S2SStream):
             if not valid and self.manager.secure_required(self.remote or ""):
                 self._give_up(f"secure_auth: the remote certificate is not valid ({reason})")
                 return
+        if bidi_offered and self.manager.config.bidi and not self.bidi:
+            # XEP-0288 §2.2: after STARTTLS, before SASL or dialback.
+            self.bidi = True
+            self.send_element(domish.Element((NS_BIDI, "bidi")))
         if mechanisms and "EXTERNAL" in mechanisms and self.secure:
             self.state = SASL
             auth = domish.Element((ns.SASL, "auth"))
@@ -157,10 +185,15 @@ class S2SOutStream(S2SStream):
             self._give_up("the remote server offers no authentication we can use")
             return
         self.state = DIALBACK
+        self.manager.dialback_secret().addCallback(self._send_db_result)
+
+    def _send_db_result(self, secret: bytes) -> None:
+        if self.closed:
+            return
         result = domish.Element((NS_DIALBACK, "result"))
         result["from"] = self.local or ""
         result["to"] = self.remote or ""
-        result.addContent(make_key(self.manager.secret, self.remote or "", self.local or "", self.stream_id))
+        result.addContent(make_key(secret, self.remote or "", self.local or "", self.stream_id))
         self.send_element(result)
 
     def _on_tls_answer(self, element: domish.Element) -> None:
@@ -205,6 +238,19 @@ class S2SOutStream(S2SStream):
             raise StreamError("invalid-from", "a db:verify that is not an answer to us")
         self.manager.verify_answered(local or "", remote or "", element.getAttribute("id") or "",
                                      verdict == "valid")
+
+    def _refuse_piggyback(self, element: domish.Element) -> None:
+        """The remote asks to authenticate another of its domains on our stream.
+
+        XEP-0288 §2.2 allows it and requires us to understand dialback
+        errors; chatbx answers with one (the remote opens its own stream
+        for that domain, as Prosody does anyway).
+        """
+        sender = element.getAttribute("from") or ""
+        self.send_element(dialback_error("result", element.getAttribute("to") or self.local or "", sender,
+                                         "feature-not-implemented", "cancel"))
+        self.manager.log_event(self, "auth-refused", remote=sender,
+                               reason="dialback for another domain on a bidirectional stream")
 
     def _ready(self) -> None:
         self.state = READY

@@ -11,13 +11,16 @@
   redundant ``xmlns`` (what chatbx builds in ``jabber:client`` goes out as
   ``jabber:server``).
 - Output, close with a stream error, timers, per-stream bookkeeping.
+- The checks on a stanza the peer sends (``accept_stanza``), used by
+  incoming streams and by outgoing ones that are bidirectional (XEP-0288).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Container, Optional
 from uuid import uuid4
 
+from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -30,7 +33,8 @@ from chatbx_server.logs import log_observer
 from chatbx_server.s2s.dialback import NS_DIALBACK
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.serializer import StreamSerializer
-from chatbx_server.xmpp.stanzas import StreamError
+from chatbx_server.xmpp.jid import JID, InvalidJID
+from chatbx_server.xmpp.stanzas import StanzaError, StreamError
 
 if TYPE_CHECKING:
     from chatbx_server.s2s.manager import S2SManager
@@ -38,6 +42,9 @@ if TYPE_CHECKING:
 log = Logger(namespace="chatbx.s2s", observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
+#: XEP-0288: the request (initiating server) and the stream feature
+NS_BIDI = "urn:xmpp:bidi"
+NS_BIDI_FEATURE = "urn:xmpp:features:bidi"
 #: jabber:server streams with the dialback prefix declared in the header
 SERIALIZER = StreamSerializer(ns.SERVER, {ns.STREAMS: "stream", NS_DIALBACK: "db"})
 _SERVER_PREFIX = ns.SERVER + " "
@@ -120,6 +127,8 @@ class S2SStream(Protocol):
         self.peer = ""
         #: "sasl-external", "dialback" or "" (not authenticated)
         self.auth_method = ""
+        #: a bidirectional stream (XEP-0288): stanzas flow both ways on it
+        self.bidi = False
         #: the peer certificate's verdict for self.remote: (valid, reason)
         self.cert: Optional[tuple[bool, str]] = None
         self.parser: Optional[ServerElementStream] = None
@@ -211,6 +220,22 @@ class S2SStream(Protocol):
     def _on_stream_end(self) -> None:
         self.close_stream()
 
+    def on_peer_error(self, element: domish.Element) -> None:
+        """The peer closes with a stream error (RFC 6120 §4.9.1.1): log it, close our side."""
+        condition, text = "undefined-condition", ""
+        for child in element.elements():
+            if child.name == "text":
+                text = str(child)[:200]
+            elif child.uri == ns.STREAM_ERRORS:
+                condition = child.name
+        reason = f"stream error from the peer: {condition}" + (f" ({text})" if text else "")
+        self.peer_error(reason)
+        self.manager.log_event(self, "peer-error", reason=reason)
+        self.close_stream(text=reason)
+
+    def peer_error(self, reason: str) -> None:
+        """Subclasses record why the peer closed (called before the close)."""
+
     def _on_element(self, element: domish.Element) -> None:
         raise NotImplementedError
 
@@ -267,6 +292,57 @@ class S2SStream(Protocol):
         self.transport.unregisterProducer()
         self.transport.loseConnection()
         self._report_lost(text or condition or "closed")
+
+    # -- stanzas from the peer ----------------------------------------------------
+    def accept_stanza(self, stanza: domish.Element, senders: Container[str],
+                      target: Optional[str] = None) -> None:
+        """Check a stanza from the peer and route it.
+
+        Args:
+            stanza: a message, presence or iq the peer sent.
+            senders: the remote domains authenticated on this stream; a
+                ``from`` outside them is spoofing (RFC 6120 §4.9.3.9,
+                §13.9.3): ``invalid-from``.
+            target: the one local domain the stanza may be for (a
+                bidirectional outgoing stream, XEP-0288 §2.2), or None for
+                any hosted domain.
+        """
+        try:
+            sender = JID.parse(stanza.getAttribute("from") or "")
+        except InvalidJID:
+            raise StreamError("invalid-from") from None
+        if sender.host not in senders:
+            self.manager.log_event(self, "invalid-from", remote=sender.host,
+                                   reason="stanza from a domain not authenticated on this stream")
+            raise StreamError("invalid-from")
+        to_text = stanza.getAttribute("to")
+        if not to_text:
+            raise StreamError("improper-addressing", "a stanza without 'to'")
+        router = self.server.router
+        try:
+            to = JID.parse(to_text)
+        except InvalidJID:
+            router.bounce(stanza, "jid-malformed")
+            return
+        if not self.manager.is_local_domain(to.host) or (target is not None and to.host != target):
+            raise StreamError("host-unknown", "that domain is not served here")
+        self.last_active = self.clock.seconds()
+        try:
+            result = router.route(stanza)
+        except StanzaError as exc:
+            router.bounce(stanza, exc.condition, exc.text)
+            return
+        except Exception:
+            log.failure("routing a {name} from {remote} failed", name=stanza.name, remote=sender.host)
+            router.bounce(stanza, "internal-server-error")
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._route_failed, stanza)
+
+    def _route_failed(self, failure: Failure, stanza: domish.Element) -> None:
+        log.failure("handling a {name} from {remote} failed", failure, name=stanza.name,
+                    remote=self.remote)
+        self.server.router.bounce(stanza, "internal-server-error")
 
     @staticmethod
     def new_id() -> str:

@@ -86,3 +86,23 @@ def test_muc_bench_runs() -> None:
     lines = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["scenario"] for r in lines] == ["room_20", "room_20_archived", "rooms_3x3"]
     assert all(r["deliveries_per_s"] > 0 for r in lines)
+@pytest.mark.integration
+def test_quick_federation_between_two_chatbx_delivers_everything(tmp_path: Path) -> None:
+    """`bench/compare --federation --quick --systems chatbx-chatbx`: users on two chatbx
+    servers chat across s2s; nothing is lost and the CPU per message is reported."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--federation", "--quick", "--systems",
+                           "chatbx-chatbx", "--json", str(out), "--time-limit", "90"],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=150,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log = proc.stdout.decode(errors="replace")
+    results = json.loads(out.read_text())
+    assert [r for r in results if r.get("error")] == [], log
+    by_name = {r["scenario"]: r for r in results}
+    assert {"local_throughput", "s2s_throughput", "s2s_latency"} <= set(by_name), log
+    for name in ("s2s_throughput", "s2s_latency"):
+        res = by_name[name]
+        assert res["server"] == "chatbx-chatbx" and res["sent"] > 0 and res["lost"] == 0, res
+        assert res["misrouted"] == 0 and res["error_replies"] == 0, res
+    assert by_name["s2s_throughput"]["cpu_us_total"] > 0
+    assert "CPU per s2s message" in log and proc.returncode == 0, log

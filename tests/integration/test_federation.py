@@ -7,7 +7,7 @@ with SASL EXTERNAL (XEP-0178). Once with the self-signed certificates
 chatbx generates: the certificates prove nothing, so dialback (XEP-0220)
 authenticates, in all three roles. Users on each side subscribe to each
 other, see presence, chat both ways, and query the other server (disco,
-ping, version).
+ping, version). Streams are bidirectional (XEP-0288) unless turned off.
 """
 
 from __future__ import annotations
@@ -94,7 +94,10 @@ async def scenario(a: Any, b: Any, ALICE: str = ALICE, BOB: str = BOB, offline: 
         await alice.plugin["xep_0199"].ping(jid=B, timeout=CLIENT_TIMEOUT)
         version = await alice.plugin["xep_0092"].get_version(B, timeout=CLIENT_TIMEOUT)
         assert version["software_version"]["name"]
+        bob.register_plugin("xep_0030")
         bob.register_plugin("xep_0199")
+        info = await bob.plugin["xep_0030"].get_info(jid=A, timeout=CLIENT_TIMEOUT)
+        assert "urn:xmpp:ping" in info["disco_info"]["features"]
         await bob.plugin["xep_0199"].ping(jid=A, timeout=CLIENT_TIMEOUT)
 
         # Unavailable at logout reaches the other side.
@@ -131,21 +134,52 @@ def wait_status(server: ChatbxServer, check: Callable[[dict[str, Any]], bool]) -
     return run(poll(), 30)
 
 
+def remote_shutdown_is_clean(server: ChatbxServer, remote: Any) -> None:
+    """Stop ``remote`` (anything with stop()): its <stream:error><system-shutdown/>
+    closes chatbx's streams to it quietly, without a stream error of chatbx's."""
+    remote.stop()
+    status = wait_status(server, lambda s: not s["incoming"]
+                         and not any(o["state"] == "ready" for o in s["outgoing"]))
+    assert not status["incoming"] and not any(o["state"] == "ready" for o in status["outgoing"]), status
+    assert "stream-error" not in server.log_text()
+
+
 @pytest.mark.parametrize("with_ca,method", [(True, "sasl-external"), (False, "dialback")],
                          ids=["trusted-ca-sasl-external", "self-signed-dialback"])
 def test_two_servers_federate(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
                               with_ca: bool, method: str) -> None:
     """Users of two chatbx servers subscribe, see presence, chat both ways and query
     the other server; the streams authenticate with SASL EXTERNAL when a trusted
-    CA signed the certificates, with dialback when they are self-signed."""
+    CA signed the certificates, with dialback when they are self-signed. A's
+    stream to B is bidirectional (XEP-0288): B answers on it."""
     a, b = start_pair(chatbx_server, tmp_path, with_ca)
     run(scenario(a, b, offline=True), 90)
     status = wait_status(a, lambda s: any(o["remote"] == B and o.get("auth") for o in s["outgoing"]))
     out = [o for o in status["outgoing"] if o["remote"] == B]
     assert out and out[0]["auth"] == method and out[0]["state"] == "ready", status
-    assert any(B in i["remote"] and i["auth"] == method for i in status["incoming"]), status
+    assert out[0]["bidi"] and out[0].get("via") is None, status  # A's own stream
     text = a.ctl("s2s", "status").stdout
-    assert f"{A} -> {B}  ready  {method}" in text
+    assert f"{A} -> {B}  ready  {method}  bidi" in text
+    b_status = wait_status(b, lambda s: any(o["remote"] == A and o.get("auth") for o in s["outgoing"]))
+    b_out = [o for o in b_status["outgoing"] if o["remote"] == A]
+    assert b_out[0]["state"] == "ready" and b_out[0]["auth"] == method, b_status
+    if with_ca:
+        # One TCP connection carries both directions: B opened none of its own.
+        assert b_out[0]["via"] == "incoming" and not status["incoming"], (status, b_status)
+    remote_shutdown_is_clean(a, b)
+
+
+def test_two_servers_without_bidi(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path) -> None:
+    """[s2s] bidi = false on both: each server sends on its own outgoing stream
+    and receives on an incoming one (RFC 6120's two connections)."""
+    a, b = start_pair(chatbx_server, tmp_path, True, extra_s2s="bidi = false\n")
+    run(scenario(a, b), 90)
+    status = wait_status(a, lambda s: any(o["remote"] == B and o.get("auth") for o in s["outgoing"])
+                         and any(B in i["remote"] for i in s["incoming"]))
+    out = [o for o in status["outgoing"] if o["remote"] == B]
+    assert out[0]["auth"] == "sasl-external" and not out[0]["bidi"], status
+    assert any(B in i["remote"] and i["auth"] == "sasl-external" and not i["bidi"]
+               for i in status["incoming"]), status
 
 
 def test_direct_tls_federation(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path) -> None:

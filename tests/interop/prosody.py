@@ -46,7 +46,7 @@ s2s_secure_auth = false
 allow_registration = false
 log = {{ debug = "{workdir}/prosody.log" }}
 modules_enabled = {{ "roster", "saslauth", "tls", "dialback", "disco", "ping", "version", "posix",
-                     "chatbx_test_routes" }}
+                     "chatbx_test_routes"{more_modules} }}
 chatbx_test_routes = {{ {routes} }}
 {ssl}
 VirtualHost "{domain}"
@@ -78,6 +78,8 @@ class Prosody:
     key: Path
     routes: dict[str, int]
     ca_file: Optional[Path] = None
+    #: load Prosody's mod_s2s_bidi (XEP-0288, in Prosody since 0.12)
+    bidi: bool = False
     c2s_port: int = field(default_factory=free_port)
     s2s_port: int = field(default_factory=free_port)
     proc: Optional[subprocess.Popen] = None
@@ -93,7 +95,8 @@ class Prosody:
         ssl = f'ssl = {{ cafile = "{self.ca_file}" }}' if self.ca_file else ""
         self.config_path.write_text(CONFIG.format(
             workdir=self.workdir, plugins=HERE, c2s_port=self.c2s_port, s2s_port=self.s2s_port,
-            routes=routes, ssl=ssl, domain=self.domain, cert=self.cert, key=self.key))
+            routes=routes, ssl=ssl, domain=self.domain, cert=self.cert, key=self.key,
+            more_modules=', "s2s_bidi"' if self.bidi else ""))
 
     def register(self, user: str, password: str) -> None:
         result = subprocess.run(["prosodyctl", "--config", str(self.config_path), "register", user,

@@ -22,7 +22,7 @@ from chatbx_server.tls import generate_self_signed
 from tests.interop.prosody import Prosody, available, free_port
 
 from conftest import ChatbxServer, run  # tests/integration
-from test_federation import scenario, wait_status  # tests/integration
+from test_federation import remote_shutdown_is_clean, scenario, wait_status  # tests/integration
 from testcerts import make_ca, make_leaf  # tests/integration
 
 if not available() and os.environ.get("CHATBX_REQUIRE_INTEROP") == "1":
@@ -43,13 +43,16 @@ def prosodies() -> Iterator[list[Prosody]]:
             server.stop()
 
 
+@pytest.mark.parametrize("bidi", [False, True], ids=["two-streams", "bidi"])
 @pytest.mark.parametrize("with_ca,method", [(True, "sasl-external"), (False, "dialback")],
                          ids=["trusted-ca-sasl-external", "self-signed-dialback"])
 def test_chatbx_and_prosody_federate(chatbx_server: Callable[..., ChatbxServer], prosodies: list[Prosody],
-                                     tmp_path: Path, with_ca: bool, method: str) -> None:
+                                     tmp_path: Path, with_ca: bool, method: str, bidi: bool) -> None:
     """A chatbx user and a Prosody user subscribe, see presence, chat both ways
     and query each other's server; chatbx's streams use SASL EXTERNAL with
-    trusted certificates and dialback with self-signed ones."""
+    trusted certificates and dialback with self-signed ones. With Prosody's
+    mod_s2s_bidi loaded, chatbx's stream to Prosody is bidirectional
+    (XEP-0288) and Prosody's stanzas come back on it."""
     chatbx_s2s = free_port()
     prosody_dir = tmp_path / "prosody"
     prosody_dir.mkdir()
@@ -64,7 +67,7 @@ def test_chatbx_and_prosody_federate(chatbx_server: Callable[..., ChatbxServer],
     else:
         p_cert, p_key = prosody_dir / f"{P}.crt", prosody_dir / f"{P}.key"
         generate_self_signed(P, p_cert, p_key)
-    prosody = Prosody(prosody_dir, P, p_cert, p_key, {A: chatbx_s2s}, ca_path)
+    prosody = Prosody(prosody_dir, P, p_cert, p_key, {A: chatbx_s2s}, ca_path, bidi=bidi)
     prosody.write_config()
     prosody.register("pat", "pw-pat")
     prosodies.append(prosody)
@@ -75,11 +78,23 @@ def test_chatbx_and_prosody_federate(chatbx_server: Callable[..., ChatbxServer],
                                             f"\"127.0.0.1:{prosody.s2s_port}\" }}\n" + extra_tls)
         pro = types.SimpleNamespace(c2s_port=prosody.c2s_port, c2s_tls_port=0, users={PAT: "pw-pat"})
         run(scenario(chatbx, pro, ALICE, PAT), 120)
-        status = wait_status(chatbx, lambda s: any(o["remote"] == P and o.get("auth") for o in s["outgoing"])
-                             and any(P in i["remote"] for i in s["incoming"]))
-        out = [o for o in status["outgoing"] if o["remote"] == P]
-        assert out and out[0]["auth"] == method, status
-        assert any(P in i["remote"] and i["auth"] == method for i in status["incoming"]), status
+        if bidi:
+            status = wait_status(chatbx, lambda s: any(o["remote"] == P and o.get("auth")
+                                                       for o in s["outgoing"]))
+            out = [o for o in status["outgoing"] if o["remote"] == P]
+            assert out and out[0]["auth"] == method and out[0]["bidi"], status
+            if with_ca:
+                # Prosody sent everything on chatbx's stream: no connection of its own.
+                assert not status["incoming"], status
+            assert "Requested bidirectional stream" in prosody.log_text()
+        else:
+            status = wait_status(chatbx, lambda s: any(o["remote"] == P and o.get("auth")
+                                                       for o in s["outgoing"])
+                                 and any(P in i["remote"] for i in s["incoming"]))
+            out = [o for o in status["outgoing"] if o["remote"] == P]
+            assert out and out[0]["auth"] == method and not out[0]["bidi"], status
+            assert any(P in i["remote"] and i["auth"] == method for i in status["incoming"]), status
+        remote_shutdown_is_clean(chatbx, prosody)
     except BaseException:
         print(prosody.log_text()[-15000:])
         raise

@@ -278,3 +278,16 @@ def test_peer_that_stops_reading_is_dropped() -> None:
     stream.send_element(big)
     assert stream.closed and transport.closed_with == ("policy-violation",
                                                       "output buffer full: the peer does not read")
+
+
+def test_peer_stream_error_closes_quietly() -> None:
+    """A <stream:error/> from the peer (e.g. system-shutdown) closes the stream
+    without an error of ours in reply (RFC 6120 §4.9.1.1)."""
+    server, manager = make_manager()
+    stream, transport, _ = _dialback(manager, True)
+    transport.take()
+    feed(stream, "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                 "</stream:error>")
+    assert stream.closed and transport.closed_with is None and transport.take() == []
+    assert transport.value().endswith(b"</stream:stream>")
+    assert stream not in manager.incoming

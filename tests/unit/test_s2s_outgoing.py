@@ -243,3 +243,16 @@ def test_each_virtual_host_federates_as_itself() -> None:
         feed(stream, f"<db:result from='b.example' to='{local}' type='valid'/>")
         sent[local] = [e["id"] for e in transport.elements if e.name == "message"]
     assert sent == {"a.example": ["a1"], "z.example": ["z1"]}
+
+
+def test_peer_stream_error_while_connecting_bounces() -> None:
+    """A <stream:error/> from the remote before we are ready closes our side
+    without an error of ours, and queued stanzas bounce."""
+    server, manager, connector, alice = setup()
+    send(alice, "<message id='m1' to='bob@b.example'><body>one</body></message>")
+    stream, transport = connector.accept()
+    feed(stream, REMOTE_HEAD + "<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+                               "</stream:error>")
+    assert stream.closed and transport.closed_with is None
+    assert errors(alice) == [("m1", "remote-server-not-found")]
+    assert "host-unknown" in manager.routes[("a.example", "b.example")].last_error
