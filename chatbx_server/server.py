@@ -68,13 +68,15 @@ class Server:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        """Close every session, unload modules, stop the database."""
+        """Close every session, unload modules, write the batched rows still
+        queued (archive), stop the database."""
         if not self.running:
             return
         self.running = False
         for session in list(self.sessions):
             session.close("system-shutdown")
         self.modules.unload_all()
+        yield self.stores.close()
         yield defer.maybeDeferred(self.database.stop)
 
     def is_local(self, host: Optional[str]) -> bool:
