@@ -41,16 +41,23 @@ total count (RSM ``<count/>``) is one COUNT over the same index range.
 Full-text search (XEP-0431) uses the database's own engine: on PostgreSQL a
 GIN index on ``to_tsvector('simple', body)`` matched with
 ``websearch_to_tsquery('simple', ...)`` ('simple': no language stemming,
-since an archive mixes languages); on SQLite a contentless FTS5 table whose
-rows are ``(owner token, body)`` with rowid = ``id``, kept in step by
-triggers, searched with every word of the query as a quoted term plus the
-owner token, so the index itself restricts the search to one archive.
+since an archive mixes languages). On SQLite an FTS5 table of
+``(owner token, body)`` with rowid = ``id``, searched with every word of the
+query as a quoted term plus the owner token, so the index itself restricts
+the search to one archive. Tokenizing costs more than the rest of an
+insert, so rows are not indexed as they are written: :func:`index_txn`
+follows the table in bounded chunks (the mam module runs it every second,
+in larger chunks while the writer is idle) and records how far it got; a
+search covers the indexed rows through FTS5 and the few rows above that
+mark by matching every word with LIKE, so it always sees every row.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import itertools
 import json
 import os
 import struct
@@ -70,6 +77,7 @@ from chatbx_server.storage.schema import archive_messages, archive_prefs, roster
 from chatbx_server.storage.users import now_function, split_jid, user_id_txn
 
 __all__ = [
+    "MAX_SEARCH_TERMS",
     "ArchivePage",
     "ArchivePrefs",
     "ArchiveQuery",
@@ -281,11 +289,26 @@ def _in_roster_txn(conn: Connection, pairs: set[tuple[int, str]]) -> set[tuple[i
     return found
 
 
-_SQLITE_INSERT = (
-    "INSERT OR IGNORE INTO archive_messages "
-    "(id, user_id, nonce, with_hash, with_jid, with_resource, body, stanza) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _COLUMNS = ("id", "user_id", "nonce", "with_hash", "with_jid", "with_resource", "body", "stanza")
+#: rows per SQLite INSERT statement (8 parameters each; the limit is 32766)
+_SQLITE_ROWS_PER_INSERT = 100
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_insert(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT OR IGNORE INTO archive_messages ({', '.join(_COLUMNS)}) VALUES {values}"
+
+
+def _sqlite_insert_txn(conn: Connection, values: list[tuple[Any, ...]]) -> None:
+    """Many rows per statement: the sqlite3 module lets go of the GIL for
+    every statement step, and a step per row made the database thread and
+    the reactor hand the GIL back and forth thousands of times a second."""
+    step = _SQLITE_ROWS_PER_INSERT
+    for start in range(0, len(values), step):
+        chunk = values[start:start + step]
+        conn.exec_driver_sql(_sqlite_insert(len(chunk)),
+                             tuple(itertools.chain.from_iterable(chunk)))
 
 
 def append_txn(conn: Connection, rows: list[ArchiveRow]) -> list[bool]:
@@ -310,12 +333,16 @@ def append_txn(conn: Connection, rows: list[ArchiveRow]) -> list[bool]:
         results.append(True)
     if values:
         if conn.dialect.name == "sqlite":
-            # The driver's executemany directly: a batch is the hot path.
-            conn.exec_driver_sql(_SQLITE_INSERT, values)
+            _sqlite_insert_txn(conn, values)
         else:
             conn.execute(postgresql.insert(archive_messages).on_conflict_do_nothing(
                 index_elements=["id"]), [dict(zip(_COLUMNS, v)) for v in values])
     return results
+
+
+def _like_pattern(word: str) -> str:
+    escaped = word.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _search_condition(conn: Connection, user_id: int, text: str) -> Optional[sa.ColumnElement[bool]]:
@@ -324,16 +351,23 @@ def _search_condition(conn: Connection, user_id: int, text: str) -> Optional[sa.
     words = [w for w in text.split() if any(c.isalnum() for c in w)][:MAX_SEARCH_TERMS]
     if not words:
         return None
+    t = archive_messages
     if conn.dialect.name == "postgresql":
         simple: sa.ColumnElement[Any] = sa.literal_column("'simple'::regconfig")
-        vector = sa.func.to_tsvector(simple, archive_messages.c.body)
+        vector = sa.func.to_tsvector(simple, t.c.body)
         return vector.bool_op("@@")(sa.func.websearch_to_tsquery(simple, " ".join(words)))
     terms = " AND ".join('body:"%s"' % w.replace('"', '""') for w in words)
     match = f'owner:"u{user_id}" AND {terms}'
-    matching: sa.Select[Any] = (sa.select(sa.literal_column("rowid"))
-                .select_from(sa.table("archive_fts"))
-                .where(sa.text("archive_fts MATCH :fts_match").bindparams(fts_match=match)))
-    return archive_messages.c.id.in_(matching)
+    indexed: sa.Select[Any] = (sa.select(sa.literal_column("rowid"))
+                               .select_from(sa.table("archive_fts"))
+                               .where(sa.text("archive_fts MATCH :fts_match")
+                                      .bindparams(fts_match=match)))
+    indexed_to = sa.select(sa.literal_column("indexed_to")).select_from(
+        sa.table("archive_fts_state")).scalar_subquery()
+    # Rows the indexer has not reached yet: every word as a substring.
+    tail = sa.and_(t.c.id > indexed_to, t.c.body.is_not(None),
+                   *[t.c.body.like(_like_pattern(w), escape="\\") for w in words])
+    return sa.or_(t.c.id.in_(indexed), tail)
 
 
 def _resolve_uids_txn(conn: Connection, user_id: int, uids: Sequence[str]) -> dict[str, int]:
@@ -443,6 +477,28 @@ def expire_txn(conn: Connection, before_id: int, limit: int) -> int:
     return int(result.rowcount)
 
 
+def index_txn(conn: Connection, limit: int) -> int:
+    """SQLite: add up to ``limit`` rows above the indexed mark to the FTS5
+    index and move the mark; returns how many rows it looked at (0 on
+    PostgreSQL, whose GIN index is kept by the database)."""
+    if conn.dialect.name != "sqlite":
+        return 0
+    indexed_to = conn.exec_driver_sql(
+        "SELECT indexed_to FROM archive_fts_state WHERE id = 1").scalar_one()
+    rows = conn.exec_driver_sql(
+        "SELECT id, user_id, body FROM archive_messages WHERE id > ? ORDER BY id LIMIT ?",
+        (indexed_to, limit)).all()
+    if not rows:
+        return 0
+    values = [(r[0], f"u{r[1]}", r[2]) for r in rows if r[2] is not None]
+    if values:
+        conn.exec_driver_sql("INSERT INTO archive_fts (rowid, owner, body) VALUES (?, ?, ?)",
+                             values)
+    conn.exec_driver_sql("UPDATE archive_fts_state SET indexed_to = ? WHERE id = 1",
+                         (rows[-1][0],))
+    return len(rows)
+
+
 def max_id_txn(conn: Connection) -> int:
     """The largest stored id (0 for an empty archive table)."""
     return int(conn.execute(sa.select(sa.func.max(archive_messages.c.id))).scalar() or 0)
@@ -489,8 +545,8 @@ class ArchiveStore:
         max_batch, delay, capacity: see :class:`BatchWriter`.
     """
 
-    def __init__(self, db: Database, clock: Any = None, *, max_batch: int = 2000,
-                 delay: float = 0.02, capacity: int = 50000) -> None:
+    def __init__(self, db: Database, clock: Any = None, *, max_batch: int = 5000,
+                 delay: float = 0.05, capacity: int = 50000) -> None:
         self.db = db
         self.ids = IdSource(clock)
         self.writer: BatchWriter[ArchiveRow] = BatchWriter(
@@ -501,6 +557,15 @@ class ArchiveStore:
         """Queue a row; fires True after the commit that stored it (False:
         skipped, see :func:`append_txn`)."""
         return self.writer.write(row)
+
+    def submit(self, row: ArchiveRow) -> None:
+        """Queue a row that nothing waits for (failures are logged)."""
+        self.writer.submit(row)
+
+    def index(self, limit: int) -> Deferred[int]:
+        """Index up to ``limit`` rows for full-text search (SQLite); fires
+        with how many rows it looked at."""
+        return self.db.run("archive.index", index_txn, limit)
 
     def flush(self) -> Deferred[None]:
         """Fires when every row appended so far is committed (or failed)."""

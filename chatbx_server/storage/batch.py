@@ -12,11 +12,15 @@ The rules:
   function returned for that row, only after the transaction holding the
   row has committed: a promise of storage (an XEP-0198 ack, an offline
   message accepted) waits on it. Nothing else needs to wait: delivery to
-  online resources goes on while the row is queued.
+  online resources goes on while the row is queued. ``submit(row)`` is the
+  same without a Deferred, for callers that wait on nothing (the hot path
+  saves making one per row); failures are logged all the same.
 - A batch is written when ``max_batch`` rows are queued, or ``delay``
-  seconds after the first row arrived, or at once when a batch finishes and
-  rows arrived meanwhile (so under load batches grow to match the rate), or
-  when someone calls :meth:`flush` (a query that must see its own writes).
+  seconds after the first row arrived (or after the previous batch
+  finished), or when someone calls :meth:`flush` (a query that must see its
+  own writes). So under load a batch holds what arrives in ``delay``: a
+  commit costs about the same for ten rows as for a thousand (SQLite
+  rewrites whole index pages), which is what makes the archive affordable.
   One batch is in flight at a time, so rows commit in the order written.
 - Rows are never dropped. Past ``capacity`` queued rows the writer is
   ``full``: callers that can hold back their input (a stream that can stop
@@ -37,7 +41,7 @@ the connection and the list of rows and returns one result per row.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 from sqlalchemy.engine import Connection
 from twisted.internet import defer
@@ -83,9 +87,9 @@ class BatchWriter(Generic[R]):
         self.max_batch = max_batch
         self.capacity = capacity
         self.delay = delay
-        self._queue: deque[tuple[R, defer.Deferred[Any]]] = deque()
+        self._queue: deque[tuple[R, Optional[defer.Deferred[Any]]]] = deque()
         #: batches to retry first, in order (halves of a batch that failed)
-        self._retry: deque[list[tuple[R, defer.Deferred[Any]]]] = deque()
+        self._retry: deque[list[tuple[R, Optional[defer.Deferred[Any]]]]] = deque()
         self._timer: Any = None
         self._running = False
         self._closed = False
@@ -118,6 +122,20 @@ class BatchWriter(Generic[R]):
         if self._closed:
             return defer.fail(StorageError(f"{self.desc}: writer closed"))
         d: defer.Deferred[Any] = defer.Deferred()
+        self._enqueue(row, d)
+        return d
+
+    def submit(self, row: R) -> None:
+        """Queue ``row`` without a Deferred (nothing waits for its commit).
+
+        Raises:
+            StorageError: after :meth:`close`.
+        """
+        if self._closed:
+            raise StorageError(f"{self.desc}: writer closed")
+        self._enqueue(row, None)
+
+    def _enqueue(self, row: R, d: Optional[defer.Deferred[Any]]) -> None:
         self._queue.append((row, d))
         self._accepted += 1
         if not self._running:
@@ -125,7 +143,6 @@ class BatchWriter(Generic[R]):
                 self._start()
             elif self._timer is None:
                 self._timer = self.clock.callLater(self.delay, self._on_timer)
-        return d
 
     def wait_for_room(self) -> defer.Deferred[None]:
         """Fires when the writer is not full (at once when it is not)."""
@@ -175,7 +192,7 @@ class BatchWriter(Generic[R]):
         d = self.db.run(self.desc, self.txn, rows)
         d.addBoth(self._done, batch)
 
-    def _done(self, result: Any, batch: list[tuple[R, defer.Deferred[Any]]]) -> None:
+    def _done(self, result: Any, batch: list[tuple[R, Optional[defer.Deferred[Any]]]]) -> None:
         self._running = False
         self.batches += 1
         if isinstance(result, Failure):
@@ -189,13 +206,16 @@ class BatchWriter(Generic[R]):
                 self.rows_written += len(batch)
                 self._finished += len(batch)
                 for (_, d), value in zip(batch, result):
-                    d.callback(value)
+                    if d is not None:
+                        d.callback(value)
         self._release_flushers()
-        if self._retry or self._queue:
-            # What arrived meanwhile has waited one transaction already.
+        if self._retry or self._flush_waiters or len(self._queue) >= self.max_batch:
             self._start()
+        elif self._queue and self._timer is None:
+            self._timer = self.clock.callLater(self.delay, self._on_timer)
 
-    def _failed(self, failure: Failure, batch: list[tuple[R, defer.Deferred[Any]]]) -> None:
+    def _failed(self, failure: Failure,
+                batch: list[tuple[R, Optional[defer.Deferred[Any]]]]) -> None:
         exc = failure.value
         transient = isinstance(exc, BaseException) and (
             is_transient_error(exc) or isinstance(exc, StorageError))
@@ -210,11 +230,13 @@ class BatchWriter(Generic[R]):
         log.failure("{desc}: {count} rows not written", failure, desc=self.desc, count=len(batch))
         self._fail_rows(failure, batch)
 
-    def _fail_rows(self, failure: Failure, batch: list[tuple[R, defer.Deferred[Any]]]) -> None:
+    def _fail_rows(self, failure: Failure,
+                   batch: list[tuple[R, Optional[defer.Deferred[Any]]]]) -> None:
         self.rows_failed += len(batch)
         self._finished += len(batch)
         for _, d in batch:
-            d.errback(failure)
+            if d is not None:
+                d.errback(failure)
 
     def _release_room(self) -> None:
         if self._room_waiters and not self.full:

@@ -10,8 +10,8 @@ RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
 (offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0313 /
 XEP-0441 / XEP-0431 (message archives, their preferences, full-text search).
 
-The archive's full-text index is not a Table: an FTS5 virtual table and two
-triggers on SQLite, a GIN expression index on PostgreSQL. They are created
+The archive's full-text index is not a Table: an FTS5 virtual table, its
+progress row and a trigger on SQLite, a GIN expression index on PostgreSQL. They are created
 by DDL attached to ``archive_messages`` (so ``metadata.create_all`` makes
 them too) and by the migration; :func:`include_object` tells Alembic's
 comparison to leave them out (see ``storage/archive.py`` for the design).
@@ -186,25 +186,26 @@ archive_prefs = sa.Table(
     comment="archiving preferences (XEP-0441) of accounts that set them",
 )
 
-#: SQLite: a contentless FTS5 table (rowid = archive_messages.id) holding each
-#: body and an owner token ('u' || user_id) that restricts a search to one
-#: archive inside the index; triggers keep it in step with the table.
+#: SQLite: an FTS5 table (rowid = archive_messages.id) of each body and an
+#: owner token ('u' || user_id) that restricts a search to one archive inside
+#: the index. It is filled by an indexer that follows the archive in bounded
+#: chunks (archive_fts_state.indexed_to: every row up to there is indexed),
+#: so a burst of writes does not pay for tokenizing; a trigger removes
+#: deleted rows (a no-op for rows never indexed). See storage/archive.py.
 SQLITE_FTS_DDL = (
     "CREATE VIRTUAL TABLE archive_fts USING fts5("
-    "owner, body, content='', tokenize='unicode61 remove_diacritics 2')",
-    "CREATE TRIGGER archive_fts_insert AFTER INSERT ON archive_messages "
-    "WHEN new.body IS NOT NULL BEGIN "
-    "INSERT INTO archive_fts(rowid, owner, body) VALUES (new.id, 'u' || new.user_id, new.body); "
-    "END",
+    "owner, body, tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TABLE archive_fts_state ("
+    "id INTEGER PRIMARY KEY CHECK (id = 1), indexed_to INTEGER NOT NULL)",
+    "INSERT INTO archive_fts_state (id, indexed_to) VALUES (1, 0)",
     "CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive_messages "
     "WHEN old.body IS NOT NULL BEGIN "
-    "INSERT INTO archive_fts(archive_fts, rowid, owner, body) "
-    "VALUES ('delete', old.id, 'u' || old.user_id, old.body); "
+    "DELETE FROM archive_fts WHERE rowid = old.id; "
     "END",
 )
 SQLITE_FTS_DROP = (
     "DROP TRIGGER IF EXISTS archive_fts_delete",
-    "DROP TRIGGER IF EXISTS archive_fts_insert",
+    "DROP TABLE IF EXISTS archive_fts_state",
     "DROP TABLE IF EXISTS archive_fts",
 )
 #: PostgreSQL: a GIN index on the 'simple' text-search vector of the body;
@@ -218,7 +219,8 @@ POSTGRESQL_FTS_DROP = ("DROP INDEX IF EXISTS ix_archive_messages_fulltext",)
 #: names of the full-text objects (and FTS5's shadow tables): not Tables here
 SEARCH_OBJECTS = frozenset((
     "archive_fts", "archive_fts_data", "archive_fts_idx", "archive_fts_docsize",
-    "archive_fts_config", "archive_fts_content", "ix_archive_messages_fulltext",
+    "archive_fts_config", "archive_fts_content", "archive_fts_state",
+    "ix_archive_messages_fulltext",
 ))
 
 for _statement in SQLITE_FTS_DDL:

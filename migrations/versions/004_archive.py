@@ -6,8 +6,9 @@ Revises: 001
 Create Date: 2025-11-27
 
 Written out (not taken from schema.py) so this revision stays what it is.
-The full-text index is DDL of its own: an FTS5 table kept in step by two
-triggers on SQLite, a GIN expression index on PostgreSQL.
+The full-text index is DDL of its own: an FTS5 table, the row recording how
+far an indexer has filled it and a trigger for deletions on SQLite, a GIN
+expression index on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -24,15 +25,13 @@ _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 _SQLITE_FTS = (
     "CREATE VIRTUAL TABLE archive_fts USING fts5("
-    "owner, body, content='', tokenize='unicode61 remove_diacritics 2')",
-    "CREATE TRIGGER archive_fts_insert AFTER INSERT ON archive_messages "
-    "WHEN new.body IS NOT NULL BEGIN "
-    "INSERT INTO archive_fts(rowid, owner, body) VALUES (new.id, 'u' || new.user_id, new.body); "
-    "END",
+    "owner, body, tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TABLE archive_fts_state ("
+    "id INTEGER PRIMARY KEY CHECK (id = 1), indexed_to INTEGER NOT NULL)",
+    "INSERT INTO archive_fts_state (id, indexed_to) VALUES (1, 0)",
     "CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive_messages "
     "WHEN old.body IS NOT NULL BEGIN "
-    "INSERT INTO archive_fts(archive_fts, rowid, owner, body) "
-    "VALUES ('delete', old.id, 'u' || old.user_id, old.body); "
+    "DELETE FROM archive_fts WHERE rowid = old.id; "
     "END",
 )
 _POSTGRESQL_FTS = (
@@ -94,7 +93,7 @@ def downgrade() -> None:
     dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
         for statement in ("DROP TRIGGER IF EXISTS archive_fts_delete",
-                          "DROP TRIGGER IF EXISTS archive_fts_insert",
+                          "DROP TABLE IF EXISTS archive_fts_state",
                           "DROP TABLE IF EXISTS archive_fts"):
             op.execute(statement)
     else:

@@ -74,7 +74,7 @@ def test_full_text_objects_exist_and_match_create_all(db_url: str) -> None:
     try:
         migrated = search_objects(engine)
         if engine.dialect.name == "sqlite":
-            assert {"archive_fts", "archive_fts_insert", "archive_fts_delete"} <= migrated
+            assert {"archive_fts", "archive_fts_state", "archive_fts_delete"} <= migrated
         else:
             assert migrated == {"ix_archive_messages_fulltext"}
         with engine.begin() as conn:

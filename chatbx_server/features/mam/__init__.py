@@ -5,13 +5,13 @@ ids (XEP-0359 0.7), preferences (XEP-0441 0.2), full-text search (XEP-0431
 Where messages are archived (the events and priorities of ``events.py``):
 
 - What a local client sends: ``pre-message/bare|full`` at ARCHIVE, into the
-  sender's archive (with = 'to'). Other handlers (carbons, at COPY) then see
-  an :class:`~.policy.OutgoingCopy` carrying the sender's own stanza-id, so
-  the 'sent' carbon tells the sender's other devices where the message is
-  archived; at RESTORE (below COPY, above delivery) the original, without
-  that id, goes back into the event and is what leaves the server
-  (XEP-0313 §3.5: no stanza-id to JIDs that cannot read the archive). This
-  is what Prosody's mod_mam does.
+  sender's archive (with = 'to'). When the carbons module is loaded, other
+  handlers (carbons, at COPY) then see an :class:`~.policy.OutgoingCopy`
+  carrying the sender's own stanza-id, so the 'sent' carbon tells the
+  sender's other devices where the message is archived; at RESTORE (below
+  COPY, above delivery) the original, without that id, goes back into the
+  event and is what leaves the server (XEP-0313 §3.5: no stanza-id to JIDs
+  that cannot read the archive). This is what Prosody's mod_mam does.
 - What is delivered to a local account: ``message/bare|full`` at ARCHIVE,
   into the recipient's archive (with = 'from'), stamping
   ``<stanza-id by=RECIPIENT id=UID/>`` on the delivered stanza, so the
@@ -20,8 +20,8 @@ Where messages are archived (the events and priorities of ``events.py``):
   row goes through the store's batch writer). A message stored offline is
   archived here once, when it arrives; its later delivery sends the stored
   copy straight to the session.
-- A message between two local accounts goes into both archives; one to
-  oneself only once (as it arrives).
+- A message between two local accounts goes into both archives (the XML
+  serialized once for both); one to oneself only once (as it arrives).
 - A stanza-id claiming our archive that came from outside is removed first
   (XEP-0359 §4); ``<origin-id/>`` is left alone.
 
@@ -34,7 +34,8 @@ Preferences are kept in memory (loaded at start: only accounts that set
 some have a row) and stored; the 'roster' default uses the roster cache of
 the roster module when the account is online, and otherwise lets the
 store check the roster when it writes the row. Expired messages
-(``expire_after``) are deleted in bounded batches by a periodic task.
+(``expire_after``) are deleted in bounded batches by a periodic task; on
+SQLite another one feeds the full-text index (``ArchiveStore.index``).
 
 ``[modules.mam]`` options: see :class:`MamOptions`.
 """
@@ -52,7 +53,7 @@ from twisted.words.xish import domish
 
 from chatbx_server.events import ARCHIVE, COPY, DELIVER, StanzaEvent
 from chatbx_server.features.mam.policy import (SID, OutgoingCopy, StanzaId, archiving_rule,
-                                               examine)
+                                               examine, serialize)
 from chatbx_server.features.mam.query import (FULLTEXT, MAM, MAM_EXTENDED, POLICIES, fin,
                                               flip_page, form, metadata, parse_prefs, parse_query,
                                               prefs_element, result_message)
@@ -75,6 +76,12 @@ EXPIRE_FIRST_DELAY = 60.0
 EXPIRE_INTERVAL = 3600.0
 EXPIRE_BATCH = 1000
 EXPIRE_NEXT_BATCH = 1.0
+#: full-text indexing (SQLite): rows per run while the writer is busy / idle,
+#: and how often; an idle run that filled its chunk runs again soon
+INDEX_BUSY_CHUNK = 500
+INDEX_IDLE_CHUNK = 2000
+INDEX_INTERVAL = 1.0
+INDEX_CATCH_UP = 0.05
 
 _UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _DURATION = re.compile(r"^\s*(\d+)\s*([a-z]*)\s*$")
@@ -145,11 +152,6 @@ class MamOptions:
         return parse_duration(self.expire_after)
 
 
-def _ignore(_: Failure) -> None:
-    """The batch writer has logged the failure of a row."""
-    return None
-
-
 class MamFeature(Feature):
     name = "mam"
     spec = ("XEP-0313 1.1.3 (Message Archive Management), XEP-0359 0.7.0 (Unique and Stable "
@@ -167,6 +169,10 @@ class MamFeature(Feature):
         self._prefs: dict[str, ArchivePrefs] = {}
         self._active = True
         self._expiry: Any = None
+        self._indexer: Any = None
+        #: (stanza, its children list, their number, its XML) of the last
+        #: outgoing message, reused when it arrives for a local recipient
+        self._shared: Optional[tuple[domish.Element, list[Any], int, str]] = None
         self.hook("pre-message/bare", self.on_outgoing, ARCHIVE)
         self.hook("pre-message/full", self.on_outgoing, ARCHIVE)
         self.hook("pre-message/bare", self.on_outgoing_routed, RESTORE)
@@ -180,6 +186,8 @@ class MamFeature(Feature):
         self.iq("set", "bare", MAM, "prefs", self.on_prefs)
         if self.options.expire_seconds is not None:
             self._schedule_expiry(EXPIRE_FIRST_DELAY)
+        if self.server.database.dialect == "sqlite":
+            self._schedule_index(INDEX_INTERVAL)
         self.store.max_id().addCallbacks(self.store.ids.observe, self._failed,
                                          errbackArgs=("reading the newest archive id",))
         self.store.load_prefs().addCallbacks(self._prefs_loaded, self._failed,
@@ -187,9 +195,11 @@ class MamFeature(Feature):
 
     def teardown(self) -> None:
         self._active = False
-        if self._expiry is not None and self._expiry.active():
-            self._expiry.cancel()
-        self._expiry = None
+        for call in (self._expiry, self._indexer):
+            if call is not None and call.active():
+                call.cancel()
+        self._expiry = self._indexer = None
+        self._shared = None
         super().teardown()
 
     @staticmethod
@@ -214,8 +224,12 @@ class MamFeature(Feature):
         rule = self._rule(owner, to)
         if rule is False:
             return None
-        uid = self._append(owner, to, body, stanza, rule is None)
-        event.stanza = OutgoingCopy(stanza, StanzaId(owner, uid))
+        xml = self._serialize(stanza)
+        if to.host in self.server.hosts:
+            self._shared = (stanza, stanza.children, len(stanza.children), xml)
+        uid = self._append(owner, to, body, xml, rule is None)
+        if "carbons" in self.server.modules:
+            event.stanza = OutgoingCopy(stanza, StanzaId(owner, uid))
         return None
 
     def on_outgoing_routed(self, event: StanzaEvent) -> None:
@@ -238,8 +252,17 @@ class MamFeature(Feature):
         rule = self._rule(owner, sender)
         if rule is False:
             return None
-        uid = self._append(owner, sender, body, stanza, rule is None)
-        stanza.addChild(StanzaId(owner, uid))
+        shared = self._shared
+        self._shared = None
+        if (shared is not None and shared[0] is stanza and shared[1] is stanza.children
+                and shared[2] == len(stanza.children)):
+            xml = shared[3]  # the sender's copy, unchanged since: same XML
+        else:
+            xml = self._serialize(stanza)
+        uid = self._append(owner, sender, body, xml, rule is None)
+        stanza_id = StanzaId(owner, uid)
+        stanza_id.parent = stanza
+        stanza.children.append(stanza_id)
         return None
 
     def _rule(self, owner: str, target: JID) -> Optional[bool]:
@@ -255,17 +278,21 @@ class MamFeature(Feature):
                 roster = target.bare in state.items
         return archiving_rule(prefs, default, target, roster)
 
-    def _append(self, owner: str, other: JID, body: Optional[str], stanza: domish.Element,
+    @staticmethod
+    def _serialize(stanza: domish.Element) -> str:
+        xml = serialize(stanza)
+        if stanza.uri == ns.SERVER:
+            # Results go to clients: what arrived over s2s is kept as jabber:client.
+            xml = xml.replace(f"xmlns='{ns.SERVER}'", f"xmlns='{ns.CLIENT}'", 1)
+        return xml
+
+    def _append(self, owner: str, other: JID, body: Optional[str], xml: str,
                 check_roster: bool) -> str:
         ids = self.store.ids
         archive_id = ids.next_id()
         nonce = ids.nonce()
-        xml = stanza.toXml()
-        if stanza.uri == ns.SERVER:
-            # Results go to clients: what arrived over s2s is kept as jabber:client.
-            xml = xml.replace(f"xmlns='{ns.SERVER}'", f"xmlns='{ns.CLIENT}'", 1)
-        self.store.append((owner, archive_id, nonce, other.bare, other.resource, body, xml,
-                           check_roster)).addErrback(_ignore)
+        self.store.submit((owner, archive_id, nonce, other.bare, other.resource, body, xml,
+                           check_roster))
         return encode_uid(archive_id, nonce)
 
     # -- queries ---------------------------------------------------------------
@@ -337,3 +364,24 @@ class MamFeature(Feature):
     def _expire_failed(self, failure: Failure) -> None:
         log.failure("mam: deleting expired messages failed", failure)
         self._schedule_expiry(EXPIRE_INTERVAL)
+
+    # -- full-text indexing (SQLite) ---------------------------------------------
+    def _schedule_index(self, delay: float) -> None:
+        if self._active:
+            self._indexer = self.server.clock.callLater(delay, self._index)
+
+    def _index(self) -> defer.Deferred[None]:
+        self._indexer = None
+        # While messages are being written, index a little: the search covers
+        # the rest by scanning; catch up when the writer is idle.
+        chunk = INDEX_BUSY_CHUNK if self.store.writer.pending else INDEX_IDLE_CHUNK
+        d = self.store.index(chunk)
+        return d.addCallbacks(self._indexed, self._index_failed, callbackArgs=(chunk,))
+
+    def _indexed(self, count: int, chunk: int) -> None:
+        self._schedule_index(INDEX_CATCH_UP if count >= chunk == INDEX_IDLE_CHUNK
+                             else INDEX_INTERVAL)
+
+    def _index_failed(self, failure: Failure) -> None:
+        log.failure("mam: full-text indexing failed", failure)
+        self._schedule_index(INDEX_INTERVAL)

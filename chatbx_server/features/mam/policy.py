@@ -12,10 +12,14 @@ Pure functions over stanzas, run for every routed message (keep them lean):
   local client sent: the same stanza plus the sender's own stanza-id, which
   must not leave the server (XEP-0313 §3.5), as Prosody's mod_mam does.
 - :func:`archiving_rule` applies the XEP-0441 preferences.
+- :func:`serialize` is ``Element.toXml()`` for the common shape of a
+  stanza, about twice as fast: every archived message is serialized once
+  more than delivery needs.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from twisted.words.xish import domish
@@ -24,7 +28,7 @@ from chatbx_server.storage.archive import ArchivePrefs
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, parse_or_none
 
-__all__ = ["OutgoingCopy", "StanzaId", "archiving_rule", "examine", "SID", "HINTS"]
+__all__ = ["OutgoingCopy", "StanzaId", "archiving_rule", "examine", "serialize", "SID", "HINTS"]
 
 SID = "urn:xmpp:sid:0"
 HINTS = "urn:xmpp:hints"
@@ -51,7 +55,14 @@ class StanzaId(domish.Element):
     """``<stanza-id xmlns='urn:xmpp:sid:0' by=ARCHIVE id=UID/>`` added here."""
 
     def __init__(self, by: str, uid: str) -> None:
-        super().__init__((SID, "stanza-id"), attribs={"by": by, "id": uid})
+        # What domish.Element.__init__ sets, without its generality: one is
+        # made for every archived message.
+        self.localPrefixes = {}
+        self.uri = self.defaultUri = SID
+        self.name = "stanza-id"
+        self.attributes = {"by": by, "id": uid}
+        self.children = []
+        self.parent = None
         self.by = by
 
 
@@ -171,3 +182,61 @@ def archiving_rule(prefs: Optional[ArchivePrefs], default: str, target: JID,
     if default == "never":
         return False
     return roster
+
+
+_XML_NS = "http://www.w3.org/XML/1998/namespace"
+_TEXT_SPECIAL = re.compile(r"[&<>]")
+_ATTR_SPECIAL = re.compile(r"[&<>'\"]")
+
+
+def _serialize(element: domish.Element, parent_default: str, out: list[str]) -> bool:
+    """Append ``element`` to ``out`` as domish would; False for a shape left
+    to domish (namespace prefixes, raw XML, foreign attribute namespaces)."""
+    if element.localPrefixes:
+        return False
+    default = element.defaultUri
+    if default is None:
+        default = parent_default
+    uri = element.uri
+    if uri is not None and uri != default:
+        return False  # domish would invent a prefix
+    name = element.name
+    out.append("<" + name)
+    if default != parent_default:
+        out.append(f" xmlns='{default}'")
+    for key, value in element.attributes.items():
+        if value.__class__ is not str:
+            return False
+        if _ATTR_SPECIAL.search(value) is not None:
+            value = domish.escapeToXml(value, 1)
+        if key.__class__ is tuple:
+            if key[0] != _XML_NS:
+                return False
+            out.append(f" xml:{key[1]}='{value}'")
+        else:
+            out.append(f" {key}='{value}'")
+    children = element.children
+    if not children:
+        out.append("/>")
+        return True
+    out.append(">")
+    for child in children:
+        if child.__class__ is str:  # not SerializedXML, a str subclass
+            out.append(domish.escapeToXml(child) if _TEXT_SPECIAL.search(child) else child)
+        elif isinstance(child, domish.Element):
+            if not _serialize(child, default, out):
+                return False
+        else:
+            return False
+    out.append(f"</{name}>")
+    return True
+
+
+def serialize(stanza: domish.Element) -> str:
+    """The same text as ``stanza.toXml()``, faster for the common shape
+    (default namespaces only, plain or xml:lang attributes); anything else
+    is left to domish."""
+    out: list[str] = []
+    if _serialize(stanza, "", out):
+        return "".join(out)
+    return stanza.toXml()
