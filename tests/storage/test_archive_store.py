@@ -131,6 +131,18 @@ def test_with_filter_bare_full_and_self(archive: Any, writer: Writer, result_of:
     assert page(archive, result_of, with_jid="nobody@example.org").messages == []
 
 
+def test_with_hash_collision_keeps_rows_exact(archive: Any, writer: Writer, result_of: Any) -> None:
+    """Two contacts whose CRC-32 index keys collide: pages hold only the asked
+    conversation; only the count (taken on the index) includes the other one."""
+    one, other = "c699378@example.org", "c18020006@example.org"
+    assert with_hash(one) == with_hash(other)
+    mine = writer.add(ALICE, one)
+    writer.add(ALICE, other)
+    writer.flush()
+    p = page(archive, result_of, with_jid=one)
+    assert uids(p) == [mine] and p.count == 2
+
+
 def test_time_range_is_inclusive_in_whole_seconds(archive: Any, writer: Writer, result_of: Any) -> None:
     """start/end include messages of the boundary seconds (the precision clients see)."""
     got = [writer.add(ALICE, BOB, step=1.5) for _ in range(4)]  # T0+1.5, +3, +4.5, +6
