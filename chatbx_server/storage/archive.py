@@ -63,10 +63,9 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any, Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence, cast
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred
 
@@ -311,6 +310,23 @@ def _sqlite_insert_txn(conn: Connection, values: list[tuple[Any, ...]]) -> None:
                              tuple(itertools.chain.from_iterable(chunk)))
 
 
+_POSTGRESQL_INSERT = (f"INSERT INTO archive_messages ({', '.join(_COLUMNS)}) VALUES %s "
+                      "ON CONFLICT (id) DO NOTHING")
+
+
+def _postgresql_insert_txn(conn: Connection, values: list[tuple[Any, ...]]) -> None:
+    """psycopg2's execute_values on the transaction's own DBAPI connection:
+    one statement per 1,000 rows, the rows quoted in C. (A Core insert with
+    a list of dicts cost 18 µs of Python per row on the reactor's core.)"""
+    from psycopg2.extras import execute_values  # type: ignore[import-untyped]
+
+    cursor = cast(Any, conn.connection.driver_connection).cursor()
+    try:
+        execute_values(cursor, _POSTGRESQL_INSERT, values, page_size=1000)
+    finally:
+        cursor.close()
+
+
 def append_txn(conn: Connection, rows: list[ArchiveRow]) -> list[bool]:
     """Store a batch of rows; True for each row stored.
 
@@ -335,8 +351,7 @@ def append_txn(conn: Connection, rows: list[ArchiveRow]) -> list[bool]:
         if conn.dialect.name == "sqlite":
             _sqlite_insert_txn(conn, values)
         else:
-            conn.execute(postgresql.insert(archive_messages).on_conflict_do_nothing(
-                index_elements=["id"]), [dict(zip(_COLUMNS, v)) for v in values])
+            _postgresql_insert_txn(conn, values)
     return results
 
 
