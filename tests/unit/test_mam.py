@@ -92,13 +92,14 @@ def rsm(inner: str) -> str:
 
 
 def condition(reply: Any) -> str:
-    error = next(reply.elements(None, "error"))
+    error = next(e for e in reply.elements() if e.name == "error")
     return next(c.name for c in error.elements() if c.uri == ns.STANZA_ERRORS)
 
 
 def forwarded_body(result: Any) -> str:
     fwd = next(next(result.elements(MAM, "result")).elements(FORWARD, "forwarded"))
-    return "".join(str(c) for c in fwd.children)
+    # what the client parsed back: elements (the archive adds raw XML)
+    return "".join(c.toXml() if hasattr(c, "toXml") else str(c) for c in fwd.children)
 
 
 def result_bodies(results: list[Any]) -> list[str]:
