@@ -12,12 +12,19 @@ from typing import Any
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.offline import OfflineStore
+from chatbx_server.storage.private import PrivateStore
+from chatbx_server.storage.pubsub import CapsStore, PubSubStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
+from chatbx_server.storage.vcard import VCardStore
 
 __all__ = [
     "Database",
+    "CapsStore",
     "OfflineStore",
+    "PrivateStore",
+    "PubSubStore",
+    "VCardStore",
     "RosterItem",
     "RosterStore",
     "ScramCredentials",
@@ -43,3 +50,7 @@ class Stores:
         self.users = UserStore(db, clock)
         self.roster = RosterStore(db, clock)
         self.offline = OfflineStore(db, clock)
+        self.pubsub = PubSubStore(db, clock)
+        self.caps = CapsStore(db, clock)
+        self.vcard = VCardStore(db, clock)
+        self.private = PrivateStore(db, clock)
