@@ -251,14 +251,27 @@ class CapsFeature(Feature):
             if query is None:
                 return
             try:
-                verified = caps_hash(algo, query) == ver
+                computed = caps_hash(algo, query)
             except ValueError:
-                verified = False
-            if not verified:
-                log.info("caps of {jid} do not match their hash", jid=jid.full)
-                return
+                computed = None
             features = frozenset(el.getAttribute("var", "") for el in
                                  query.elements(ns.DISCO_INFO, "feature"))
+            if computed != ver:
+                # §5.4 step 3.8: not cached under the announced ver (it would
+                # poison it for everyone); the resource that answered is
+                # still believed about itself, as Prosody does (slixmpp, for
+                # one, announces a ver computed before its plugins added
+                # their features). Others with this ver ask again.
+                log.info("caps of {jid} do not match their hash", jid=jid.full)
+                if computed is None:
+                    return
+                own = f"{algo}:{computed}"
+                table = self._local if jid.full in self._local else self._remote
+                if table.get(jid.full) == key:
+                    table[jid.full] = own
+                    self._remember(own, features)
+                    self._changed(jid, features, None)
+                return
             await self.server.stores.caps.put(key, sorted(features))
         self._remember(key, features)
         for full in self._pending.get(key, ()):

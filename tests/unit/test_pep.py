@@ -169,15 +169,19 @@ def test_notifications_follow_caps_interest() -> None:
     assert events(alice2) == [] and events(bob2) == [] and events(carol) == []
 
 
-def test_unverified_caps_give_no_notifications() -> None:
-    """A resource whose disco#info does not match its caps hash is not
-    believed: no notifications."""
+def test_unverified_caps_are_not_cached_for_others() -> None:
+    """A resource whose disco#info does not match its caps hash is believed
+    about itself only (as Prosody does): it gets notifications, but another
+    resource announcing the same ver is asked again, not trusted."""
     server = pep_server()
     befriend(server, A, B)
     alice = online(server, f"{A}/a")
     bob = online(server, f"{B}/b", [NODE + "+notify"], lie=True)
+    carol = online(server, f"{C}/c", [NODE + "+notify"], lie=True, answer=False)
+    assert [e for e in carol.sent if e.name == "iq"], "the same bogus ver is asked again"
+    assert not server.modules.get("caps").wants(f"{C}/c", NODE)
     iq(alice, publish(NODE, PAYLOAD))
-    assert events(bob) == []
+    assert len(events(bob)) == 1
 
 
 def test_one_disco_query_per_ver_for_everyone() -> None:
