@@ -25,12 +25,16 @@ REGISTRY: dict[str, str] = {
     "contact_info": "chatbx_server.features.contact_info.ContactInfoFeature",
     "caps": "chatbx_server.features.caps.CapsFeature",
     "pep": "chatbx_server.pubsub.pep.PEPFeature",
+    "vcard": "chatbx_server.features.vcard.VCardFeature",
+    "private": "chatbx_server.features.private.PrivateFeature",
+    "bookmarks": "chatbx_server.features.bookmarks.BookmarksFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "caps", "pep",
+    "vcard", "private", "bookmarks",
 )
 
 

@@ -96,6 +96,12 @@ class PubSubEngine:
     def send_to(self, message: domish.Element) -> None:
         raise NotImplementedError
 
+    def published(self, service: str, node: Node, items: list[tuple[str, Optional[domish.Element]]]) -> None:
+        """After a publish by an entity (other features may follow it)."""
+
+    def retracted(self, service: str, node: Node, item_ids: list[str]) -> None:
+        """After a retract by an entity."""
+
     # -- helpers ----------------------------------------------------------------
     def items_event(self, node: Node, items: Iterable[Item], uri: str = NS_EVENT) -> domish.Element:
         payloads = node.config.get("deliver_payloads", True)
@@ -232,6 +238,7 @@ class PubSubEngine:
             item_element(item_id, payload if payloads else None, uri=NS_EVENT)
             for item_id, payload in live), NS_EVENT)
         self.notify(service, node, event_items, result.subscribers, tuple(i for i, _ in items))
+        self.published(service, node, live)
         reply = domish.Element((NS_PUBSUB, "pubsub"))
         pub = reply.addElement("publish")
         pub["node"] = node.name
@@ -276,6 +283,7 @@ class PubSubEngine:
             for item_id in ids:
                 event_items.addElement("retract")["id"] = str(item_id)
             self.notify(service, node, event_items, subscribers)
+        self.retracted(service, node, [str(i) for i in ids])
         return None
 
     # -- subscriber (§6) --------------------------------------------------------

@@ -93,6 +93,23 @@ class PEPEngine(PubSubEngine):
     def send_to(self, message: domish.Element) -> None:
         self.feature.server.router.route(message)
 
+    def published(self, service: str, node: Node, items: list[tuple[str, Optional[domish.Element]]]) -> None:
+        self.feature.server.events.fire_all("pep/published", Published(service, node.name, items))
+
+    def retracted(self, service: str, node: Node, item_ids: list[str]) -> None:
+        self.feature.server.events.fire_all("pep/retracted", Published(service, node.name,
+                                                                       [(i, None) for i in item_ids]))
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ``pep/published`` and ``pep/retracted`` carry: the account, the
+    node and (item id, payload or None) in order."""
+
+    owner: str
+    node: str
+    items: list[tuple[str, Optional[domish.Element]]]
+
 
 class PEPFeature(Feature):
     name = "pep"
@@ -139,6 +156,44 @@ class PEPFeature(Feature):
         stanza = event.stanza
         pubsub = stanza.firstChildElement()
         return self.engine.handle(service, event.sender, stanza.getAttribute("type"), pubsub)
+
+    # -- for other features (XEP-0398, XEP-0411) ---------------------------------------
+    async def publish_item(self, owner: str, node: str, item_id: str, payload: domish.Element,
+                           options: Optional[dict[str, Any]] = None) -> None:
+        """Publish as the account itself would (auto-create with ``options``,
+        no preconditions), with notifications."""
+        from chatbx_server.pubsub import config as cfg
+        from chatbx_server.pubsub.protocol import NS_EVENT, item_element, items_element
+
+        create = cfg.apply_options(cfg.default_config(True), options or {})
+        result = await self.server.stores.pubsub.publish(
+            owner, node, owner, [(item_id, payload.toXml())], owner, create, {},
+            self.options.max_nodes, self.options.max_items)
+        event_items = items_element(node, [item_element(item_id, payload, uri=NS_EVENT)], NS_EVENT)
+        self.engine.notify(owner, result.node, event_items, result.subscribers)
+
+    async def retract_item(self, owner: str, node: str, item_id: str) -> bool:
+        """Retract one item with a notification; False when it was not there."""
+        from chatbx_server.pubsub.protocol import NS_EVENT, items_element
+        from chatbx_server.storage.pubsub import ItemNotFound, NodeNotFound
+
+        try:
+            stored, subscribers = await self.server.stores.pubsub.retract(owner, node, [item_id])
+        except (ItemNotFound, NodeNotFound):
+            return False
+        event_items = items_element(node, (), NS_EVENT)
+        event_items.addElement("retract")["id"] = item_id
+        self.engine.notify(owner, stored, event_items, subscribers)
+        return True
+
+    async def items(self, owner: str, node: str) -> Optional[list[Any]]:
+        """The node's items (oldest first), None when there is no such node."""
+        from chatbx_server.storage.pubsub import NodeNotFound
+
+        try:
+            return (await self.server.stores.pubsub.items(owner, node))[1]
+        except NodeNotFound:
+            return None
 
     # -- notifications ---------------------------------------------------------------
     def fan_out(self, service: str, node: Node, message: domish.Element,
