@@ -242,40 +242,53 @@ class CapsFeature(Feature):
         while len(self._cache) > self.options.cache_size:
             self._cache.popitem(last=False)
 
+    def _announces(self, full: str, key: str) -> bool:
+        return self._local.get(full) == key or self._remote.get(full) == key
+
     async def _resolve(self, key: str, algo: str, node: str, ver: str, jid: JID) -> None:
         stored = await self.server.stores.caps.get(key)
         if stored is not None:
-            features = frozenset(stored)
-        else:
-            query = await self._disco(jid, f"{node}#{ver}")
-            if query is None:
+            self._verified(key, frozenset(stored))
+            return
+        asked: set[str] = set()
+        while True:
+            waiting = [f for f in self._pending.get(key, ()) if f not in asked
+                       and self._announces(f, key)]
+            if not waiting:
                 return
+            target = jid if jid.full in waiting else JID.parse(sorted(waiting)[0])
+            asked.add(target.full)
+            query = await self._disco(target, f"{node}#{ver}")
+            if query is None:
+                continue
             try:
-                computed = caps_hash(algo, query)
+                computed: Optional[str] = caps_hash(algo, query)
             except ValueError:
                 computed = None
             features = frozenset(el.getAttribute("var", "") for el in
                                  query.elements(ns.DISCO_INFO, "feature"))
-            if computed != ver:
-                # §5.4 step 3.8: not cached under the announced ver (it would
-                # poison it for everyone); the resource that answered is
-                # still believed about itself, as Prosody does (slixmpp, for
-                # one, announces a ver computed before its plugins added
-                # their features). Others with this ver ask again.
-                log.info("caps of {jid} do not match their hash", jid=jid.full)
-                if computed is None:
-                    return
-                own = f"{algo}:{computed}"
-                table = self._local if jid.full in self._local else self._remote
-                if table.get(jid.full) == key:
-                    table[jid.full] = own
-                    self._remember(own, features)
-                    self._changed(jid, features, None)
+            if computed == ver:
+                await self.server.stores.caps.put(key, sorted(features))
+                self._verified(key, features)
                 return
-            await self.server.stores.caps.put(key, sorted(features))
+            # §5.4 step 3.8: not cached under the announced ver (it would
+            # poison it for everyone). The resource that answered is still
+            # believed about itself, as Prosody does (slixmpp, for one,
+            # announces a ver computed before its plugins added features);
+            # every other resource announcing this ver is asked in turn.
+            log.info("caps of {jid} do not match their hash", jid=target.full)
+            if computed is None or not self._announces(target.full, key):
+                continue
+            own = f"{algo}:{computed}"
+            table = self._local if target.full in self._local else self._remote
+            table[target.full] = own
+            self._remember(own, features)
+            self._changed(target, features, None)
+
+    def _verified(self, key: str, features: frozenset[str]) -> None:
         self._remember(key, features)
-        for full in self._pending.get(key, ()):
-            if self._local.get(full) == key or self._remote.get(full) == key:
+        for full in list(self._pending.get(key, ())):
+            if self._announces(full, key):
                 self._changed(JID.parse(full), features, None)
 
     def _disco(self, jid: JID, node: str) -> defer.Deferred[Optional[domish.Element]]:

@@ -69,6 +69,18 @@ def photo_of(vcard: domish.Element) -> Optional[tuple[str, bytes]]:
     return (str(mime).strip() if mime is not None else "image/png") or "image/png", data
 
 
+def _when_done(d: defer.Deferred[Any]) -> defer.Deferred[None]:
+    """A Deferred that fires (with None) once ``d`` has, leaving ``d``'s result alone."""
+    waiter: defer.Deferred[None] = defer.Deferred()
+
+    def fire(result: Any) -> Any:
+        waiter.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return waiter
+
+
 class VCardFeature(Feature):
     name = "vcard"
     spec = "XEP-0054 1.2 (vcard-temp), XEP-0153 1.1 (vCard-Based Avatars), XEP-0398 0.2"
@@ -88,6 +100,8 @@ class VCardFeature(Feature):
     def setup(self) -> None:
         #: account -> SHA-1 of its photo ('' for none), for accounts online
         self._hashes: dict[str, str] = {}
+        #: account -> its PEP-avatar-to-vCard conversion in progress
+        self._converting: dict[str, defer.Deferred[None]] = {}
         self.iq("get", "bare", VCARD, "vCard", self.on_get)
         self.iq("set", "bare", VCARD, "vCard", self.on_set)
         self.hook("session/bound", self.on_bound, DELIVER)
@@ -101,6 +115,10 @@ class VCardFeature(Feature):
 
     # -- iq ----------------------------------------------------------------------
     async def on_get(self, event: StanzaEvent) -> domish.Element:
+        converting = self._converting.get(event.to.bare)
+        if converting is not None:
+            # Read what the avatar just published became, not the old photo.
+            await _when_done(converting)
         try:
             xml = await self.server.stores.vcard.get(event.to.bare)
         except UnknownUser:
@@ -156,8 +174,22 @@ class VCardFeature(Feature):
         if info is None:
             return  # an empty <metadata/> disables the avatar; the vCard keeps its photo
         digest = info.getAttribute("id", "")
-        d = defer.ensureDeferred(self._avatar_to_vcard(owner, digest, info.getAttribute("type", "image/png")))
+        previous = self._converting.get(owner)
+
+        async def convert() -> None:
+            if previous is not None:
+                await _when_done(previous)
+            await self._avatar_to_vcard(owner, digest, info.getAttribute("type", "image/png"))
+
+        d = defer.ensureDeferred(convert())
         d.addErrback(lambda f: log.failure("XEP-0398 conversion for {user} failed", f, user=owner))
+        self._converting[owner] = d
+
+        def done(_: Any) -> None:
+            if self._converting.get(owner) is d:
+                del self._converting[owner]
+
+        d.addBoth(done)
 
     async def _avatar_to_vcard(self, owner: str, digest: str, mime: str) -> None:
         items = await self.pep.items(owner, AVATAR_DATA) or []
@@ -212,8 +244,14 @@ class VCardFeature(Feature):
         digest = self._hashes.get(event.origin.bare)
         if digest is None:
             return None
-        if any(el.uri == VCARD_UPDATE for el in stanza.elements()):
-            return None  # the client says it itself (XEP-0153 §4.1)
+        theirs = [el for el in stanza.elements() if el.uri == VCARD_UPDATE]
+        if theirs:
+            if not digest:
+                return None  # the client's own word when we know of no photo
+            # XEP-0398 §4: the server's hash replaces the client's (which
+            # may not know of an avatar another client published).
+            for el in theirs:
+                stanza.children.remove(el)
         x = stanza.addElement((VCARD_UPDATE, "x"))
         x.addElement("photo", content=digest) if digest else x.addElement("photo")
         return None
