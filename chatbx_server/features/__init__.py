@@ -28,13 +28,14 @@ REGISTRY: dict[str, str] = {
     "vcard": "chatbx_server.features.vcard.VCardFeature",
     "private": "chatbx_server.features.private.PrivateFeature",
     "bookmarks": "chatbx_server.features.bookmarks.BookmarksFeature",
+    "pubsub": "chatbx_server.pubsub.service.PubSubServiceFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "caps", "pep",
-    "vcard", "private", "bookmarks",
+    "vcard", "private", "bookmarks", "pubsub",
 )
 
 
