@@ -167,7 +167,7 @@ password_hash = "SHA-256"
 c2s_require_encryption = true
 allow_registration = false
 log = {{ warn = "{workdir}/prosody.log" }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix" }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "pep" }}
 modules_disabled = {{ "s2s", "s2s_auth_certs" }}
 VirtualHost "{domain}"
     ssl = {{ certificate = "{cert}"; key = "{key}" }}
