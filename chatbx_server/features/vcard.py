@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -92,20 +93,22 @@ class VCardFeature(Feature):
     class Options:
         #: bytes of one account's vCard (serialized XML, photo included)
         max_bytes: int = 128 * 1024
+        #: accounts whose photo hash (XEP-0153) is kept in memory
+        hash_cache_size: int = 10000
 
         def __post_init__(self) -> None:
-            if self.max_bytes < 1:
-                raise ValueError("max_bytes must be at least 1")
+            if self.max_bytes < 1 or self.hash_cache_size < 1:
+                raise ValueError("max_bytes and hash_cache_size must be at least 1")
 
     def setup(self) -> None:
-        #: account -> SHA-1 of its photo ('' for none), for accounts online
-        self._hashes: dict[str, str] = {}
+        #: account -> SHA-1 of its photo ('' for none), least recently used
+        #: first; kept after logout (bounded) so a reconnect reads no vCard
+        self._hashes: OrderedDict[str, str] = OrderedDict()
         #: account -> its PEP-avatar-to-vCard conversion in progress
         self._converting: dict[str, defer.Deferred[None]] = {}
         self.iq("get", "bare", VCARD, "vCard", self.on_get)
         self.iq("set", "bare", VCARD, "vCard", self.on_set)
         self.hook("session/bound", self.on_bound, DELIVER)
-        self.hook("session/closed", self.on_closed, DELIVER)
         self.hook("pre-presence/bare", self.on_presence, FILTER)
         self.hook("pep/published", self.on_pep_published, DELIVER)
 
@@ -143,8 +146,7 @@ class VCardFeature(Feature):
         photo = photo_of(vcard)
         digest = hashlib.sha1(photo[1]).hexdigest() if photo else ""
         old = self._hashes.get(owner)
-        if owner in self._hashes or self.server.sessions.resources(owner):
-            self._hashes[owner] = digest
+        self._remember(owner, digest)
         if photo is not None and self.pep is not None and digest != old:
             await self._publish_avatar(owner, photo[0], photo[1], digest)
         return None
@@ -212,28 +214,30 @@ class VCardFeature(Feature):
             log.info("avatar of {user} too big for its vCard", user=owner)
             return
         await self.server.stores.vcard.set(owner, new_xml)
-        if owner in self._hashes:
-            self._hashes[owner] = digest
+        self._remember(owner, digest)
 
     # -- XEP-0153: the photo hash in presence ------------------------------------------
+    def _remember(self, user: str, digest: str) -> None:
+        self._hashes[user] = digest
+        self._hashes.move_to_end(user)
+        while len(self._hashes) > self.options.hash_cache_size:
+            self._hashes.popitem(last=False)
+
     def on_bound(self, session: Any) -> None:
         user = session.bare
         if user in self._hashes:
+            self._hashes.move_to_end(user)
             return
         d = self.server.stores.vcard.get(user)
 
         def loaded(xml: Optional[str]) -> None:
             photo = photo_of(parse_stanza(xml)) if xml else None
-            if self.server.sessions.resources(user):
-                self._hashes.setdefault(user, hashlib.sha1(photo[1]).hexdigest() if photo else "")
+            if user not in self._hashes:
+                self._remember(user, hashlib.sha1(photo[1]).hexdigest() if photo else "")
 
         d.addCallback(loaded)
         d.addErrback(lambda f: None if f.check(UnknownUser) else
                      log.failure("loading the vCard of {user} failed", f, user=user))
-
-    def on_closed(self, session: Any) -> None:
-        if not self.server.sessions.resources(session.bare):
-            self._hashes.pop(session.bare, None)
 
     def on_presence(self, event: StanzaEvent) -> None:
         stanza = event.stanza
