@@ -261,3 +261,45 @@ def test_account_deletion_removes_its_nodes() -> None:
     with server.database.engine.connect() as conn:
         assert conn.execute(pubsub_nodes.select()).all() == []
         assert conn.execute(pubsub_items.select()).all() == []
+
+
+def test_last_item_when_the_account_approves_a_subscription() -> None:
+    """When Alice approves Bob's subscription, Bob's resources with
+    +notify get Alice's last item (XEP-0163 §4.3.1)."""
+    server = pep_server()
+    alice = online(server, f"{A}/a")
+    iq(alice, publish(NODE, PAYLOAD, "last"))
+    bob = online(server, f"{B}/b", [NODE + "+notify"])
+    assert events(bob) == []
+    from tests.unit.pephelpers import send
+    from tests.unit.fakes import stanza
+    send(bob, stanza(f"<presence to='{A}' type='subscribe'/>"))
+    send(alice, stanza(f"<presence to='{B}' type='subscribed'/>"))
+    assert [item_ids(e) for e in events(bob, NODE)] == [["last"]]
+
+
+def test_caps_known_from_the_database_need_no_query() -> None:
+    """A ver stored by an earlier process is used without asking the client."""
+    server = pep_server()
+    from tests.unit.pephelpers import disco_query
+    from chatbx_server.features.caps import caps_hash
+    from chatbx_server.xmpp import ns
+    ver = caps_hash("sha-1", disco_query([NODE + "+notify", ns.DISCO_INFO]))
+    server.stores.caps.put(f"sha-1:{ver}", [NODE + "+notify", ns.DISCO_INFO])
+    bob = online(server, f"{B}/b", [NODE + "+notify"], answer=False)
+    assert not [e for e in bob.sent if e.name == "iq"]
+    assert server.modules.get("caps").wants(f"{B}/b", NODE)
+
+
+def test_configuration_form_and_default() -> None:
+    """The owner gets the node_config form with the node's values; the
+    default form is offered too."""
+    server = pep_server()
+    alice = online(server, f"{A}/a")
+    iq(alice, publish(NODE, PAYLOAD, options={"pubsub#max_items": "max", "pubsub#access_model": "open"}))
+    xml = iq(alice, f"<iq type='get' id='g' to='{A}'><pubsub xmlns='{NS_OWNER}'>"
+                    f"<configure node='{NODE}'/></pubsub></iq>").toXml().replace('"', "'")
+    assert "var='pubsub#max_items'" in xml and "<value>max</value>" in xml
+    assert "http://jabber.org/protocol/pubsub#node_config" in xml
+    default = iq(alice, f"<iq type='get' id='d' to='{A}'><pubsub xmlns='{NS_OWNER}'><default/></pubsub></iq>")
+    assert default["type"] == "result" and "<value>presence</value>" in default.toXml()
