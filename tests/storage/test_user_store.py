@@ -131,13 +131,21 @@ def test_set_password(stores: Stores, result_of: Any) -> None:
 
 
 def test_delete_cascades(stores: Stores, result_of: Any) -> None:
-    """Deleting an account removes its credentials, roster, requests and
-    offline messages, and nobody else's."""
+    """Deleting an account removes its credentials, roster, requests,
+    offline messages, PEP nodes (items, affiliations, subscriptions), vCard
+    and private data, and nobody else's (caps are shared, they stay)."""
     result_of(stores.users.create_many([("alice@x.org", "p"), ("bob@x.org", "p")]))
     for user in ("alice@x.org", "bob@x.org"):
         result_of(stores.roster.set_item(user, RosterItem("carol@y.org")))
         result_of(stores.roster.add_request(user, "dave@y.org", None))
         result_of(stores.offline.store(user, "<message/>", 10))
+        result_of(stores.pubsub.publish(user, "n", user, [("1", "<x xmlns='y'/>")], user,
+                                        {"max_items": 5}, {}, 10, 10))
+        result_of(stores.pubsub.set_affiliations(user, "n", {"carol@y.org": "member"}))
+        result_of(stores.pubsub.subscribe(user, "n", "carol@y.org", "s"))
+        result_of(stores.vcard.set(user, "<vCard xmlns='vcard-temp'/>"))
+        result_of(stores.private.set(user, "{a}b", "<b xmlns='a'/>", 1000))
+    result_of(stores.caps.put("sha-1:x", ["f"]))
     assert result_of(stores.users.delete("alice@x.org")) is True
     assert result_of(stores.users.delete("alice@x.org")) is False
 
@@ -148,6 +156,8 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
     assert result_of(stores.db.run("t", counts)) == {
         "users": 1, "scram_credentials": 2, "roster_items": 1, "roster_versions": 1,
         "subscription_requests": 1, "offline_messages": 1, "server_secrets": 0,
+        "pubsub_nodes": 1, "pubsub_items": 1, "pubsub_affiliations": 1, "pubsub_subscriptions": 1,
+        "vcards": 1, "private_storage": 1, "entity_caps": 1,
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 
