@@ -92,7 +92,7 @@ class Device:
 
     @property
     def omemo(self) -> Any:
-        return self.client["xep_0384"]
+        return self.client.plugin["xep_0384"]
 
     async def device_id(self) -> int:
         sm = await self.omemo.get_session_manager()
