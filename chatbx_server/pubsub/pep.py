@@ -25,6 +25,7 @@ another node or another server.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -140,8 +141,15 @@ class PEPFeature(Feature):
         for iq_type in ("get", "set"):
             self.iq(iq_type, "bare", NS_PUBSUB, "pubsub", self.on_pubsub)
             self.iq(iq_type, "bare", NS_OWNER, "pubsub", self.on_pubsub)
+        #: remote full JID -> local accounts whose last items wait for its caps
+        self._remote_waiting: OrderedDict[str, set[str]] = OrderedDict()
         self.hook("caps/changed", self.on_caps_changed)
         self.hook("presence/bare", self.on_subscribed, CHECK)
+        self.hook("presence/bare", self.on_remote_presence, CHECK)
+        self.hook("presence/full", self.on_remote_presence, CHECK)
+        # Not fired by the account deletion code yet (storage cascades take
+        # the account's own nodes); subscriptions elsewhere go here when it is.
+        self.hook("user/deleted", self.on_user_deleted)
 
     def disco_info(self, target: Any, node: Optional[str]) -> tuple[Iterable[tuple[str, str, str]], Iterable[str]]:
         if getattr(target, "user", None) is not None and node is None:
@@ -252,7 +260,12 @@ class PEPFeature(Feature):
     # -- last published items --------------------------------------------------------
     def on_caps_changed(self, change: CapsChange) -> None:
         jid = change.jid
-        if not self.server.is_local(jid.host) or jid.user is None:
+        if jid.user is None:
+            return
+        if not self.server.is_local(jid.host):
+            owners = self._remote_waiting.pop(jid.full, None)
+            if owners:
+                self._to_remote(jid, change.features, sorted(owners))
             return
         wanted = {f[:-len("+notify")] for f in change.features if f.endswith("+notify")}
         if change.old is not None:
@@ -295,6 +308,39 @@ class PEPFeature(Feature):
             return await self.engine.may_read(node.service, node, jid)
         except UnknownUser:
             return False
+
+    # -- remote contacts (XEP-0163 §4.3.1 over s2s) ---------------------------------------
+    def on_remote_presence(self, event: StanzaEvent) -> None:
+        """A remote contact's available presence reaches a local account:
+        its resource gets the account's last items it wants, once its caps
+        are known (the caps feature tracks remote resources)."""
+        sender = event.sender
+        stanza = event.stanza
+        if (sender is None or sender.resource is None or stanza.getAttribute("type") is not None
+                or self.server.is_local(sender.host)):
+            return None
+        owner = event.to.bare
+        features = self.caps.features(sender.full)
+        if features is not None:
+            self._to_remote(sender, features, [owner])
+            return None
+        waiting = self._remote_waiting.setdefault(sender.full, set())
+        waiting.add(owner)
+        self._remote_waiting.move_to_end(sender.full)
+        while len(self._remote_waiting) > self.caps.options.max_remote:
+            self._remote_waiting.popitem(last=False)
+        return None
+
+    def _to_remote(self, jid: JID, features: frozenset[str], owners: list[str]) -> None:
+        wanted = {f[:-len("+notify")] for f in features if f.endswith("+notify")}
+        if wanted:
+            d = defer.ensureDeferred(self._send_last_items(jid, wanted, owners))
+            d.addErrback(self._failed, "sending last items to a remote contact")
+
+    def on_user_deleted(self, user: Any) -> None:
+        bare = getattr(user, "bare", user)
+        d = self.server.stores.pubsub.forget_jid(str(bare))
+        d.addErrback(self._failed, "forgetting a deleted account's subscriptions")
 
     def on_subscribed(self, event: StanzaEvent) -> None:
         """A local account approved ``to``'s subscription: its resources get

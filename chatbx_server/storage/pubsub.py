@@ -350,6 +350,16 @@ def all_subscribers_txn(conn: Connection, service: str) -> dict[str, list[str]]:
     return out
 
 
+def forget_jid_txn(conn: Connection, bare: str) -> int:
+    """Remove a JID's subscriptions (bare and full) and affiliations on
+    every node; returns how many rows went."""
+    like = _s.jid.startswith(bare + "/", autoescape=True)
+    gone = conn.execute(sa.delete(pubsub_subscriptions).where(
+        sa.or_(_s.jid == bare, like))).rowcount
+    gone += conn.execute(sa.delete(pubsub_affiliations).where(_a.jid == bare)).rowcount
+    return int(gone)
+
+
 class PubSubStore:
     """Nodes and items of every pubsub service. Deferreds fail with
     NodeNotFound, NodeExists, ItemNotFound, TooManyNodes, PreconditionNotMet
@@ -416,6 +426,10 @@ class PubSubStore:
 
     def user_subscriptions(self, service: str, jid: str) -> Deferred[list[tuple[str, str, str]]]:
         return self.db.run("pubsub.user_subscriptions", user_subscriptions_txn, service, jid)
+
+    def forget_jid(self, bare: str) -> Deferred[int]:
+        """A deleted account's subscriptions and affiliations on other nodes."""
+        return self.db.run("pubsub.forget_jid", forget_jid_txn, bare)
 
     def all_subscribers(self, service: str) -> Deferred[dict[str, list[str]]]:
         return self.db.run("pubsub.all_subscribers", all_subscribers_txn, service)

@@ -303,3 +303,42 @@ def test_configuration_form_and_default() -> None:
     assert "http://jabber.org/protocol/pubsub#node_config" in xml
     default = iq(alice, f"<iq type='get' id='d' to='{A}'><pubsub xmlns='{NS_OWNER}'><default/></pubsub></iq>")
     assert default["type"] == "result" and "<value>presence</value>" in default.toXml()
+
+
+def test_last_items_to_a_remote_contact_coming_online() -> None:
+    """A remote contact's available presence with known caps gets the
+    account's last item, through the router's remote delivery."""
+    from tests.unit.fakes import stanza
+    from tests.unit.pephelpers import disco_query
+    from chatbx_server.features.caps import caps_hash
+    from chatbx_server.storage.roster import RosterItem
+    from chatbx_server.xmpp import ns
+    server = pep_server()
+    remote = "dave@remote.example"
+    server.stores.roster.set_item(A, RosterItem(remote, subscription="both"))
+    alice = online(server, f"{A}/a")
+    iq(alice, publish(NODE, PAYLOAD, "last"))
+    ver = caps_hash("sha-1", disco_query([NODE + "+notify", ns.DISCO_INFO]))
+    server.stores.caps.put(f"sha-1:{ver}", [NODE + "+notify", ns.DISCO_INFO])
+    sent = []
+    server.router.remote = lambda event: sent.append(event.stanza) or True
+    pres = stanza(f"<presence from='{remote}/laptop' to='{A}'><c xmlns='http://jabber.org/protocol/caps' "
+                  f"hash='sha-1' node='n' ver='{ver}'/></presence>")
+    server.router.route(pres)
+    [message] = [m for m in sent if m.name == "message"]
+    assert message["to"] == f"{remote}/laptop" and item_ids(message) == ["last"]
+
+
+def test_user_deleted_forgets_subscriptions_elsewhere() -> None:
+    """user/deleted (when fired) removes the account's subscriptions and
+    affiliations on other accounts' nodes."""
+    server = pep_server()
+    alice = online(server, f"{A}/a")
+    iq(alice, publish(NODE, PAYLOAD, options={"pubsub#access_model": "open"}))
+    server.stores.pubsub.subscribe(A, NODE, f"{C}/c", "s1")
+    server.stores.pubsub.set_affiliations(A, NODE, {C: "member"})
+    server.events.fire_all("user/deleted", C)
+    results = []
+    server.stores.pubsub.subscriptions(A, NODE).addCallback(results.append)
+    server.stores.pubsub.affiliations(A, NODE).addCallback(results.append)
+    assert results == [{}, {}]
