@@ -234,9 +234,12 @@ class PubSubEngine:
             raise StanzaError("item-not-found") from None
         node = result.node
         payloads = node.config.get("deliver_payloads", True)
+        # The payload goes out as the XML serialized for storage: the
+        # stream serializer copies it for every recipient instead of
+        # walking the element again each time.
         event_items = items_element(node.name, (
-            item_element(item_id, payload if payloads else None, uri=NS_EVENT)
-            for item_id, payload in live), NS_EVENT)
+            item_element(item_id, xml if payloads else None, uri=NS_EVENT)
+            for item_id, xml in items), NS_EVENT)
         self.notify(service, node, event_items, result.subscribers, tuple(i for i, _ in items))
         self.published(service, node, live)
         reply = domish.Element((NS_PUBSUB, "pubsub"))
