@@ -71,19 +71,16 @@ async def pep_fanout(target: Target, contacts: int = 100, base: int = 10000, ite
     hub_bare = target.bare(base)
     contact_bares = {target.bare(base + 1 + i) for i in range(contacts)}
     conns, errors = await login_many(target, range(base + 1, base + 1 + contacts), concurrency,
-                                     setup_timeout, roster=True, presence=None)
+                                     setup_timeout, roster=True)
     hub = None
     try:
-        hub = await target.login(base, roster=True, presence=None, timeout=60.0)
+        hub = await target.login(base, roster=True, timeout=60.0)
         roster: El = hub.user_data  # type: ignore[assignment]
         both: set[str] = set()
         query = roster.find(T_ROSTER_QUERY) if roster is not None else None
         for item in (query.children if query is not None else []):
             if item.attrs.get("subscription") == "both":
                 both.add(item.attrs.get("jid", ""))
-        hub.send(caps_presence().encode())
-        for conn in conns:
-            conn.send(caps_presence().encode())
         missing = contact_bares - both
         if missing:
             await _subscribe_all(hub, conns, hub_bare, missing, both, setup_timeout)
@@ -122,6 +119,11 @@ async def pep_fanout(target: Target, contacts: int = 100, base: int = 10000, ite
             conn.inbox.clear()
         hub.on_stanza = hub_handler
         hub.inbox.clear()
+        # Caps only now, with the handlers that answer disco#info in place
+        # (the roster setup's handlers answer every query with an empty result).
+        hub.send(caps_presence().encode())
+        for conn in conns:
+            conn.send(caps_presence().encode())
         await asyncio.sleep(1.0)  # caps resolved, last items delivered
 
         out: list[dict] = []
