@@ -19,7 +19,7 @@ from chatbx_server.events import StanzaEvent
 from chatbx_server.modules import Feature
 from chatbx_server.storage.errors import UnknownUser
 from chatbx_server.xmpp import ns
-from chatbx_server.xmpp.stanzas import StanzaError, parse_stanza, result_reply
+from chatbx_server.xmpp.stanzas import StanzaError, result_reply
 
 __all__ = ["PrivateFeature", "PRIVATE", "Override"]
 
@@ -106,9 +106,3 @@ class PrivateFeature(Feature):
             raise StanzaError("not-acceptable",
                               text=f"private storage holds at most {self.options.max_bytes} bytes")
         return None
-
-
-def parse(xml: str) -> domish.Element:
-    return parse_stanza(xml)
-
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from twisted.words.xish import domish
 
@@ -24,9 +24,6 @@ from chatbx_server.storage.pubsub import (Item, ItemNotFound, Node, NodeExists, 
                                           payload_bytes)
 from chatbx_server.xmpp.jid import JID, InvalidJID
 from chatbx_server.xmpp.stanzas import StanzaError
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Limits", "PubSubEngine"]
 
@@ -222,7 +219,8 @@ class PubSubEngine:
         try:
             result = await self.store.publish(
                 service, name, self.owner_account(service), items, requester.bare, create_config,
-                options, self.limits.max_nodes, self.limits.max_items)
+                options, self.limits.max_nodes, self.limits.max_items,
+                None if self.pep else requester.bare)
         except PreconditionNotMet as exc:
             # XEP-0223 §3 / XEP-0060 §7.1.5: never a silent change.
             raise pubsub_error("conflict", "precondition-not-met",
@@ -249,14 +247,17 @@ class PubSubEngine:
             pub.addElement("item")["id"] = item_id
         return reply
 
-    async def _check_publisher(self, service: str, name: str, requester: JID, owner: bool) -> None:
+    async def _check_publisher(self, service: str, name: str, requester: JID,
+                               may_create: bool) -> None:
+        """Raise unless ``requester`` may publish to (or retract from) the node;
+        ``may_create``: it may create the node if it does not exist."""
         if self.pep:
-            if not owner:
-                raise StanzaError("forbidden")
+            if not may_create:
+                raise StanzaError("forbidden")  # PEP: the account only
             return
         node = await self.store.node(service, name)
         if node is None:
-            if not owner:
+            if not may_create:
                 raise StanzaError("item-not-found")
             return
         affiliation = await self.affiliation_of(service, node, requester.bare)

@@ -173,7 +173,8 @@ def _trim_txn(conn: Connection, node_id: int, keep: int) -> list[str]:
 def publish_txn(conn: Connection, service: str, name: str, owner: Optional[str],
                 items: list[tuple[str, str]], publisher: str,
                 create_config: Optional[dict[str, Any]], required: Mapping[str, Any],
-                max_nodes: int, limit: int, now: float) -> PublishResult:
+                max_nodes: int, limit: int, now: float,
+                creator: Optional[str] = None) -> PublishResult:
     """Publish ``items`` ((item id, payload XML), in order) to a node.
 
     Args:
@@ -183,6 +184,8 @@ def publish_txn(conn: Connection, service: str, name: str, owner: Optional[str],
         required: publish-options preconditions, compared with the stored
             configuration of an existing node (XEP-0223 §3).
         limit: the server's bound on items per node.
+        creator: the bare JID made owner of an auto-created node (a
+            generic service; PEP nodes belong to the service's account).
     """
     if owner is not None:
         user_id_txn(conn, owner, for_update=True)
@@ -191,7 +194,7 @@ def publish_txn(conn: Connection, service: str, name: str, owner: Optional[str],
     if node is None:
         if create_config is None:
             raise NodeNotFound(name)
-        node = create_node_txn(conn, service, name, owner, create_config, max_nodes, now)
+        node = create_node_txn(conn, service, name, owner, create_config, max_nodes, now, creator)
         created = True
     else:
         for key, value in required.items():
@@ -382,9 +385,11 @@ class PubSubStore:
 
     def publish(self, service: str, name: str, owner: Optional[str], items: list[tuple[str, str]],
                 publisher: str, create_config: Optional[dict[str, Any]],
-                required: Mapping[str, Any], max_nodes: int, limit: int) -> Deferred[PublishResult]:
+                required: Mapping[str, Any], max_nodes: int, limit: int,
+                creator: Optional[str] = None) -> Deferred[PublishResult]:
         return self.db.run("pubsub.publish", publish_txn, service, name, owner, list(items),
-                           publisher, create_config, dict(required), max_nodes, limit, self._now())
+                           publisher, create_config, dict(required), max_nodes, limit, self._now(),
+                           creator)
 
     def items(self, service: str, name: str, max_items: Optional[int] = None,
               item_ids: Optional[Iterable[str]] = None) -> Deferred[tuple[Node, list[Item]]]:

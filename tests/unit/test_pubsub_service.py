@@ -54,6 +54,10 @@ def test_disco_and_auto_create_and_create_nobody() -> None:
     disco_items = iq(alice, f"<iq type='get' id='d2' to='{PS}'>"
                             "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
     assert "node='auto'" in disco_items.toXml().replace('"', "'")
+    # The auto-created node's creator owns it.
+    aff = iq(alice, f"<iq type='get' id='a' to='{PS}'><pubsub xmlns='{NS_OWNER}'>"
+                    "<affiliations node='auto'/></pubsub></iq>")
+    assert aff["type"] == "result" and "owner" in aff.toXml()
     host_items = iq(alice, "<iq type='get' id='d3' to='localhost'>"
                            "<query xmlns='http://jabber.org/protocol/disco#items'/></iq>")
     assert PS in host_items.toXml()
