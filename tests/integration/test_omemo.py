@@ -127,7 +127,7 @@ async def connect(server: Any, jid: str, storage: MemoryStorage) -> Device:
 
 async def own_devices_published(device: Device, bare: str, count: int) -> None:
     """Wait until ``bare``'s device lists in both namespaces name ``count`` devices."""
-    xep_0060 = device.client["xep_0060"]
+    xep_0060 = device.client.plugin["xep_0060"]
     from slixmpp import JID
 
     for _ in range(100):
