@@ -18,6 +18,10 @@ FIGURES = {
     "idle_memory_1000": ("idle memory, 1,000 conns", "lower"),
     "idle_memory_10000": ("idle memory, 10,000 conns", "lower"),
     "presence_fanout": ("presence fan-out to 500", "lower"),
+    "pep_fanout_avatar": ("PEP 8 KiB items to 100 contacts (notifications/s)", "higher"),
+    "pep_fanout_avatar_p99": ("PEP 8 KiB item p99 until the last contact", "lower"),
+    "pep_fanout_bundle": ("PEP 4 KiB items to 100 contacts (notifications/s)", "higher"),
+    "pep_fanout_bundle_p99": ("PEP 4 KiB item p99 until the last contact", "lower"),
 }
 
 
@@ -35,6 +39,8 @@ def figures(res: dict) -> list[tuple[str, float, str]]:
     if name == "throughput":
         return [("throughput", res["value"], "msgs/s"), ("throughput_p50", res["p50_ms"], "ms"),
                 ("throughput_p99", res["p99_ms"], "ms")]
+    if name.startswith("pep_fanout_"):
+        return [(name, res["value"], res["unit"]), (name + "_p99", res["p99_ms"], "ms")]
     if name == "latency":
         return [("latency_p50", res["p50_ms"], "ms"), ("latency_p99", res["p99_ms"], "ms")]
     return [(name, res["value"], res["unit"])]

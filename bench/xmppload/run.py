@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from . import report, scenarios
+from . import pep_scenario, report, scenarios
 from .scenarios import Target
 
 
@@ -29,6 +29,8 @@ class Params:
     fanout_contacts: int = 500
     fanout_rounds: int = 5
     fanout_base: int = 10000             # fan-out users live apart from the rest (they have rosters)
+    pep_contacts: int = 100              # pep_fanout: online contacts of the publisher (fan-out block)
+    pep_items: int = 200                 # pep_fanout: items published per payload size
     scenario_timeout: float = 300.0
 
     def users_needed(self) -> int:
@@ -42,7 +44,7 @@ class Params:
 FULL = Params()
 QUICK = Params(login_users=10, login_count=40, login_concurrency=5, login_duration=2.0, pairs=3, window=3,
                duration=1.0, warmup=0.3, idle_counts=(20,), idle_settle=0.3, fanout_contacts=10,
-               fanout_rounds=2, fanout_base=100, scenario_timeout=60.0)
+               fanout_rounds=2, fanout_base=100, pep_contacts=10, pep_items=10, scenario_timeout=60.0)
 
 
 async def run_one(name: str, target: Target, params: Params, rate: Optional[float]) -> list[dict]:
@@ -68,6 +70,9 @@ async def run_one(name: str, target: Target, params: Params, rate: Optional[floa
             "presence_fanout": lambda: scenarios.presence_fanout(
                 target, contacts=params.fanout_contacts, base=params.fanout_base,
                 rounds=params.fanout_rounds),
+            "pep_fanout": lambda: pep_scenario.pep_fanout(
+                target, contacts=min(params.pep_contacts, params.fanout_contacts),
+                base=params.fanout_base, items=params.pep_items),
         }[name]()
         res = await asyncio.wait_for(coro, params.scenario_timeout)
     except Exception as exc:  # a broken scenario must not stop the others

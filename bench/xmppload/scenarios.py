@@ -520,7 +520,8 @@ async def _subscribe_all(hub: XmppConnection, conns: list[XmppConnection], hub_b
 
 # In this order: login churn slows Prosody 0.12 for minutes (25,000 -> 8,400 msgs/s after 3,000
 # logins), and 10,000 connections leave both heaps large; throughput_after_logins shows the former.
-SCENARIOS = ("throughput", "latency", "presence_fanout", "login_rate", "throughput_after_logins", "idle_memory")
+SCENARIOS = ("throughput", "latency", "presence_fanout", "pep_fanout", "login_rate", "throughput_after_logins",
+             "idle_memory")
 
 
 def key_cache_size() -> int:

@@ -167,7 +167,7 @@ password_hash = "SHA-256"
 c2s_require_encryption = true
 allow_registration = false
 log = {{ warn = "{workdir}/prosody.log" }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix"{more_modules} }}
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "pep"{more_modules} }}
 modules_disabled = {{ {disabled} }}
 {s2s_settings}
 VirtualHost "{domain}"

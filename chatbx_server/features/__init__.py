@@ -28,13 +28,19 @@ REGISTRY: dict[str, str] = {
     "smacks": "chatbx_server.features.smacks.SmacksFeature",
     "csi": "chatbx_server.features.csi.CSIFeature",
     "muc": "chatbx_server.muc.service.MucFeature",
+    "caps": "chatbx_server.features.caps.CapsFeature",
+    "pep": "chatbx_server.pubsub.pep.PEPFeature",
+    "vcard": "chatbx_server.features.vcard.VCardFeature",
+    "private": "chatbx_server.features.private.PrivateFeature",
+    "bookmarks": "chatbx_server.features.bookmarks.BookmarksFeature",
+    "pubsub": "chatbx_server.pubsub.service.PubSubServiceFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "mam", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
-    "muc",
+    "muc", "caps", "pep", "vcard", "private", "bookmarks", "pubsub",
 )
 
 

@@ -16,15 +16,22 @@ from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.muc import MucStore
 from chatbx_server.storage.offline import OfflineStore
+from chatbx_server.storage.private import PrivateStore
+from chatbx_server.storage.pubsub import CapsStore, PubSubStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.upload import UploadStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
+from chatbx_server.storage.vcard import VCardStore
 
 __all__ = [
     "ArchiveStore",
     "Database",
     "MucStore",
+    "CapsStore",
     "OfflineStore",
+    "PrivateStore",
+    "PubSubStore",
+    "VCardStore",
     "RosterItem",
     "RosterStore",
     "ScramCredentials",
@@ -54,6 +61,10 @@ class Stores:
         self.upload = UploadStore(db, clock)
         self.muc = MucStore(db, clock)
         self.archive = ArchiveStore(db, clock)
+        self.pubsub = PubSubStore(db, clock)
+        self.caps = CapsStore(db, clock)
+        self.vcard = VCardStore(db, clock)
+        self.private = PrivateStore(db, clock)
 
     def close(self) -> defer.Deferred[None]:
         """Write every batched row still queued (the server waits for this

@@ -39,6 +39,13 @@ __all__ = [
     "subscription_requests",
     "uploads",
     "users",
+    "pubsub_nodes",
+    "pubsub_items",
+    "pubsub_affiliations",
+    "pubsub_subscriptions",
+    "entity_caps",
+    "vcards",
+    "private_storage",
 ]
 
 NAMING_CONVENTION = {
@@ -344,3 +351,90 @@ def include_object(obj: object, name: str | None, type_: str, reflected: bool,
     """Alembic ``include_object`` hook: skip the full-text objects, which are
     DDL, not metadata (Alembic would report them as tables to drop)."""
     return name not in SEARCH_OBJECTS
+
+
+# -- Publish-Subscribe (XEP-0060), PEP (XEP-0163), profiles, private storage --
+
+pubsub_nodes = sa.Table(
+    "pubsub_nodes",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("service", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="PEP: the owner's bare JID; pubsub service: its domain"),
+    sa.Column("name", sa.String(PART_LENGTH), nullable=False, comment="the NodeID"),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=True,
+              comment="owning (PEP) or creating (service) local account; its nodes go with it"),
+    sa.Column("config", sa.Text, nullable=False, comment="JSON of the node configuration"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.UniqueConstraint("service", "name"),
+    sa.Index("ix_pubsub_nodes_user_id", "user_id"),
+)
+
+pubsub_items = sa.Table(
+    "pubsub_items",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True,
+              comment="publication order: a re-published item gets a new id"),
+    sa.Column("node_id", BigIntId,
+              sa.ForeignKey("pubsub_nodes.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("item_id", sa.String(PART_LENGTH), nullable=False, comment="the ItemID"),
+    sa.Column("publisher", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="bare JID that published it"),
+    sa.Column("payload", sa.Text, nullable=False, comment="serialized XML of the payload ('' for none)"),
+    sa.Column("payload_bytes", sa.Integer, nullable=False, comment="UTF-8 length of payload"),
+    sa.Column("published_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.UniqueConstraint("node_id", "item_id"),
+)
+
+pubsub_affiliations = sa.Table(
+    "pubsub_affiliations",
+    metadata,
+    sa.Column("node_id", BigIntId,
+              sa.ForeignKey("pubsub_nodes.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("jid", sa.String(BARE_JID_LENGTH), nullable=False, comment="bare JID"),
+    sa.Column("affiliation", sa.String(16), nullable=False,
+              comment="XEP-0060 §4.1: owner | publisher | publish-only | member | outcast"),
+    sa.PrimaryKeyConstraint("node_id", "jid"),
+)
+
+pubsub_subscriptions = sa.Table(
+    "pubsub_subscriptions",
+    metadata,
+    sa.Column("node_id", BigIntId,
+              sa.ForeignKey("pubsub_nodes.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("jid", sa.String(BARE_JID_LENGTH + 1 + PART_LENGTH), nullable=False,
+              comment="subscriber JID (bare or full) as it subscribed"),
+    sa.Column("subid", sa.String(64), nullable=False),
+    sa.PrimaryKeyConstraint("node_id", "jid"),
+)
+
+entity_caps = sa.Table(
+    "entity_caps",
+    metadata,
+    sa.Column("ver", sa.String(255), nullable=False,
+              comment="XEP-0115 'hash:ver' string, verified before it is stored"),
+    sa.Column("features", sa.Text, nullable=False, comment="JSON list of disco#info features"),
+    sa.Column("seen_at", sa.Double, nullable=False, comment="Unix time it was last stored"),
+    sa.PrimaryKeyConstraint("ver"),
+    comment="entity capabilities shared by every account (XEP-0115 §5.4 caching)",
+)
+
+vcards = sa.Table(
+    "vcards",
+    metadata,
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("vcard", sa.Text, nullable=False, comment="serialized vcard-temp <vCard/> (XEP-0054)"),
+    sa.Column("vcard_bytes", sa.Integer, nullable=False),
+)
+
+private_storage = sa.Table(
+    "private_storage",
+    metadata,
+    _user_fk(),
+    sa.Column("key", sa.String(PART_LENGTH), nullable=False,
+              comment="'{namespace}name' of the stored element (XEP-0049)"),
+    sa.Column("xml", sa.Text, nullable=False, comment="the serialized element"),
+    sa.Column("xml_bytes", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("user_id", "key"),
+)

@@ -66,10 +66,12 @@ def test_quick_compare_against_chatbx_delivers_everything(tmp_path: Path) -> Non
     assert {"login_rate", "throughput", "latency", "presence_fanout", "throughput_after_logins"} <= set(by_name), log
     assert any(name.startswith("idle_memory_") for name in by_name), log
     assert by_name["login_rate"]["completed"] > 0 and by_name["login_rate"]["failures"] == 0
-    for name in ("throughput", "latency", "presence_fanout", "throughput_after_logins"):
+    for name in ("throughput", "latency", "presence_fanout", "throughput_after_logins",
+                 "pep_fanout_avatar", "pep_fanout_bundle"):
         res = by_name[name]
         assert res["sent"] > 0 and res["received"] == res["sent"] and res["lost"] == 0, res
         assert res.get("misrouted", 0) == 0 and res.get("error_replies", 0) == 0, res
+        assert res.get("duplicates", 0) == 0 and res.get("publish_errors", 0) == 0, res
     for name, res in by_name.items():
         if name.startswith("idle_memory_"):
             assert res["connections"] > 0 and res["login_failures"] == 0, res

@@ -132,7 +132,9 @@ def test_set_password(stores: Stores, result_of: Any) -> None:
 
 def test_delete_cascades(stores: Stores, result_of: Any) -> None:
     """Deleting an account removes its credentials, roster, requests, offline
-    messages, archive and archive preferences, and nobody else's."""
+    messages, archive and archive preferences, PEP nodes (items, affiliations,
+    subscriptions), vCard and private data, and nobody else's (caps are
+    shared, they stay)."""
     from chatbx_server.storage.archive import ArchivePrefs
 
     result_of(stores.users.create_many([("alice@x.org", "p"), ("bob@x.org", "p")]))
@@ -140,6 +142,13 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         result_of(stores.roster.set_item(user, RosterItem("carol@y.org")))
         result_of(stores.roster.add_request(user, "dave@y.org", None))
         result_of(stores.offline.store(user, "<message/>", 10))
+        result_of(stores.pubsub.publish(user, "n", user, [("1", "<x xmlns='y'/>")], user,
+                                        {"max_items": 5}, {}, 10, 10))
+        result_of(stores.pubsub.set_affiliations(user, "n", {"carol@y.org": "member"}))
+        result_of(stores.pubsub.subscribe(user, "n", "carol@y.org", "s"))
+        result_of(stores.vcard.set(user, "<vCard xmlns='vcard-temp'/>"))
+        result_of(stores.private.set(user, "{a}b", "<b xmlns='a'/>", 1000))
+    result_of(stores.caps.put("sha-1:x", ["f"]))
         ids = stores.archive.ids
         stores.archive.append((user, ids.next_id(), ids.nonce(), "carol@y.org", None, "hi",
                                "<message/>", False))
@@ -158,6 +167,8 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         "uploads": 0,  # uploads are not tied to the account row (they expire)
         "muc_rooms": 0, "muc_affiliations": 0, "muc_archive": 0,
         "archive_messages": 1, "archive_prefs": 1,
+        "pubsub_nodes": 1, "pubsub_items": 1, "pubsub_affiliations": 1, "pubsub_subscriptions": 1,
+        "vcards": 1, "private_storage": 1, "entity_caps": 1,
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 
