@@ -148,11 +148,11 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         result_of(stores.pubsub.subscribe(user, "n", "carol@y.org", "s"))
         result_of(stores.vcard.set(user, "<vCard xmlns='vcard-temp'/>"))
         result_of(stores.private.set(user, "{a}b", "<b xmlns='a'/>", 1000))
-    result_of(stores.caps.put("sha-1:x", ["f"]))
         ids = stores.archive.ids
         stores.archive.append((user, ids.next_id(), ids.nonce(), "carol@y.org", None, "hi",
                                "<message/>", False))
         result_of(stores.archive.set_prefs(user, ArchivePrefs()))
+    result_of(stores.caps.put("sha-1:x", ["f"]))
     result_of(stores.archive.flush())
     assert result_of(stores.users.delete("alice@x.org")) is True
     assert result_of(stores.users.delete("alice@x.org")) is False
