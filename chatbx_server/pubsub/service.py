@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from chatbx_server.logs import log_observer
+from chatbx_server.events import StanzaEvent
 from chatbx_server.modules import Feature
 from chatbx_server.pubsub.engine import Limits, PubSubEngine
 from chatbx_server.pubsub.protocol import FEATURES, NS_OWNER, NS_PUBSUB, event_message
@@ -103,8 +104,9 @@ class PubSubServiceFeature(Feature):
         super().teardown()
 
     # -- stanzas ---------------------------------------------------------------------
-    def on_stanza(self, stanza: domish.Element, *_: Any) -> Any:
-        """What the router hands to the service domain."""
+    def on_stanza(self, event: StanzaEvent) -> Any:
+        """What the router hands to the service domain (the StanzaEvent)."""
+        stanza = event.stanza
         if stanza.name != "iq" or stanza.getAttribute("type") not in ("get", "set"):
             return True  # messages and presence to the service: nothing to do
         try:

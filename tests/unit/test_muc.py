@@ -491,7 +491,9 @@ def test_service_renamed_or_restricted() -> None:
                       config_text="[modules.muc]\ndomains = ['a.example']\n"
                                   "names = { 'a.example' = 'chat.a.example' }\n")
     assert "chat.a.example" in srv.router.services
-    assert not any(d.endswith("b.example") for d in srv.router.services)
+    muc_services = srv.modules.get("muc").services  # other services (upload., pubsub.) aside
+    assert set(muc_services) == {"chat.a.example"}
+    assert not any(d.endswith("b.example") for d in muc_services)
 
 
 # -- persistence, archive --------------------------------------------------------------
