@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatbx_server.storage.blocking import BlockingStore
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.offline import OfflineStore
@@ -16,6 +17,7 @@ from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
 
 __all__ = [
+    "BlockingStore",
     "Database",
     "OfflineStore",
     "RosterItem",
@@ -43,3 +45,4 @@ class Stores:
         self.users = UserStore(db, clock)
         self.roster = RosterStore(db, clock)
         self.offline = OfflineStore(db, clock)
+        self.blocking = BlockingStore(db, clock)

@@ -7,7 +7,8 @@ them the same way. Constraint names come from the naming convention so later
 batch migrations on SQLite can refer to them.
 
 RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
-(offline messages), RFC 5802 / RFC 7677 (SCRAM credentials).
+(offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0191
+(block lists), XEP-0377 (spam reports).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "blocklist_items",
     "metadata",
     "offline_messages",
     "roster_items",
     "roster_versions",
     "scram_credentials",
+    "spam_reports",
     "subscription_requests",
     "users",
 ]
@@ -37,6 +40,8 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # Bare JID: localpart (1023 bytes) + '@' + domainpart (1023 bytes), RFC 7622 §3.
 BARE_JID_LENGTH = 2047
 PART_LENGTH = 1023
+# Full JID: bare JID + '/' + resourcepart (1023 bytes).
+FULL_JID_LENGTH = 3071
 
 #: 64-bit ids on PostgreSQL; SQLite only auto-increments INTEGER PRIMARY KEY.
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -132,4 +137,33 @@ offline_messages = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False,
               comment="Unix time the server accepted it (for XEP-0203 delay)"),
     sa.Index("ix_offline_messages_user_id", "user_id"),
+)
+
+blocklist_items = sa.Table(
+    "blocklist_items",
+    metadata,
+    _user_fk(),
+    sa.Column("jid", sa.String(FULL_JID_LENGTH), nullable=False,
+              comment="blocked JID as prepared: user@domain[/resource] or domain[/resource]"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.PrimaryKeyConstraint("user_id", "jid"),
+    comment="XEP-0191 block list: JIDs the user blocks communication with",
+)
+
+spam_reports = sa.Table(
+    "spam_reports",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("reporter", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="bare JID of the local account that reported; kept when it is deleted"),
+    sa.Column("jid", sa.String(FULL_JID_LENGTH), nullable=False,
+              comment="the reported (and blocked) JID"),
+    sa.Column("reason", sa.String(PART_LENGTH), nullable=False,
+              comment="XEP-0377 reason URI, e.g. urn:xmpp:reporting:spam"),
+    sa.Column("text", sa.Text, nullable=True, comment="the reporter's explanation, if any"),
+    sa.Column("stanza_ids", sa.Text, nullable=False, server_default="[]",
+              comment="JSON list of [by, id] XEP-0359 stanza-ids the report points at"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.Index("ix_spam_reports_created_at", "created_at"),
+    comment="XEP-0377 reports sent with a block, for operators (chatbxctl reports list)",
 )
