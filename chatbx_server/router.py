@@ -4,7 +4,10 @@ RFC 6120 §10 (server rules for processing XML stanzas) and RFC 6121 §8.5
 (local delivery). Names are built once per stanza and looked up in a dict:
 ``pre-message/bare`` for what a local client sends, ``message/full`` for
 delivery to a local target, ``iq-get/host/urn:xmpp:ping:ping`` for requests,
-``iq-result/host/{id}`` for answers to the server's own requests.
+``iq-result/host/{id}`` for answers to the server's own requests. IQs
+also fire ``pre-iq/{kind}`` (sent by a local client) and, for a local
+account, ``iq/bare|full`` before the per-payload name: generic filters
+(XEP-0191 blocking) that may refuse any IQ.
 """
 
 from __future__ import annotations
@@ -75,8 +78,10 @@ class Router:
         return self.deliver(event)
 
     def deliver(self, event: StanzaEvent) -> Any:
-        """Hand a message or presence to its target."""
+        """Hand a stanza to its target (what follows the sender's pre- events)."""
         stanza = event.stanza
+        if stanza.name == "iq":
+            return self._deliver_iq(event)
         host = event.to.host
         if host in self.hosts:
             result = self.events.fire(f"{stanza.name}/{event.kind}", event)
@@ -98,7 +103,6 @@ class Router:
     def _route_iq(self, event: StanzaEvent) -> Any:
         stanza = event.stanza
         iq_type = stanza.getAttribute("type")
-        local = event.to.host in self.hosts
         if iq_type in ("get", "set"):
             if stanza.getAttribute("id") is None:
                 return self.bounce(stanza, "bad-request", "iq without id")
@@ -110,8 +114,25 @@ class Router:
                 payload = child
             if payload is None:
                 return self.bounce(stanza, "bad-request", "iq without payload")
-            if not local:
-                return self._elsewhere(event)
+        elif iq_type not in ("result", "error"):
+            return self.bounce(stanza, "bad-request", "bad iq type")
+        if event.origin is not None:
+            result = self.events.fire(f"pre-iq/{event.kind}", event)
+            if result is not None:
+                return result
+        return self._deliver_iq(event)
+
+    def _deliver_iq(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        iq_type = stanza.getAttribute("type")
+        if event.to.host not in self.hosts:
+            return self._elsewhere(event)
+        if event.kind != "host":
+            result = self.events.fire(f"iq/{event.kind}", event)
+            if result is not None:
+                return result
+        if iq_type in ("get", "set"):
+            payload = stanza.firstChildElement()
             result = self.events.fire(f"iq-{iq_type}/{event.kind}/{payload.uri}:{payload.name}", event)
             if result is not None:
                 return result
@@ -121,16 +142,12 @@ class Router:
                     session.send(stanza)
                     return True
             return self.bounce(stanza, "service-unavailable")
-        if iq_type in ("result", "error"):
-            if not local:
-                return self._elsewhere(event)
-            if event.kind == "full":
-                session = self.sessions.get(event.to.bare, event.to.resource)
-                if session is not None:
-                    session.send(stanza)
-                return True
-            return self.events.fire(f"iq-{iq_type}/{event.kind}/{stanza.getAttribute('id')}", event)
-        return self.bounce(stanza, "bad-request", "bad iq type")
+        if event.kind == "full":
+            session = self.sessions.get(event.to.bare, event.to.resource)
+            if session is not None:
+                session.send(stanza)
+            return True
+        return self.events.fire(f"iq-{iq_type}/{event.kind}/{stanza.getAttribute('id')}", event)
 
     def reply(self, event: StanzaEvent, reply: domish.Element) -> None:
         """Send an answer to the sender of ``event``, directly when local."""

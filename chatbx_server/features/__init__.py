@@ -23,12 +23,14 @@ REGISTRY: dict[str, str] = {
     "time": "chatbx_server.features.time.TimeFeature",
     "last": "chatbx_server.features.last.LastActivityFeature",
     "contact_info": "chatbx_server.features.contact_info.ContactInfoFeature",
+    "carbons": "chatbx_server.features.carbons.CarbonsFeature",
+    "blocking": "chatbx_server.features.blocking.BlockingFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
-    "version", "time", "last", "contact_info",
+    "version", "time", "last", "contact_info", "carbons", "blocking",
 )
 
 
