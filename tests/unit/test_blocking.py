@@ -409,3 +409,43 @@ def test_unavailable_at_block_arrives_when_the_contacts_list_loads_late() -> Non
     assert [(p["from"], p["type"]) for p in of(bob, "presence", ALICE)] == [(f"{ALICE}/desk", "unavailable")]
     send(server, desk, "<presence><show>away</show></presence>")
     assert len(of(bob, "presence", ALICE)) == 1
+
+
+def test_chatbxctl_reports_list(tmp_path: Any, capsys: Any) -> None:
+    """`chatbxctl reports list` prints the stored reports newest first, one
+    tab-separated line each, bounded by --limit and narrowed by --reporter."""
+    from chatbx_server import cli
+    from chatbx_server.storage import Stores, migrate
+    from chatbx_server.storage.blocking import SpamReport
+    from chatbx_server.storage.database import Database
+    from twisted.internet.task import Clock
+
+    (tmp_path / "data").mkdir()
+    url = f"sqlite:///{tmp_path / 'data' / 'chatbx.sqlite'}"
+    migrate.upgrade(url)
+    config = tmp_path / "chatbx.toml"
+    config.write_text(f'domains = ["localhost"]\ndata_dir = "{tmp_path / "data"}"\n')
+    db = Database(url, threadless=True)
+    db.start()
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    stores = Stores(db, clock)
+    _result(stores.users.create_many([(ALICE, "p"), (BOB, "p")]))
+    _result(stores.blocking.block(ALICE, ["spam@evil.example"], [SpamReport(
+        ALICE, "spam@evil.example", "urn:xmpp:reporting:spam", "buy\tnow",
+        (("spam@evil.example", "s1"),))]))
+    clock.advance(60)
+    _result(stores.blocking.block(BOB, ["evil.example"], [SpamReport(
+        BOB, "evil.example", "urn:xmpp:reporting:abuse")]))
+    db.stop()
+
+    assert cli.main(["--config", str(config), "reports", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"2023-11-14T22:14:20Z\t{BOB}\tevil.example\turn:xmpp:reporting:abuse\t-\t-",
+        f'2023-11-14T22:13:20Z\t{ALICE}\tspam@evil.example\turn:xmpp:reporting:spam\t"buy\\tnow"'
+        "\tspam@evil.example#s1"]
+    assert cli.main(["--config", str(config), "reports", "list", "-n", "1"]) == 0
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == [BOB]
+    assert cli.main(["--config", str(config), "reports", "list", "--reporter", ALICE]) == 0
+    assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == [ALICE]
