@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Throughput of a churned chatbx against a fresh one, with the cyclic garbage
+collector's share of each window.
+
+Why: `throughput_after_logins` in bench/compare fell ~11 % below the fresh figure, and an
+independent harness that held 5,000 idle connections before measuring again saw ~30 %.
+This starts two chatbx processes (A and B, both pinned to the server CPU, under
+`xmppload.memprobe --gc-stats`: every collection timed with gc.callbacks in thread CPU
+time, nothing added to chatbx), puts B through 3,000 logins and then holds 5,000 idle
+connections on it, and measures throughput on A and B in alternating windows, while the
+idle connections are held and after they closed. Per window: msgs/s, the server's CPU
+share, msgs per server CPU second (the figure compared: robust when other jobs take CPU
+time), collections per generation and the collector's share of the CPU. Alternating two
+processes cancels the drift of a shared machine that a fresh-then-churned sequence on one
+process measures as a slowdown.
+
+    python3 bench/gc_churn.py                       # chatbx as it is
+    python3 bench/gc_churn.py --what-if nofreeze    # without chatbx's gc.freeze()
+    python3 bench/gc_churn.py --what-if 700,10,10   # other collector thresholds
+    python3 bench/gc_churn.py --what-if freeze+10000,10,10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from xmppload import scenarios, servers  # noqa: E402
+from xmppload.scenarios import Target  # noqa: E402
+
+
+def start(workdir: str, users: int, cpus: list[int], what_if: str | None) -> servers.ServerHandle:
+    port, tls_port = servers.free_port(), servers.free_port()
+    cfg = servers.write_chatbx_config(workdir, "localhost", port, tls_port)
+    if not os.path.exists(os.path.join(workdir, "users.txt")):
+        servers.provision_chatbx(cfg, "localhost", [f"bench{n}" for n in range(users)], "secret", workdir)
+    log_path = os.path.join(workdir, "chatbx.log")
+    probe = os.path.join(workdir, "probe")
+    opts = ["--gc-stats"] + ([f"--gc-what-if={what_if}"] if what_if else [])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xmppload.memprobe", probe, *opts, "--",
+         "-n", "--pidfile=", "--logfile", log_path, "chatbx", "--config", cfg],
+        cwd=os.path.dirname(os.path.abspath(__file__)), stdout=open(log_path + ".out", "ab"),
+        stderr=subprocess.STDOUT, preexec_fn=(lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None)
+    handle = servers.ServerHandle("chatbx", proc, port, tls_port, "localhost", workdir, log_path, {"config": cfg})
+    servers.wait_port(port, proc, 60)
+    return handle
+
+
+class Probe:
+    """SIGUSR2 -> one line of gc.jsonl; the difference between two lines is a window."""
+
+    def __init__(self, handle: servers.ServerHandle) -> None:
+        self.handle = handle
+        self.path = os.path.join(handle.workdir, "probe", "gc.jsonl")
+
+    async def sample(self) -> dict:
+        before = self._lines()
+        self.handle.proc.send_signal(signal.SIGUSR2)
+        for _ in range(200):  # the report needs a reactor turn (and a gc.get_objects())
+            await asyncio.sleep(0.05)
+            lines = self._lines()
+            if len(lines) > len(before):
+                return json.loads(lines[-1])
+        raise RuntimeError("no gc report from the server")
+
+    def _lines(self) -> list[str]:
+        try:
+            with open(self.path) as fh:
+                return fh.read().splitlines()
+        except FileNotFoundError:
+            return []
+
+
+def window(name: str, res: dict, a: dict, b: dict) -> dict:
+    cpu = max(1e-9, b["cpu"] - a["cpu"])
+    gc_s = [b["seconds"][i] - a["seconds"][i] for i in range(3)]
+    return {
+        "phase": name, "msgs_per_s": res["value"], "server_cpu_pct": res.get("server_cpu_pct"),
+        "msgs_per_cpu_s": round(res["value"] / max(1e-9, res.get("server_cpu_pct", 100) / 100)),
+        "lost": res.get("lost"), "tracked_objects": b["tracked"], "frozen": b["frozen"],
+        "collections": [b["count"][i] - a["count"][i] for i in range(3)],
+        "gc_ms": [round(1000 * s) for s in gc_s],
+        "gc_share_of_cpu_pct": round(100 * sum(gc_s) / cpu, 1),
+        "full_collection_ms": round(1000 * gc_s[2] / max(1, b["count"][2] - a["count"][2]), 1),
+    }
+
+
+async def measure(target: Target, probe: Probe, name: str, duration: float) -> dict:
+    a = await probe.sample()
+    res = (await scenarios.throughput(target, duration=duration, name=name))[0]
+    b = await probe.sample()
+    return window(name, res, a, b)
+
+
+async def run(fresh: tuple[Target, Probe], churned: tuple[Target, Probe], idle: int, logins: int,
+              duration: float, rounds: int) -> list[dict]:
+    """Churn server B (logins, then `idle` held connections); measure A and B alternately.
+
+    Alternating windows on two processes that differ only in their history
+    cancel the drift of a shared machine (other jobs come and go); a
+    sequence on one process (fresh first, churned later) would not.
+    """
+    out: list[dict] = []
+    target_b = churned[0]
+    await scenarios.login_rate(target_b, users=200, count=logins, duration=60.0)
+    conns, errors = await scenarios.login_many(target_b, range(200, 200 + idle), 100, 300.0)
+    if errors:
+        print(f"# {len(errors)} idle logins failed: {errors[:3]}", file=sys.stderr)
+    await asyncio.sleep(2.0)
+    for label, held in ((f"{logins} logins + {len(conns)} idle held", True), ("idle connections closed", False)):
+        if not held:
+            scenarios.close_all(conns)
+            await asyncio.sleep(3.0)
+        for n in range(rounds):
+            for side, (target, probe) in (("A fresh", fresh), (f"B {label}", churned)):
+                w = await measure(target, probe, side, duration)
+                w["round"], w["stage"] = n, label
+                out.append(w)
+                print(json.dumps(w), flush=True)
+    return out
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--idle", type=int, default=5000, help="idle connections held on B (default 5000)")
+    ap.add_argument("--logins", type=int, default=3000, help="logins of B's churn phase (default 3000)")
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds per throughput window")
+    ap.add_argument("--rounds", type=int, default=3, help="A/B window pairs per stage (default 3)")
+    ap.add_argument("--what-if", help="memprobe --gc-what-if for both: nofreeze | freeze | A,B,C, joined with +")
+    ap.add_argument("--json", help="also write every window to this file")
+    args = ap.parse_args()
+    servers.raise_nofile()
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus, gen_cpus = (cpus[:1], cpus[1:]) if len(cpus) > 1 else ([], [])
+    root = tempfile.mkdtemp(prefix="chatbx-gc-")
+    handles: list[servers.ServerHandle] = []
+    try:
+        for name, users in (("a", 200), ("b", 200 + args.idle)):
+            os.makedirs(os.path.join(root, name))
+            handles.append(start(os.path.join(root, name), users, server_cpus, args.what_if))
+        if gen_cpus:
+            os.sched_setaffinity(0, set(gen_cpus))
+        sides = tuple((Target("chatbx", "127.0.0.1", h.port, "localhost", server_pid=h.pid), Probe(h))
+                      for h in handles)
+        t0 = time.monotonic()
+        windows = asyncio.run(run(sides[0], sides[1], args.idle, args.logins, args.duration, args.rounds))
+        print(f"\n{'stage':44s} {'side':7s} {'msgs/cpu-s median [min-max]':>30s} {'B/A':>7s} "
+              f"{'gc %cpu':>8s} {'full/window':>11s} {'full ms':>8s} {'tracked':>8s}")
+        for stage in dict.fromkeys(w["stage"] for w in windows):
+            meds = {}
+            for side in ("A", "B"):
+                ws = [w for w in windows if w["stage"] == stage and w["phase"].startswith(side)]
+                vals = [w["msgs_per_cpu_s"] for w in ws]
+                meds[side] = _median(vals)
+                ratio = f"{100 * meds['B'] / meds['A'] - 100:+6.1f}%" if side == "B" else ""
+                fulls = [w["collections"][2] for w in ws]
+                full_ms = [w["full_collection_ms"] for w in ws if w["collections"][2]]
+                print(f"{stage:44s} {side:7s} {meds[side]:10.0f} [{min(vals):6d}-{max(vals):6d}]"
+                      f"        {ratio:>7s} {_median([w['gc_share_of_cpu_pct'] for w in ws]):8.1f} "
+                      f"{sum(fulls) / len(fulls):11.1f} {_median(full_ms):8.1f} {ws[-1]['tracked_objects']:8d}")
+        print(f"({time.monotonic() - t0:.0f} s; what-if: {args.what_if or 'none'})")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"what_if": args.what_if, "windows": windows}, fh, indent=1)
+        return 0
+    finally:
+        for handle in handles:
+            handle.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
