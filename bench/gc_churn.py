@@ -106,29 +106,50 @@ async def measure(target: Target, probe: Probe, name: str, duration: float) -> d
 
 async def run(fresh: tuple[Target, Probe], churned: tuple[Target, Probe], idle: int, logins: int,
               duration: float, rounds: int) -> list[dict]:
-    """Churn server B (logins, then `idle` held connections); measure A and B alternately.
+    """Churn server B and measure it right after, each time beside A.
 
-    Alternating windows on two processes that differ only in their history
-    cancel the drift of a shared machine (other jobs come and go); a
-    sequence on one process (fresh first, churned later) would not.
+    Stages, each `rounds` times: `logins` logins on B, then a window on B
+    and one on A (bench/compare's throughput_after_logins); with `idle`
+    connections held on B, a window on each; right after B's idle
+    connections closed, a window on B and one on A. Alternating two
+    processes that differ only in their history cancels the drift of a
+    shared machine (other jobs come and go); a sequence on one process
+    (fresh first, churned later) would not.
     """
     out: list[dict] = []
     target_b = churned[0]
-    await scenarios.login_rate(target_b, users=200, count=logins, duration=60.0)
+
+    async def pair(stage: str, n: int) -> None:
+        for side, (target, probe) in ((f"B {stage}", churned), ("A fresh", fresh)):
+            w = await measure(target, probe, side, duration)
+            w["round"], w["stage"] = n, stage
+            out.append(w)
+            print(json.dumps(w), flush=True)
+
+    for n in range(rounds):
+        await scenarios.login_rate(target_b, users=200, count=logins, duration=60.0)
+        await pair(f"right after {logins} logins", n)
     conns, errors = await scenarios.login_many(target_b, range(200, 200 + idle), 100, 300.0)
     if errors:
         print(f"# {len(errors)} idle logins failed: {errors[:3]}", file=sys.stderr)
-    await asyncio.sleep(2.0)
-    for label, held in ((f"{logins} logins + {len(conns)} idle held", True), ("idle connections closed", False)):
-        if not held:
-            scenarios.close_all(conns)
-            await asyncio.sleep(3.0)
-        for n in range(rounds):
-            for side, (target, probe) in (("A fresh", fresh), (f"B {label}", churned)):
-                w = await measure(target, probe, side, duration)
-                w["round"], w["stage"] = n, label
-                out.append(w)
-                print(json.dumps(w), flush=True)
+    for n in range(rounds):
+        await pair(f"{len(conns)} idle connections held", n)
+    scenarios.close_all(conns)
+    await asyncio.sleep(0.5)
+    await pair("right after the idle connections closed", 0)
+    return out
+
+
+async def compare_configs(a: tuple[Target, Probe], b: tuple[Target, Probe], duration: float,
+                          rounds: int) -> list[dict]:
+    """A and B alternately, no churn: what a collector setting alone changes."""
+    out: list[dict] = []
+    for n in range(rounds):
+        for side, (target, probe) in (("A", a), ("B", b)):
+            w = await measure(target, probe, side, duration)
+            w["round"], w["stage"] = n, "same history"
+            out.append(w)
+            print(json.dumps(w), flush=True)
     return out
 
 
@@ -143,6 +164,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per throughput window")
     ap.add_argument("--rounds", type=int, default=3, help="A/B window pairs per stage (default 3)")
     ap.add_argument("--what-if", help="memprobe --gc-what-if for both: nofreeze | freeze | A,B,C, joined with +")
+    ap.add_argument("--what-if-b", help="a different --gc-what-if for B only")
+    ap.add_argument("--configs-only", action="store_true",
+                    help="no churn: A and B differ only in their what-if (compare collector settings)")
     ap.add_argument("--json", help="also write every window to this file")
     args = ap.parse_args()
     servers.raise_nofile()
@@ -151,15 +175,19 @@ def main() -> int:
     root = tempfile.mkdtemp(prefix="chatbx-gc-")
     handles: list[servers.ServerHandle] = []
     try:
-        for name, users in (("a", 200), ("b", 200 + args.idle)):
+        for name, users, what_if in (("a", 200, args.what_if),
+                                     ("b", 200 + args.idle, args.what_if_b or args.what_if)):
             os.makedirs(os.path.join(root, name))
-            handles.append(start(os.path.join(root, name), users, server_cpus, args.what_if))
+            handles.append(start(os.path.join(root, name), users, server_cpus, what_if))
         if gen_cpus:
             os.sched_setaffinity(0, set(gen_cpus))
         sides = tuple((Target("chatbx", "127.0.0.1", h.port, "localhost", server_pid=h.pid), Probe(h))
                       for h in handles)
         t0 = time.monotonic()
-        windows = asyncio.run(run(sides[0], sides[1], args.idle, args.logins, args.duration, args.rounds))
+        if args.configs_only:
+            windows = asyncio.run(compare_configs(sides[0], sides[1], args.duration, args.rounds))
+        else:
+            windows = asyncio.run(run(sides[0], sides[1], args.idle, args.logins, args.duration, args.rounds))
         print(f"\n{'stage':44s} {'side':7s} {'msgs/cpu-s median [min-max]':>30s} {'B/A':>7s} "
               f"{'gc %cpu':>8s} {'full/window':>11s} {'full ms':>8s} {'tracked':>8s}")
         for stage in dict.fromkeys(w["stage"] for w in windows):
@@ -174,7 +202,8 @@ def main() -> int:
                 print(f"{stage:44s} {side:7s} {meds[side]:10.0f} [{min(vals):6d}-{max(vals):6d}]"
                       f"        {ratio:>7s} {_median([w['gc_share_of_cpu_pct'] for w in ws]):8.1f} "
                       f"{sum(fulls) / len(fulls):11.1f} {_median(full_ms):8.1f} {ws[-1]['tracked_objects']:8d}")
-        print(f"({time.monotonic() - t0:.0f} s; what-if: {args.what_if or 'none'})")
+        print(f"({time.monotonic() - t0:.0f} s; what-if: A {args.what_if or 'none'}, "
+              f"B {args.what_if_b or args.what_if or 'none'})")
         if args.json:
             with open(args.json, "w") as fh:
                 json.dump({"what_if": args.what_if, "windows": windows}, fh, indent=1)

@@ -99,12 +99,12 @@ def _one_what_if(spec: str) -> None:
     from twisted.internet import reactor
 
     if spec == "freeze":
-        reactor.callWhenRunning(lambda: reactor.callLater(1.0, gc.freeze))  # type: ignore[attr-defined]
+        reactor.callWhenRunning(lambda: reactor.callLater(1.0, gc.freeze))
     elif spec == "nofreeze":
-        reactor.callWhenRunning(lambda: reactor.callLater(1.0, gc.unfreeze))  # type: ignore[attr-defined]
+        reactor.callWhenRunning(lambda: reactor.callLater(1.0, gc.unfreeze))
     else:
         a, b, c = (int(x) for x in spec.split(","))
-        reactor.callWhenRunning(lambda: gc.set_threshold(a, b, c))  # type: ignore[attr-defined]
+        reactor.callWhenRunning(lambda: gc.set_threshold(a, b, c))
 
 
 def main() -> None:

@@ -106,3 +106,25 @@ def test_service_starts_server_before_listeners_and_stops_after():
     top.startService()
     top.stopService()
     assert order == ["server start", "listener start", "listener stop", "server stop"]
+
+
+def test_freeze_heap_freezes_what_is_alive_and_collects_garbage_first():
+    """freeze_heap() puts the live heap in the permanent generation (full
+    collections skip it) after collecting garbage, so no cycle is kept for good."""
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    garbage = Node()
+    garbage.self = garbage  # a cycle only the collector frees
+    probe = weakref.ref(garbage)
+    del garbage
+    gc.unfreeze()
+    try:
+        tap.freeze_heap()
+        assert probe() is None
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
