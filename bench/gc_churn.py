@@ -47,7 +47,7 @@ def start(workdir: str, users: int, cpus: list[int], what_if: str | None) -> ser
         servers.provision_chatbx(cfg, "localhost", [f"bench{n}" for n in range(users)], "secret", workdir)
     log_path = os.path.join(workdir, "chatbx.log")
     probe = os.path.join(workdir, "probe")
-    opts = ["--gc-stats"] + ([f"--gc-what-if={what_if}"] if what_if else [])
+    opts = ["--gc-stats"] + ([f"--gc-what-if={what_if}"] if what_if and what_if != "none" else [])
     proc = subprocess.Popen(
         [sys.executable, "-m", "xmppload.memprobe", probe, *opts, "--",
          "-n", "--pidfile=", "--logfile", log_path, "chatbx", "--config", cfg],
@@ -164,7 +164,7 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per throughput window")
     ap.add_argument("--rounds", type=int, default=3, help="A/B window pairs per stage (default 3)")
     ap.add_argument("--what-if", help="memprobe --gc-what-if for both: nofreeze | freeze | A,B,C, joined with +")
-    ap.add_argument("--what-if-b", help="a different --gc-what-if for B only")
+    ap.add_argument("--what-if-b", help="a different --gc-what-if for B only ('none': chatbx as it is)")
     ap.add_argument("--configs-only", action="store_true",
                     help="no churn: A and B differ only in their what-if (compare collector settings)")
     ap.add_argument("--json", help="also write every window to this file")
