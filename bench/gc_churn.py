@@ -83,6 +83,23 @@ class Probe:
             return []
 
 
+async def settle(target: Target, idle_pct: float = 15.0, limit: float = 20.0) -> float:
+    """Wait until the server is idle (what it was doing is not in the next window).
+
+    Returns the CPU seconds it spent meanwhile.
+    """
+    assert target.server_pid is not None
+    start = last = servers.cpu_seconds(target.server_pid)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        now = servers.cpu_seconds(target.server_pid)
+        if now - last < idle_pct / 100 * 0.2:
+            break
+        last = now
+    return servers.cpu_seconds(target.server_pid) - start
+
+
 def window(name: str, res: dict, a: dict, b: dict) -> dict:
     cpu = max(1e-9, b["cpu"] - a["cpu"])
     gc_s = [b["seconds"][i] - a["seconds"][i] for i in range(3)]
@@ -105,37 +122,46 @@ async def measure(target: Target, probe: Probe, name: str, duration: float) -> d
 
 
 async def run(fresh: tuple[Target, Probe], churned: tuple[Target, Probe], idle: int, logins: int,
-              duration: float, rounds: int) -> list[dict]:
-    """Churn server B and measure it right after, each time beside A.
+              duration: float, rounds: int, churn_both: bool = False) -> list[dict]:
+    """Churn server B (and A too with `churn_both`) and measure both alternately.
 
-    Stages, each `rounds` times: `logins` logins on B, then a window on B
-    and one on A (bench/compare's throughput_after_logins); with `idle`
-    connections held on B, a window on each; right after B's idle
-    connections closed, a window on B and one on A. Alternating two
-    processes that differ only in their history cancels the drift of a
-    shared machine (other jobs come and go); a sequence on one process
-    (fresh first, churned later) would not.
+    Stages, each `rounds` times: `logins` logins, then a window on B and
+    one on A (bench/compare's throughput_after_logins); with `idle`
+    connections held, a window on each; right after the idle connections
+    closed, a window on B and one on A. Alternating two processes that
+    differ only in their history (or only in a collector setting, with
+    `churn_both`) cancels the drift of a shared machine (other jobs come
+    and go); a sequence on one process (fresh first, churned later) would
+    not. Each window starts once the server is idle again.
     """
     out: list[dict] = []
-    target_b = churned[0]
+    churn = [churned[0], fresh[0]] if churn_both else [churned[0]]
+    a_name = "A churned" if churn_both else "A fresh"
 
     async def pair(stage: str, n: int) -> None:
-        for side, (target, probe) in ((f"B {stage}", churned), ("A fresh", fresh)):
+        for side, (target, probe) in ((f"B {stage}", churned), (a_name, fresh)):
             w = await measure(target, probe, side, duration)
             w["round"], w["stage"] = n, stage
             out.append(w)
             print(json.dumps(w), flush=True)
 
     for n in range(rounds):
-        await scenarios.login_rate(target_b, users=200, count=logins, duration=60.0)
+        for target in churn:
+            await scenarios.login_rate(target, users=200, count=logins, duration=60.0)
+            await settle(target)
         await pair(f"right after {logins} logins", n)
-    conns, errors = await scenarios.login_many(target_b, range(200, 200 + idle), 100, 300.0)
-    if errors:
-        print(f"# {len(errors)} idle logins failed: {errors[:3]}", file=sys.stderr)
+    held: list = []
+    for target in churn:
+        conns, errors = await scenarios.login_many(target, range(200, 200 + idle), 100, 300.0)
+        if errors:
+            print(f"# {len(errors)} idle logins failed: {errors[:3]}", file=sys.stderr)
+        held.append(conns)
     for n in range(rounds):
-        await pair(f"{len(conns)} idle connections held", n)
-    scenarios.close_all(conns)
-    await asyncio.sleep(0.5)
+        await pair(f"{len(held[0])} idle connections held", n)
+    for target, conns in zip(churn, held):
+        scenarios.close_all(conns)
+        cpu = await settle(target)
+        print(f"# {target.port}: {cpu:.2f} CPU seconds for {len(conns)} disconnects", file=sys.stderr)
     await pair("right after the idle connections closed", 0)
     return out
 
@@ -165,6 +191,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="A/B window pairs per stage (default 3)")
     ap.add_argument("--what-if", help="memprobe --gc-what-if for both: nofreeze | freeze | A,B,C, joined with +")
     ap.add_argument("--what-if-b", help="a different --gc-what-if for B only ('none': chatbx as it is)")
+    ap.add_argument("--churn-both", action="store_true",
+                    help="A goes through the same churn as B (compare collector settings after churn)")
     ap.add_argument("--configs-only", action="store_true",
                     help="no churn: A and B differ only in their what-if (compare collector settings)")
     ap.add_argument("--json", help="also write every window to this file")
@@ -175,7 +203,7 @@ def main() -> int:
     root = tempfile.mkdtemp(prefix="chatbx-gc-")
     handles: list[servers.ServerHandle] = []
     try:
-        for name, users, what_if in (("a", 200, args.what_if),
+        for name, users, what_if in (("a", 200 + (args.idle if args.churn_both else 0), args.what_if),
                                      ("b", 200 + args.idle, args.what_if_b or args.what_if)):
             os.makedirs(os.path.join(root, name))
             handles.append(start(os.path.join(root, name), users, server_cpus, what_if))
@@ -187,7 +215,8 @@ def main() -> int:
         if args.configs_only:
             windows = asyncio.run(compare_configs(sides[0], sides[1], args.duration, args.rounds))
         else:
-            windows = asyncio.run(run(sides[0], sides[1], args.idle, args.logins, args.duration, args.rounds))
+            windows = asyncio.run(run(sides[0], sides[1], args.idle, args.logins, args.duration, args.rounds,
+                                      args.churn_both))
         print(f"\n{'stage':44s} {'side':7s} {'msgs/cpu-s median [min-max]':>30s} {'B/A':>7s} "
               f"{'gc %cpu':>8s} {'full/window':>11s} {'full ms':>8s} {'tracked':>8s}")
         for stage in dict.fromkeys(w["stage"] for w in windows):
