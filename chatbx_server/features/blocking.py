@@ -168,10 +168,15 @@ class BlockingFeature(Feature):
     class Options:
         #: JIDs one account may block; a block past it answers not-allowed
         max_items: int = 1000
+        #: XEP-0377 reports kept per reporting account; later ones are not
+        #: stored (the block still applies)
+        max_reports: int = 100
 
         def __post_init__(self) -> None:
             if self.max_items < 1:
                 raise ValueError("max_items must be at least 1")
+            if self.max_reports < 0:
+                raise ValueError("max_reports must not be negative")
 
     def setup(self) -> None:
         if self.options is None:
@@ -420,7 +425,8 @@ class BlockingFeature(Feature):
 
     async def _block(self, user: str, jids: list[str], reports: list[SpamReport]) -> None:
         before = await self.load(user)
-        result = await self.server.stores.blocking.block(user, jids, reports, self.options.max_items)
+        result = await self.server.stores.blocking.block(user, jids, reports, self.options.max_items,
+                                                         self.options.max_reports)
         if result is None:
             raise StanzaError("not-allowed", text="block list is full")
         after = frozenset(result)

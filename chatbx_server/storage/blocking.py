@@ -59,8 +59,11 @@ def load_txn(conn: Connection, user: str) -> list[str]:
 
 
 def block_txn(conn: Connection, user: str, jids: list[str], reports: list[SpamReport],
-              limit: int, now: float) -> Optional[list[str]]:
-    """Add ``jids`` and store ``reports``; None (nothing written) past ``limit``."""
+              limit: int, report_limit: int, now: float) -> Optional[list[str]]:
+    """Add ``jids`` and store ``reports``; None (nothing written) past ``limit``.
+
+    Reports past ``report_limit`` stored for this reporter are dropped.
+    """
     user_id = user_id_txn(conn, user, for_update=True)
     held = set(_items_txn(conn, user_id))
     new = [j for j in dict.fromkeys(jids) if j not in held]
@@ -69,6 +72,10 @@ def block_txn(conn: Connection, user: str, jids: list[str], reports: list[SpamRe
     if new:
         conn.execute(sa.insert(blocklist_items),
                      [{"user_id": user_id, "jid": j, "created_at": now} for j in new])
+    if reports:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(spam_reports)
+                              .where(spam_reports.c.reporter == user)).scalar_one()
+        reports = reports[:max(0, report_limit - stored)]
     if reports:
         conn.execute(sa.insert(spam_reports), [
             {"reporter": r.reporter, "jid": r.jid, "reason": r.reason, "text": r.text,
@@ -123,15 +130,20 @@ class BlockingStore:
         return self.db.run("blocking.load", load_txn, user)
 
     def block(self, user: str, jids: Iterable[str], reports: Iterable[SpamReport] = (),
-              limit: int = 1000) -> Deferred[Optional[list[str]]]:
+              limit: int = 1000, report_limit: int = 100) -> Deferred[Optional[list[str]]]:
         """Block ``jids`` (already blocked ones are kept) and store ``reports``.
+
+        Args:
+            limit: most JIDs the list may hold.
+            report_limit: most reports kept from this reporter; further ones
+                are dropped (the block still applies).
 
         Returns:
             the whole list after the change, or None when it would hold more
             than ``limit`` JIDs (then nothing is written, reports included).
         """
         return self.db.run("blocking.block", block_txn, user, list(jids), list(reports), limit,
-                           self._now())
+                           report_limit, self._now())
 
     def unblock(self, user: str, jids: Optional[Iterable[str]]) -> Deferred[list[str]]:
         """Unblock ``jids``, or everything when None; fires with what is left."""

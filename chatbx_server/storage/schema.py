@@ -165,5 +165,6 @@ spam_reports = sa.Table(
               comment="JSON list of [by, id] XEP-0359 stanza-ids the report points at"),
     sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
     sa.Index("ix_spam_reports_created_at", "created_at"),
+    sa.Index("ix_spam_reports_reporter", "reporter"),
     comment="XEP-0377 reports sent with a block, for operators (chatbxctl reports list)",
 )

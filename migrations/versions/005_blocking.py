@@ -51,9 +51,11 @@ def upgrade() -> None:
         comment="XEP-0377 reports sent with a block, for operators (chatbxctl reports list)",
     )
     op.create_index("ix_spam_reports_created_at", "spam_reports", ["created_at"])
+    op.create_index("ix_spam_reports_reporter", "spam_reports", ["reporter"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_spam_reports_reporter", table_name="spam_reports")
     op.drop_index("ix_spam_reports_created_at", table_name="spam_reports")
     op.drop_table("spam_reports")
     op.drop_table("blocklist_items")

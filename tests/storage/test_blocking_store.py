@@ -105,3 +105,16 @@ def test_unknown_user(blocking: Any, result_of: Any) -> None:
               blocking.unblock("nobody@example.org", None)):
         with pytest.raises(UnknownUser):
             result_of(d)
+
+
+def test_reports_are_bounded_per_reporter(blocking: Any, result_of: Any) -> None:
+    """Past report_limit stored reports of one reporter, further reports are
+    dropped while the block itself still applies; other reporters are unaffected."""
+    spam = [SpamReport(ALICE, f"s{n}.example", "urn:xmpp:reporting:spam") for n in range(3)]
+    result_of(blocking.block(ALICE, ["s0.example", "s1.example"], spam[:2], report_limit=2))
+    assert result_of(blocking.block(ALICE, ["s2.example"], spam[2:], report_limit=2)) == [
+        "s0.example", "s1.example", "s2.example"]
+    assert sorted(r.jid for r in result_of(blocking.list_reports())) == ["s0.example", "s1.example"]
+    result_of(blocking.block(BOB, ["s0.example"], [SpamReport(BOB, "s0.example", "urn:xmpp:reporting:spam")],
+                             report_limit=2))
+    assert len(result_of(blocking.list_reports(reporter=BOB))) == 1

@@ -449,3 +449,15 @@ def test_chatbxctl_reports_list(tmp_path: Any, capsys: Any) -> None:
     assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == [BOB]
     assert cli.main(["--config", str(config), "reports", "list", "--reporter", ALICE]) == 0
     assert [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()] == [ALICE]
+
+
+def test_max_reports_bounds_what_one_account_stores() -> None:
+    """[modules.blocking] max_reports: reports past it are not stored, the block still applies."""
+    server = setup(config="[modules.blocking]\nmax_reports = 1\n")
+    desk = bind(server, f"{ALICE}/desk")
+    report = f"<report xmlns='{NS_REPORTING}' reason='urn:xmpp:reporting:spam'/>"
+    for jid in ("a@spam.example", "b@spam.example"):
+        reply = iq(server, desk, f"<block xmlns='{NS_BLOCKING}'><item jid='{jid}'>{report}</item></block>")
+        assert reply["type"] == "result"
+    assert blocklist(server, desk) == ["a@spam.example", "b@spam.example"]
+    assert [r.jid for r in _result(server.stores.blocking.list_reports())] == ["a@spam.example"]
