@@ -299,15 +299,17 @@ class BlockingFeature(Feature):
         """What a local client sends to a JID it blocks is refused (§3.3)."""
         origin = event.origin
         user = origin.bare
-        to = event.to
-        if to.bare == user or (event.kind == "host" and to.host == origin.host):
-            return None
         items = self._online.get(user)
-        if items is None:
+        if not items:
+            if items is not None:
+                return None  # the common case: an empty list
             items = self.cached(user)
             if items is None:
                 stanza = event.stanza
                 return self._after_load(user, stanza, lambda: self.router.route(stanza, origin))
+        to = event.to
+        if to.bare == user or (event.kind == "host" and to.host == origin.host):
+            return None
         if not items or not matches(items, to):
             return None
         stanza = event.stanza
@@ -319,22 +321,27 @@ class BlockingFeature(Feature):
 
     def _recipient_blocks(self, event: StanzaEvent) -> Any:
         """None (not blocked), True (blocked) or a Deferred (list being loaded)."""
-        sender = event.sender
-        if sender is None:
-            return None
         user = event.to.bare
-        if sender.bare == user:
-            return None
         items = self._online.get(user)
-        if items is None:
+        if not items:
+            if items is not None:
+                return None  # the common case: an empty list
             items = self.cached(user)
             if items is None:
+                if event.sender is None:
+                    return None
                 return self._after_load(user, event.stanza, lambda: self.router.deliver(event))
+        sender = event.sender
+        if sender is None or sender.bare == user:
+            return None
         if items and matches(items, sender):
             return True
         return None
 
     def on_inbound_message(self, event: StanzaEvent) -> Any:
+        items = self._online.get(event.to.bare)
+        if items is not None and not items:
+            return None  # the hot path: an online account that blocks nobody
         blocked = self._recipient_blocks(event)
         if blocked is not True:
             return blocked
