@@ -300,16 +300,16 @@ class BlockingFeature(Feature):
         origin = event.origin
         user = origin.bare
         items = self._online.get(user)
-        if not items:
-            if items is not None:
-                return None  # the common case: an empty list
+        if items is not None and not items:
+            return None  # the common case: an empty list
+        to = event.to
+        if to.bare == user or (event.kind == "host" and to.host == origin.host):
+            return None  # never blocked, and no list to load for it (login: roster, presence)
+        if items is None:
             items = self.cached(user)
             if items is None:
                 stanza = event.stanza
                 return self._after_load(user, stanza, lambda: self.router.route(stanza, origin))
-        to = event.to
-        if to.bare == user or (event.kind == "host" and to.host == origin.host):
-            return None
         if not items or not matches(items, to):
             return None
         stanza = event.stanza

@@ -461,3 +461,19 @@ def test_max_reports_bounds_what_one_account_stores() -> None:
         assert reply["type"] == "result"
     assert blocklist(server, desk) == ["a@spam.example", "b@spam.example"]
     assert [r.jid for r in _result(server.stores.blocking.list_reports())] == ["a@spam.example"]
+
+
+def test_login_traffic_to_self_and_server_reads_no_list() -> None:
+    """Roster get, initial presence and a ping to the server (what a login sends)
+    need no block list: none is read from the database for them."""
+    server = setup()
+    store = server.stores.blocking
+    reads: list[str] = []
+    real_load = store.load
+    store.load = lambda user: (reads.append(user), real_load(user))[1]
+    desk = bind(server, f"{ALICE}/desk")
+    send(server, desk, "<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq>")
+    send(server, desk, "<presence/>")
+    send(server, desk, "<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    assert [s["type"] for s in desk.sent if s.name == "iq"] == ["result", "result"]
+    assert reads == []
