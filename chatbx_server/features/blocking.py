@@ -323,17 +323,15 @@ class BlockingFeature(Feature):
         """None (not blocked), True (blocked) or a Deferred (list being loaded)."""
         user = event.to.bare
         items = self._online.get(user)
-        if not items:
-            if items is not None:
-                return None  # the common case: an empty list
-            items = self.cached(user)
-            if items is None:
-                if event.sender is None:
-                    return None
-                return self._after_load(user, event.stanza, lambda: self.router.deliver(event))
+        if items is not None and not items:
+            return None  # the common case: an empty list
         sender = event.sender
         if sender is None or sender.bare == user:
             return None
+        if items is None:
+            items = self.cached(user)
+            if items is None:
+                return self._after_load(user, event.stanza, lambda: self.router.deliver(event))
         if items and matches(items, sender):
             return True
         return None
