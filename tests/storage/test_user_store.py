@@ -11,6 +11,7 @@ import scramp
 import sqlalchemy as sa
 
 from chatbx_server.storage import Stores, schema
+from chatbx_server.storage.blocking import SpamReport
 from chatbx_server.storage.errors import UnknownUser, UserExists
 from chatbx_server.storage.roster import RosterItem
 from chatbx_server.storage.users import ScramCredentials, UserStore, split_jid
@@ -131,13 +132,15 @@ def test_set_password(stores: Stores, result_of: Any) -> None:
 
 
 def test_delete_cascades(stores: Stores, result_of: Any) -> None:
-    """Deleting an account removes its credentials, roster, requests and
-    offline messages, and nobody else's."""
+    """Deleting an account removes its credentials, roster, requests, offline
+    messages and block list, and nobody else's (spam reports are kept)."""
     result_of(stores.users.create_many([("alice@x.org", "p"), ("bob@x.org", "p")]))
     for user in ("alice@x.org", "bob@x.org"):
         result_of(stores.roster.set_item(user, RosterItem("carol@y.org")))
         result_of(stores.roster.add_request(user, "dave@y.org", None))
         result_of(stores.offline.store(user, "<message/>", 10))
+        result_of(stores.blocking.block(user, ["spam.example"], [
+            SpamReport(user, "spam.example", "urn:xmpp:reporting:spam")]))
     assert result_of(stores.users.delete("alice@x.org")) is True
     assert result_of(stores.users.delete("alice@x.org")) is False
 
@@ -148,6 +151,7 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
     assert result_of(stores.db.run("t", counts)) == {
         "users": 1, "scram_credentials": 2, "roster_items": 1, "roster_versions": 1,
         "subscription_requests": 1, "offline_messages": 1,
+        "blocklist_items": 1, "spam_reports": 2,  # reports outlive the reporter
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 
