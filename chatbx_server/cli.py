@@ -303,6 +303,21 @@ def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
         print(jid, file=ctx.out)
 
 
+def cmd_reports_list(ctx: _Context, args: argparse.Namespace) -> None:
+    """XEP-0377 spam/abuse reports users sent with a block, newest first."""
+    import json
+    import time
+
+    reporter = _user_jid(args.reporter, ctx.config) if args.reporter else None
+    if args.limit < 1:
+        raise UsageError("reports list: --limit must be at least 1")
+    for r in _result(ctx.stores().blocking.list_reports(args.limit, reporter)):
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.created_at))
+        ids = " ".join(f"{by}#{sid}" for by, sid in r.stanza_ids)
+        text = json.dumps(r.text, ensure_ascii=False) if r.text else "-"
+        print(f"{when}\t{r.reporter}\t{r.jid}\t{r.reason}\t{text}\t{ids or '-'}", file=ctx.out)
+
+
 def cmd_cert_generate(ctx: _Context, args: argparse.Namespace) -> None:
     from chatbx_server import tls
 
@@ -518,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jid", metavar="JID")
     p = command(user, "list", cmd_user_list, "list accounts")
     p.add_argument("domain", nargs="?", metavar="DOMAIN")
+
+    reports = group("reports", "spam and abuse reports (XEP-0377)")
+    p = command(reports, "list", cmd_reports_list,
+                "print reports, newest first: time, reporter, reported JID, reason, text, stanza-ids")
+    p.add_argument("--limit", "-n", type=int, default=100, help="at most this many (default: 100)")
+    p.add_argument("--reporter", metavar="JID", help="only the reports of this account")
 
     cert = group("cert", "TLS certificates")
     p = command(cert, "generate", cmd_cert_generate,

@@ -13,6 +13,9 @@ the top: ``events.fire_from(name, event, DELIVER)`` continues from delivery
 down (see features/message.py), and presence subscriptions to a full JID
 call the bare-JID handler directly (features/presence.py). IQs to a full
 JID go to the session or bounce; they never fall back.
+IQs also fire ``pre-iq/{kind}`` (sent by a local client) and, for a local
+account, ``iq/bare|full`` before the per-payload name: generic filters
+(XEP-0191 blocking) that may refuse any IQ.
 """
 
 from __future__ import annotations
@@ -85,8 +88,10 @@ class Router:
         return self.deliver(event)
 
     def deliver(self, event: StanzaEvent) -> Any:
-        """Hand a message or presence to its target."""
+        """Hand a stanza to its target (what follows the sender's pre- events)."""
         stanza = event.stanza
+        if stanza.name == "iq":
+            return self._deliver_iq(event)
         host = event.to.host
         if host in self.hosts:
             result = self.events.fire(f"{stanza.name}/{event.kind}", event)
@@ -108,7 +113,6 @@ class Router:
     def _route_iq(self, event: StanzaEvent) -> Any:
         stanza = event.stanza
         iq_type = stanza.getAttribute("type")
-        local = event.to.host in self.hosts
         if iq_type in ("get", "set"):
             if stanza.getAttribute("id") is None:
                 return self.bounce(stanza, "bad-request", "iq without id")
@@ -120,8 +124,25 @@ class Router:
                 payload = child
             if payload is None:
                 return self.bounce(stanza, "bad-request", "iq without payload")
-            if not local:
-                return self._elsewhere(event)
+        elif iq_type not in ("result", "error"):
+            return self.bounce(stanza, "bad-request", "bad iq type")
+        if event.origin is not None:
+            result = self.events.fire(f"pre-iq/{event.kind}", event)
+            if result is not None:
+                return result
+        return self._deliver_iq(event)
+
+    def _deliver_iq(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        iq_type = stanza.getAttribute("type")
+        if event.to.host not in self.hosts:
+            return self._elsewhere(event)
+        if event.kind != "host":
+            result = self.events.fire(f"iq/{event.kind}", event)
+            if result is not None:
+                return result
+        if iq_type in ("get", "set"):
+            payload = stanza.firstChildElement()
             result = self.events.fire(f"iq-{iq_type}/{event.kind}/{payload.uri}:{payload.name}", event)
             if result is not None:
                 return result
@@ -131,16 +152,12 @@ class Router:
                     session.send(stanza)
                     return True
             return self.bounce(stanza, "service-unavailable")
-        if iq_type in ("result", "error"):
-            if not local:
-                return self._elsewhere(event)
-            if event.kind == "full":
-                session = self.sessions.get(event.to.bare, event.to.resource)
-                if session is not None:
-                    session.send(stanza)
-                return True
-            return self.events.fire(f"iq-{iq_type}/{event.kind}/{stanza.getAttribute('id')}", event)
-        return self.bounce(stanza, "bad-request", "bad iq type")
+        if event.kind == "full":
+            session = self.sessions.get(event.to.bare, event.to.resource)
+            if session is not None:
+                session.send(stanza)
+            return True
+        return self.events.fire(f"iq-{iq_type}/{event.kind}/{stanza.getAttribute('id')}", event)
 
     def reply(self, event: StanzaEvent, reply: domish.Element) -> None:
         """Send an answer to the sender of ``event``, directly when local."""

@@ -3,8 +3,19 @@
 Why: idle_memory gives KiB per connection from RSS; this says which objects
 they are, without any debug hook in chatbx itself. Usage:
 
-    python -m xmppload.memprobe OUT_DIR [--tracemalloc] [--release-buffers] -- -n --pidfile= chatbx --config FILE
+    python -m xmppload.memprobe OUT_DIR [--tracemalloc] [--release-buffers] [--gc-stats]
+        [--gc-what-if=freeze|nofreeze|A,B,C] -- -n --pidfile= chatbx --config FILE
     kill -USR1 PID     # writes OUT_DIR/probe-<n>.txt
+    kill -USR2 PID     # --gc-stats: appends one JSON line to OUT_DIR/gc.jsonl
+
+With --gc-stats every cyclic collection is timed (gc.callbacks): USR2 writes
+the cumulative collections and seconds per generation, the objects the
+collector tracks (and how many are frozen), and the process CPU time, so a
+benchmark can say what share of a measured window the collector took.
+--gc-what-if tries a change from outside: "nofreeze" undoes chatbx's own
+gc.freeze() (gc.unfreeze() once the reactor runs), "freeze" freezes once the
+reactor runs, "A,B,C" sets gc.set_threshold(A, B, C); "+" joins them
+("freeze+10000,10,10").
 
 Each report lists object counts by type (gc), and with --tracemalloc the
 Python-allocated bytes by source line (tracemalloc slows the server; OpenSSL
@@ -48,10 +59,64 @@ def write_report(out_dir: str, seq: list[int]) -> None:
                 fh.write(f"{stat.size / 1024:10.0f} KiB {stat.count:9d}  {frame.filename}:{frame.lineno}\n")
 
 
+class GcStats:
+    """Times every collection per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collected = [0, 0, 0]
+        self._t0 = 0.0
+        gc.callbacks.append(self.callback)
+
+    def callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.thread_time()
+            return
+        gen = info["generation"]
+        self.count[gen] += 1
+        self.seconds[gen] += time.thread_time() - self._t0
+        self.collected[gen] += info.get("collected", 0)
+
+    def write(self, out_dir: str) -> None:
+        import json
+
+        t = os.times()
+        line = {"time": time.time(), "cpu": t.user + t.system, "count": self.count,
+                "seconds": [round(s, 6) for s in self.seconds], "collected": self.collected,
+                "tracked": len(gc.get_objects()), "frozen": gc.get_freeze_count(),
+                "threshold": gc.get_threshold(), "pending": gc.get_count()}
+        with open(os.path.join(out_dir, "gc.jsonl"), "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+
+def _what_if(specs: str) -> None:
+    for spec in specs.split("+"):
+        _one_what_if(spec)
+
+
+def _one_what_if(spec: str) -> None:
+    from twisted.internet import reactor
+
+    if spec == "freeze":
+        reactor.callWhenRunning(lambda: reactor.callLater(1.0, gc.freeze))
+    elif spec == "nofreeze":
+        reactor.callWhenRunning(lambda: reactor.callLater(1.0, gc.unfreeze))
+    else:
+        a, b, c = (int(x) for x in spec.split(","))
+        reactor.callWhenRunning(lambda: gc.set_threshold(a, b, c))
+
+
 def main() -> None:
     args = sys.argv[1:]
     out_dir = args.pop(0)
     use_tm = "--tracemalloc" in args[: args.index("--")]
+    if "--gc-stats" in args[: args.index("--")]:
+        stats = GcStats()
+        signal.signal(signal.SIGUSR2, lambda *_: stats.write(out_dir))
+    for opt in args[: args.index("--")]:
+        if opt.startswith("--gc-what-if="):
+            _what_if(opt.split("=", 1)[1])
     if "--release-buffers" in args[: args.index("--")]:
         # What-if experiment: OpenSSL frees a connection's 2 x ~17 KiB record buffers while idle.
         from OpenSSL import SSL

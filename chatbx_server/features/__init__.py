@@ -34,6 +34,8 @@ REGISTRY: dict[str, str] = {
     "private": "chatbx_server.features.private.PrivateFeature",
     "bookmarks": "chatbx_server.features.bookmarks.BookmarksFeature",
     "pubsub": "chatbx_server.pubsub.service.PubSubServiceFeature",
+    "carbons": "chatbx_server.features.carbons.CarbonsFeature",
+    "blocking": "chatbx_server.features.blocking.BlockingFeature",
 }
 
 #: what a modern public server runs when the config names no modules
@@ -41,6 +43,7 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "mam", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
     "muc", "caps", "pep", "vcard", "private", "bookmarks", "pubsub",
+    "carbons", "blocking",
 )
 
 

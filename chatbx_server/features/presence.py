@@ -258,7 +258,8 @@ class PresenceFeature(Feature):
         if item is None or not has_from(item.subscription):
             return
         for other in self.sessions.available(contact):
-            session.send(copy_to(other.presence, session.jid.full))
+            # Routed, not sent directly: the contact's filters (blocking) apply.
+            self.router.route(copy_to(other.presence, session.jid.full))
 
     def _broadcast_unavailable(self, session: Any, stanza: Optional[domish.Element]) -> Any:
         """§4.5.2: to subscribers, own resources and directed targets."""

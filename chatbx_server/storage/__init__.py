@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import defer
 
 from chatbx_server.storage.archive import ArchiveStore
+from chatbx_server.storage.blocking import BlockingStore
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.muc import MucStore
@@ -25,6 +26,7 @@ from chatbx_server.storage.vcard import VCardStore
 
 __all__ = [
     "ArchiveStore",
+    "BlockingStore",
     "Database",
     "MucStore",
     "CapsStore",
@@ -65,6 +67,7 @@ class Stores:
         self.caps = CapsStore(db, clock)
         self.vcard = VCardStore(db, clock)
         self.private = PrivateStore(db, clock)
+        self.blocking = BlockingStore(db, clock)
 
     def close(self) -> defer.Deferred[None]:
         """Write every batched row still queued (the server waits for this

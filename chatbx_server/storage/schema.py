@@ -9,7 +9,8 @@ batch migrations on SQLite can refer to them.
 RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
 (offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0363 (uploads),
 XEP-0045 / XEP-0313 (group chat rooms, affiliations and their archive), XEP-0313 /
-XEP-0441 / XEP-0431 (message archives, their preferences, full-text search).
+XEP-0441 / XEP-0431 (message archives, their preferences, full-text search),
+XEP-0191 (block lists), XEP-0377 (spam reports).
 
 The archive's full-text index is not a Table: an FTS5 virtual table, its
 progress row and a trigger on SQLite, a GIN expression index on PostgreSQL. They are created
@@ -27,6 +28,7 @@ __all__ = [
     "archive_messages",
     "archive_prefs",
     "include_object",
+    "blocklist_items",
     "metadata",
     "muc_affiliations",
     "muc_archive",
@@ -36,6 +38,7 @@ __all__ = [
     "roster_versions",
     "scram_credentials",
     "server_secrets",
+    "spam_reports",
     "subscription_requests",
     "uploads",
     "users",
@@ -61,6 +64,8 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # Bare JID: localpart (1023 bytes) + '@' + domainpart (1023 bytes), RFC 7622 §3.
 BARE_JID_LENGTH = 2047
 PART_LENGTH = 1023
+# Full JID: bare JID + '/' + resourcepart (1023 bytes).
+FULL_JID_LENGTH = 3071
 
 #: 64-bit ids on PostgreSQL; SQLite only auto-increments INTEGER PRIMARY KEY.
 BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -437,4 +442,35 @@ private_storage = sa.Table(
     sa.Column("xml", sa.Text, nullable=False, comment="the serialized element"),
     sa.Column("xml_bytes", sa.Integer, nullable=False),
     sa.PrimaryKeyConstraint("user_id", "key"),
+)
+
+
+blocklist_items = sa.Table(
+    "blocklist_items",
+    metadata,
+    _user_fk(),
+    sa.Column("jid", sa.String(FULL_JID_LENGTH), nullable=False,
+              comment="blocked JID as prepared: user@domain[/resource] or domain[/resource]"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.PrimaryKeyConstraint("user_id", "jid"),
+    comment="XEP-0191 block list: JIDs the user blocks communication with",
+)
+
+spam_reports = sa.Table(
+    "spam_reports",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=True),
+    sa.Column("reporter", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="bare JID of the local account that reported; kept when it is deleted"),
+    sa.Column("jid", sa.String(FULL_JID_LENGTH), nullable=False,
+              comment="the reported (and blocked) JID"),
+    sa.Column("reason", sa.String(PART_LENGTH), nullable=False,
+              comment="XEP-0377 reason URI, e.g. urn:xmpp:reporting:spam"),
+    sa.Column("text", sa.Text, nullable=True, comment="the reporter's explanation, if any"),
+    sa.Column("stanza_ids", sa.Text, nullable=False, server_default="[]",
+              comment="JSON list of [by, id] XEP-0359 stanza-ids the report points at"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.Index("ix_spam_reports_created_at", "created_at"),
+    sa.Index("ix_spam_reports_reporter", "reporter"),
+    comment="XEP-0377 reports sent with a block, for operators (chatbxctl reports list)",
 )

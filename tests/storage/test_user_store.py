@@ -11,6 +11,7 @@ import scramp
 import sqlalchemy as sa
 
 from chatbx_server.storage import Stores, schema
+from chatbx_server.storage.blocking import SpamReport
 from chatbx_server.storage.errors import UnknownUser, UserExists
 from chatbx_server.storage.roster import RosterItem
 from chatbx_server.storage.users import ScramCredentials, UserStore, split_jid
@@ -133,8 +134,8 @@ def test_set_password(stores: Stores, result_of: Any) -> None:
 def test_delete_cascades(stores: Stores, result_of: Any) -> None:
     """Deleting an account removes its credentials, roster, requests, offline
     messages, archive and archive preferences, PEP nodes (items, affiliations,
-    subscriptions), vCard and private data, and nobody else's (caps are
-    shared, they stay)."""
+    subscriptions), vCard and private data, block list, and nobody else's
+    (caps are shared, spam reports are kept)."""
     from chatbx_server.storage.archive import ArchivePrefs
 
     result_of(stores.users.create_many([("alice@x.org", "p"), ("bob@x.org", "p")]))
@@ -148,6 +149,8 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         result_of(stores.pubsub.subscribe(user, "n", "carol@y.org", "s"))
         result_of(stores.vcard.set(user, "<vCard xmlns='vcard-temp'/>"))
         result_of(stores.private.set(user, "{a}b", "<b xmlns='a'/>", 1000))
+        result_of(stores.blocking.block(user, ["spam.example"], [
+            SpamReport(user, "spam.example", "urn:xmpp:reporting:spam")]))
         ids = stores.archive.ids
         stores.archive.append((user, ids.next_id(), ids.nonce(), "carol@y.org", None, "hi",
                                "<message/>", False))
@@ -169,6 +172,7 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         "archive_messages": 1, "archive_prefs": 1,
         "pubsub_nodes": 1, "pubsub_items": 1, "pubsub_affiliations": 1, "pubsub_subscriptions": 1,
         "vcards": 1, "private_storage": 1, "entity_caps": 1,
+        "blocklist_items": 1, "spam_reports": 2,  # reports outlive the reporter
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 
