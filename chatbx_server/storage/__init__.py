@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from chatbx_server.storage.accounts import AccountStore
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.invites import InviteStore
 from chatbx_server.storage.offline import OfflineStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.upload import UploadStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
 
 __all__ = [
+    "AccountStore",
+    "InviteStore",
     "Database",
     "OfflineStore",
     "RosterItem",
@@ -46,3 +50,5 @@ class Stores:
         self.roster = RosterStore(db, clock)
         self.offline = OfflineStore(db, clock)
         self.upload = UploadStore(db, clock)
+        self.accounts = AccountStore(db, clock)
+        self.invites = InviteStore(db, clock)

@@ -148,7 +148,7 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
     assert result_of(stores.db.run("t", counts)) == {
         "users": 1, "scram_credentials": 2, "roster_items": 1, "roster_versions": 1,
         "subscription_requests": 1, "offline_messages": 1, "server_secrets": 0,
-        "uploads": 0,  # uploads are not tied to the account row (they expire)
+        "uploads": 0, "tombstones": 0, "invites": 0, "captcha_challenges": 0,
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 
