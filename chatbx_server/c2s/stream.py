@@ -45,6 +45,9 @@ log = Logger(observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
 MAX_SASL_FAILURES = 5
+#: IQs a connection may send before authenticating (registration forms,
+#: CAPTCHAs: each costs work)
+MAX_PREAUTH_IQS = 10
 
 # Negotiation states, in order.
 CONNECTED, TLS_NEEDED, AUTH_NEEDED, BIND_NEEDED, BOUND, CLOSED = range(6)
@@ -80,6 +83,9 @@ class C2SStream(Protocol):
         self.parser: Optional[SafeElementStream] = None
         self.sasl: Optional[SASLExchange] = None
         self.sasl_failures = 0
+        self.preauth_iqs = 0
+        #: a XEP-0445 invite token this connection presented, for registration
+        self.preauth_token: Optional[str] = None
         self.mechanisms: list[str] = []
         self.user: Optional[JID] = None
         self.session: Optional[ClientSession] = None
@@ -292,6 +298,8 @@ class C2SStream(Protocol):
             self.mechanisms = mechanisms_for(self._bindings())
             for child in features_element(self.mechanisms, self._bindings()):
                 features.addChild(child)
+            # In-band registration (XEP-0077 §8, XEP-0445) adds its features here.
+            self.server.events.fire_all("c2s-preauth-features", (self, features))
         else:
             self.state = BIND_NEEDED
             features.addElement((ns.BIND, "bind"))
@@ -339,6 +347,8 @@ class C2SStream(Protocol):
 
     def _on_sasl(self, element: domish.Element) -> None:
         if element.uri != ns.SASL:
+            if element.name == "iq" and element.uri == ns.CLIENT and self._preauth_iq(element):
+                return
             if element.name in STANZAS:
                 raise StreamError("not-authorized")
             raise StreamError("policy-violation", "authenticate first")
@@ -363,6 +373,26 @@ class C2SStream(Protocol):
             self._hold()
         d.addCallbacks(self._sasl_step, self._sasl_failed)
         d.addErrback(self._crash)
+
+    def _preauth_iq(self, iq: domish.Element) -> bool:
+        """An IQ before authentication that a feature takes (in-band
+        registration, XEP-0077 §3.1; its token, XEP-0445): handled by the
+        ``c2s-preauth/{ns}:{name}`` event with ``(stream, iq)``. At most
+        MAX_PREAUTH_IQS per connection; later input waits for the answer."""
+        payload = iq.firstChildElement()
+        if payload is None:
+            return False
+        name = f"c2s-preauth/{payload.uri}:{payload.name}"
+        if not self.server.events.has(name):
+            return False
+        self.preauth_iqs += 1
+        if self.preauth_iqs > MAX_PREAUTH_IQS:
+            raise StreamError("policy-violation", "too many requests before authentication")
+        result = self.server.events.fire(name, (self, iq))
+        if isinstance(result, defer.Deferred) and not result.called:
+            self._hold()
+            result.addBoth(lambda _: self._release())
+        return result is not None
 
     def _hold(self) -> None:
         """Process nothing more until the pending SASL answer is sent.

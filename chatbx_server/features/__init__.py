@@ -24,12 +24,13 @@ REGISTRY: dict[str, str] = {
     "last": "chatbx_server.features.last.LastActivityFeature",
     "contact_info": "chatbx_server.features.contact_info.ContactInfoFeature",
     "upload": "chatbx_server.features.upload.UploadFeature",
+    "register": "chatbx_server.features.register.RegisterFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
-    "version", "time", "last", "contact_info", "upload",
+    "version", "time", "last", "contact_info", "upload", "register",
 )
 
 
