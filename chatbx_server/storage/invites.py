@@ -112,6 +112,13 @@ def check_challenge_txn(conn: Connection, challenge_id: str, answer: str, now: f
         row.answer.lower(), answer.strip().lower())
 
 
+def challenge_answer_txn(conn: Connection, challenge_id: str, now: float) -> Optional[str]:
+    """The answer of a pending challenge (to speak it), without using it up."""
+    row = conn.execute(sa.select(captcha_challenges.c.answer).where(
+        captcha_challenges.c.id == challenge_id, captcha_challenges.c.expires_at >= now)).first()
+    return str(row.answer) if row is not None else None
+
+
 class InviteStore:
     """Invites and CAPTCHA challenges.
 
@@ -153,3 +160,6 @@ class InviteStore:
     def check_challenge(self, challenge_id: str, answer: str) -> Deferred[bool]:
         return self.db.run("captcha.check", check_challenge_txn, challenge_id, answer,
                            self.now())
+
+    def challenge_answer(self, challenge_id: str) -> Deferred[Optional[str]]:
+        return self.db.run("captcha.answer", challenge_answer_txn, challenge_id, self.now())
