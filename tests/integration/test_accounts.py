@@ -54,12 +54,6 @@ async def register(server: Any, username: str, password: str, *, token: Optional
 
     async def on_register(form: Any) -> None:
         try:
-            if token is not None:
-                iq = client.Iq()
-                iq["type"] = "set"
-                iq.append(ET.Element(f"{{{NS_PARS}}}preauth", token=token))
-                await iq.send(timeout=CLIENT_TIMEOUT)
-                form = await client.plugin["xep_0077"].get_registration(timeout=CLIENT_TIMEOUT)
             resp = client.Iq()
             resp["type"] = "set"
             query = form.xml.find(f"{{{NS_REGISTER}}}query")
@@ -69,15 +63,19 @@ async def register(server: Any, username: str, password: str, *, token: Optional
                 values = {f.get("var"): (f.findtext(f"{{{NS_DATA}}}value") or "")
                           for f in x.findall(f"{{{NS_DATA}}}field")}
                 values.update(username=username, password=password, ocr=answer)
-                reg = ET.Element(f"{{{NS_REGISTER}}}query")
+                reg = resp["register"].xml  # slixmpp sends only register IQs before login
                 sub = ET.SubElement(reg, f"{{{NS_DATA}}}x", type="submit")
                 for var, value in values.items():
                     field = ET.SubElement(sub, f"{{{NS_DATA}}}field", var=var)
                     ET.SubElement(field, f"{{{NS_DATA}}}value").text = value
-                resp.append(reg)
             else:
                 resp["register"]["username"] = username
                 resp["register"]["password"] = password
+            if token is not None:
+                # The invite token inside the registration (slixmpp sends no
+                # other IQ before login; the XEP-0445 IQ is unit-tested).
+                resp.xml.find(f"{{{NS_REGISTER}}}query").append(
+                    ET.Element(f"{{{NS_PARS}}}preauth", token=token))
             await resp.send(timeout=CLIENT_TIMEOUT)
             done("ok")
         except Exception as exc:  # IqError: the condition is the outcome
@@ -169,3 +167,102 @@ def test_open_registration_password_change_and_removal(chatbx_server):
     assert db_rows(server, "SELECT count(*) FROM scram_credentials") == [(6,)]  # 3 users x 2
     assert db_rows(server, "SELECT username FROM tombstones") == [("newbie",)]
     assert "account created: newbie@localhost via ibr" in server.log_text()
+
+
+def _token(url: str) -> str:
+    return url.strip().rsplit("/", 1)[1]
+
+
+def test_invite_mode_token_and_inviter_in_roster(chatbx_server):
+    """Invite mode: without a token registration is refused; with Alice's
+    contact invite (chatbxctl invite create --contact) slixmpp registers
+    with XEP-0445 <preauth/>, and the new account finds Alice on its
+    roster ('both'), and Alice finds it on hers; the invite is used up."""
+    server = chatbx_server(extra_config=registration_config("invite"))
+    url = server.ctl("invite", "create", "--contact", "alice@localhost").stdout
+    assert f"https://localhost:{server.http_port}/invite/" in url
+    token = _token(url)
+
+    async def main():
+        assert await register(server, "juliet", "juliet-password") == "not-allowed"
+        assert await register(server, "juliet", "juliet-password", token="bogus") \
+            == "not-allowed"
+        assert await register(server, "juliet", "juliet-password", token=token) == "ok"
+        assert await register(server, "romeo", "romeo-password", token=token) == "not-allowed"
+        juliet = await slix_login(server, "juliet@localhost/phone", "juliet-password")
+        alice = await slix_login(server, "alice@localhost/desk")
+        try:
+            assert (await roster_items(juliet))["alice@localhost"]["subscription"] == "both"
+            assert (await roster_items(alice))["juliet@localhost"]["subscription"] == "both"
+        finally:
+            await slix_close(juliet)
+            await slix_close(alice)
+
+    run(main())
+    assert "account created: juliet@localhost via ibr" in server.log_text()
+    assert "invited by alice@localhost" in server.log_text()
+
+
+def test_captcha_mode(chatbx_server):
+    """CAPTCHA mode: the form carries a XEP-0158 challenge with an inline
+    PNG; a wrong answer is refused, the right one (read from the server's
+    database, as a person reads the image) creates the account."""
+    server = chatbx_server(extra_config=registration_config("captcha"))
+    seen: list[Any] = []
+
+    def wrong(form: Any) -> str:
+        seen.append(form)
+        return "not-it"
+
+    def right(form: Any) -> str:
+        x = form.xml.find(f"{{{NS_REGISTER}}}query/{{{NS_DATA}}}x")
+        challenge = [f.findtext(f"{{{NS_DATA}}}value") for f in x.findall(f"{{{NS_DATA}}}field")
+                     if f.get("var") == "challenge"][0]
+        return db_rows(server, "SELECT answer FROM captcha_challenges WHERE id = ?",
+                       challenge)[0][0]
+
+    async def main():
+        assert await register(server, "human", "human-password", captcha=wrong) \
+            == "not-acceptable"
+        query = seen[0].xml.find(f"{{{NS_REGISTER}}}query")
+        data = query.find("{urn:xmpp:bob}data")
+        assert data is not None and data.get("type") == "image/png" and len(data.text) > 1000
+        assert await register(server, "human", "human-password", captcha=right) == "ok"
+        client = await slix_login(server, "human@localhost/x", "human-password")
+        await slix_close(client)
+
+    run(main())
+
+
+def test_registration_limit_per_address(chatbx_server):
+    """Open mode with max_per_ip = 2: the third registration from 127.0.0.1
+    within the hour is refused (resource-constraint)."""
+    server = chatbx_server(extra_config=registration_config("open", max_per_ip=2))
+
+    async def main():
+        assert await register(server, "first", "password-1") == "ok"
+        assert await register(server, "second", "password-2") == "ok"
+        assert await register(server, "third", "password-3") == "resource-constraint"
+
+    run(main())
+    assert "too many accounts from there" in server.log_text()
+
+
+def test_disabled_account_cannot_log_in(chatbx_server):
+    """chatbxctl user disable: the running server closes Bob's session
+    (within its poll) and refuses his logins; enable lets him in again."""
+    server = chatbx_server()
+
+    async def main():
+        bob = await slix_login(server, "bob@localhost/x")
+        ended = asyncio.get_running_loop().create_future()
+        bob.add_event_handler("disconnected", lambda _: ended.done() or ended.set_result(1))
+        server.ctl("user", "disable", "bob@localhost")
+        await asyncio.wait_for(ended, 40)
+        with pytest.raises(AssertionError):
+            await slix_login(server, "bob@localhost/x")
+        server.ctl("user", "enable", "bob@localhost")
+        bob = await slix_login(server, "bob@localhost/x")
+        await slix_close(bob)
+
+    run(main(), timeout=90)
