@@ -25,12 +25,14 @@ REGISTRY: dict[str, str] = {
     "contact_info": "chatbx_server.features.contact_info.ContactInfoFeature",
     "upload": "chatbx_server.features.upload.UploadFeature",
     "register": "chatbx_server.features.register.RegisterFeature",
+    "adhoc": "chatbx_server.features.adhoc.AdhocFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "register",
+    "adhoc",
 )
 
 

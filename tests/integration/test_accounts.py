@@ -266,3 +266,60 @@ def test_disabled_account_cannot_log_in(chatbx_server):
         await slix_close(bob)
 
     run(main(), timeout=90)
+
+
+def test_admin_commands_for_admins_only(chatbx_server):
+    """Alice (in 'admins') lists the commands (XEP-0050 disco), gets the
+    online users and sessions (XEP-0133) and disables Bob, whose session
+    closes; Carol, not an admin, sees no admin command and is refused
+    one (forbidden), but may create a contact invite (XEP-0401)."""
+    server = chatbx_server(started=False)
+    server.config_path.write_text('admins = ["alice@localhost"]\n'
+                                  + server.config_path.read_text())
+    server.start()
+    online = "http://jabber.org/protocol/admin#get-online-users-list"
+
+    async def main():
+        alice = await slix_login(server, "alice@localhost/desk")
+        bob = await slix_login(server, "bob@localhost/phone")
+        carol = await slix_login(server, "carol@localhost/laptop")
+        for c in (alice, carol):
+            c.register_plugin("xep_0050")
+        try:
+            items = await alice.plugin["xep_0050"].get_commands("localhost")
+            nodes = {i[1] for i in items["disco_items"]["items"]}
+            assert online in nodes and "urn:xmpp:invite#invite" in nodes
+            result = await alice.plugin["xep_0050"].send_command("localhost", online)
+            form = result["command"]["form"]
+            assert set(form["values"]["onlineuserjids"]) == {
+                "alice@localhost", "bob@localhost", "carol@localhost"}
+            sessions = await alice.plugin["xep_0050"].send_command(
+                "localhost", "http://jabber.org/protocol/admin#get-online-users")
+            assert "bob@localhost/phone" in str(sessions["command"]["form"]["values"])
+            items = await carol.plugin["xep_0050"].get_commands("localhost")
+            assert {i[1] for i in items["disco_items"]["items"]} == {"urn:xmpp:invite#invite"}
+            with pytest.raises(Exception) as info:
+                await carol.plugin["xep_0050"].send_command("localhost", online)
+            assert info.value.iq["error"]["condition"] == "forbidden"
+            invite = await carol.plugin["xep_0050"].send_command("localhost",
+                                                                 "urn:xmpp:invite#invite")
+            assert invite["command"]["form"]["values"]["uri"].startswith(
+                "xmpp:carol@localhost?roster;preauth=")
+            # Disable Bob: a form first, then the submission.
+            ended = asyncio.get_running_loop().create_future()
+            bob.add_event_handler("disconnected", lambda _: ended.done() or ended.set_result(1))
+            node = "http://jabber.org/protocol/admin#disable-user"
+            first = await alice.plugin["xep_0050"].send_command("localhost", node)
+            assert first["command"]["status"] == "executing"
+            form = alice.plugin["xep_0004"].make_form(ftype="submit")
+            form.add_field(var="accountjids", ftype="jid-multi", value=["bob@localhost"])
+            done = await alice.plugin["xep_0050"].send_command(
+                "localhost", node, sessionid=first["command"]["sessionid"], payload=form,
+                action="complete")
+            assert done["command"]["status"] == "completed"
+            await asyncio.wait_for(ended, 10)
+        finally:
+            for c in (alice, bob, carol):
+                await slix_close(c)
+
+    run(main())
