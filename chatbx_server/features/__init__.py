@@ -26,13 +26,14 @@ REGISTRY: dict[str, str] = {
     "upload": "chatbx_server.features.upload.UploadFeature",
     "register": "chatbx_server.features.register.RegisterFeature",
     "adhoc": "chatbx_server.features.adhoc.AdhocFeature",
+    "antispam": "chatbx_server.features.antispam.AntispamFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "register",
-    "adhoc",
+    "adhoc", "antispam",
 )
 
 

@@ -80,6 +80,8 @@ class AccountInfo:
     disabled_at: Optional[float]
     delete_at: Optional[float]
     admin: bool
+    #: created by its user, not an operator (the new-account limits apply)
+    self_registered: bool = False
 
 
 def _where(jid: str) -> Any:
@@ -138,8 +140,7 @@ def register_txn(conn: Connection, jid: str, creds: dict[str, ScramCredentials],
                                              tombstones.c.domain == domain))
     create_users_txn(conn, [(jid, creds)], now)
     admin = bool(invite is not None and invite.admin)
-    if admin:
-        conn.execute(sa.update(users).where(_where(jid)).values(admin=True))
+    conn.execute(sa.update(users).where(_where(jid)).values(admin=admin, self_registered=True))
     inviter = invite.creator if invite is not None else None
     if inviter is not None:
         try:
@@ -199,7 +200,7 @@ def info_txn(conn: Connection, jid: str) -> Optional[AccountInfo]:
     if row is None:
         return None
     return AccountInfo(jid, float(row.created_at), row.last_login, row.disabled_at,
-                       row.delete_at, bool(row.admin))
+                       row.delete_at, bool(row.admin), bool(row.self_registered))
 
 
 def delete_account_txn(conn: Connection, jid: str, now: float,

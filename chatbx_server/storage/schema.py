@@ -76,6 +76,9 @@ users = sa.Table(
                       "user logs in before (grace period); NULL = none"),
     sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false(),
               comment="made an admin by an admin invite (besides config 'admins')"),
+    sa.Column("self_registered", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="created by its user (in-band or web sign-up), not by an operator: "
+                      "the new-account limits apply"),
     sa.UniqueConstraint("username", "domain"),
     sa.Index("ix_users_disabled_at", "disabled_at"),
     sa.Index("ix_users_delete_at", "delete_at"),

@@ -33,6 +33,10 @@ def upgrade() -> None:
     op.add_column("users", sa.Column(
         "admin", sa.Boolean, nullable=False, server_default=sa.false(),
         comment="made an admin by an admin invite (besides config 'admins')"))
+    op.add_column("users", sa.Column(
+        "self_registered", sa.Boolean, nullable=False, server_default=sa.false(),
+        comment="created by its user (in-band or web sign-up), not by an operator: "
+                "the new-account limits apply"))
     op.create_index("ix_users_disabled_at", "users", ["disabled_at"])
     op.create_index("ix_users_delete_at", "users", ["delete_at"])
     op.create_table(
@@ -98,6 +102,7 @@ def downgrade() -> None:
     with op.batch_alter_table("users") as batch:
         batch.drop_index("ix_users_delete_at")
         batch.drop_index("ix_users_disabled_at")
+        batch.drop_column("self_registered")
         batch.drop_column("admin")
         batch.drop_column("delete_at")
         batch.drop_column("last_login")

@@ -323,3 +323,107 @@ def test_admin_commands_for_admins_only(chatbx_server):
                 await slix_close(c)
 
     run(main())
+
+
+def test_new_account_message_limit(chatbx_server):
+    """A freshly registered account floods Bob (not a contact): past
+    new_account_messages_per_minute the messages bounce with
+    policy-violation and Bob gets only the allowed ones."""
+    server = chatbx_server(extra_config=registration_config(
+        "open", new_account_messages_per_minute=3))
+
+    async def main():
+        assert await register(server, "spammer", "spammer-password") == "ok"
+        spam = await slix_login(server, "spammer@localhost/x", "spammer-password")
+        bob = await slix_login(server, "bob@localhost/b")
+        try:
+            got, errors = Inbox(bob, "message"), Inbox(spam, "message")
+            bob.send_presence()
+            for i in range(6):
+                spam.send_message(mto="bob@localhost", mbody=f"spam {i}", mtype="chat")
+            await errors.wait(lambda m: m["type"] == "error" and "policy-violation" in str(m),
+                              what="policy-violation")
+            await got.wait(lambda m: m["body"] == "spam 2", what="the third message")
+            await asyncio.sleep(0.5)
+            assert [m["body"] for m in got.items if m["body"]] == ["spam 0", "spam 1", "spam 2"]
+            assert sum(1 for m in errors.items if m["type"] == "error") == 3
+        finally:
+            await slix_close(spam)
+            await slix_close(bob)
+
+    run(main())
+
+
+def _http(server: Any, method: str, path: str, form: Optional[dict] = None,
+          cookies: Optional[dict] = None) -> tuple[int, str, dict]:
+    import http.client
+    import ssl
+    from urllib.parse import urlencode
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", server.http_port, context=ctx, timeout=15)
+    headers = {"Host": f"localhost:{server.http_port}"}
+    body = None
+    if form is not None:
+        body = urlencode(form)
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    if cookies:
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    conn.request(method, path, body, headers)
+    resp = conn.getresponse()
+    text = resp.read().decode("utf-8", "replace")
+    jar = {}
+    for value in resp.headers.get_all("Set-Cookie") or []:
+        name, _, rest = value.partition("=")
+        jar[name] = rest.split(";", 1)[0]
+    conn.close()
+    return resp.status, text, jar
+
+
+def test_invite_page_and_web_signup(chatbx_server):
+    """The invite link shows the xmpp: URI and a QR code; the web form
+    refuses a POST without the CSRF cookie and a taken name, then creates
+    the account, which logs in with slixmpp and finds the inviter."""
+    import re
+
+    server = chatbx_server(extra_config=registration_config("invite"))
+    token = _token(server.ctl("invite", "create", "--contact", "alice@localhost").stdout)
+    status, page, _ = _http(server, "GET", f"/invite/{token}")
+    assert status == 200
+    assert f"xmpp:alice@localhost?roster;preauth={token};ibr=y" in page
+    assert 'src="data:image/svg+xml' in page and "Conversations" in page
+    assert _http(server, "GET", "/invite/unknown-token")[0] == 404
+    status, form_page, jar = _http(server, "GET", f"/invite/{token}/register")
+    assert status == 200 and jar.get("chatbx_csrf")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form_page).group(1)
+    fields = {"csrf": csrf, "username": "bob", "password": "web-password",
+              "password2": "web-password"}
+    assert _http(server, "POST", f"/invite/{token}/register", fields)[0] == 403  # no cookie
+    status, page, _ = _http(server, "POST", f"/invite/{token}/register", fields, jar)
+    assert status == 400 and "taken" in page
+    fields["username"] = "webuser"
+    status, page, _ = _http(server, "POST", f"/invite/{token}/register", fields, jar)
+    assert status == 200 and "webuser@localhost" in page, page
+    assert _http(server, "GET", f"/invite/{token}")[0] == 404  # used up
+
+    async def main():
+        client = await slix_login(server, "webuser@localhost/x", "web-password")
+        try:
+            assert (await roster_items(client))["alice@localhost"]["subscription"] == "both"
+        finally:
+            await slix_close(client)
+
+    run(main())
+    # The password page: a wrong password and an unknown account look the same.
+    status, page, jar = _http(server, "GET", "/password")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    change = {"csrf": csrf, "jid": "webuser@localhost", "old": "wrong", "password": "new-password",
+              "password2": "new-password"}
+    wrong = _http(server, "POST", "/password", change, jar)
+    unknown = _http(server, "POST", "/password", dict(change, jid="nobody@localhost"), jar)
+    assert wrong[0] == unknown[0] == 400
+    assert "Wrong address or password" in wrong[1] and "Wrong address or password" in unknown[1]
+    status, page, _ = _http(server, "POST", "/password", dict(change, old="web-password"), jar)
+    assert status == 200 and "Password changed" in page

@@ -27,6 +27,7 @@ def test_register_without_invite(stores: Stores, result_of: Any) -> None:
     """register creates an account whose password works; a second time is UserExists."""
     reg = register(stores, result_of, "new@x.org")
     assert reg.jid == "new@x.org" and reg.inviter is None and not reg.admin
+    assert result_of(stores.accounts.info("new@x.org")).self_registered
     assert result_of(stores.users.check_password("new@x.org", "pw-secret"))
     with pytest.raises(UserExists):
         result_of(stores.accounts.check_registration("new@x.org"))
@@ -96,6 +97,7 @@ def test_login_disabled_and_grace(stores: Stores, result_of: Any, db_clock: Any)
     assert result_of(stores.accounts.login("a@x.org")) == "ok"
     info = result_of(stores.accounts.info("a@x.org"))
     assert info.last_login == 1000.0 and info.delete_at is None and info.disabled_at is None
+    assert not info.self_registered
     result_of(stores.accounts.set_disabled("a@x.org", True))
     assert result_of(stores.accounts.login("a@x.org")) == "disabled"
     assert result_of(stores.accounts.changes_since(1000.0)) == (["a@x.org"], [])
