@@ -288,6 +288,8 @@ class Accounts:
             return
         yield self.stores.accounts.schedule_deletion(jid, self.server.clock.seconds() + grace)
         log.info("removal of {jid} scheduled in {seconds} s", jid=jid, seconds=grace)
+        # Logged out now; logging in again before the time cancels (login_txn).
+        self.close_sessions(jid, "not-authorized", "account removal requested")
 
     @defer.inlineCallbacks
     def set_disabled(self, jid: str, disabled: bool) -> Any:

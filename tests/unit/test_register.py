@@ -200,3 +200,24 @@ def test_prepare_username_rules() -> None:
     for name, domain in (("abuse", "localhost"), ("jo", "localhost"), ("juliet", "other.org")):
         with pytest.raises(RegistrationError):
             accounts.prepare_username(name, domain)
+
+
+def test_removal_grace_period_cancelled_by_login() -> None:
+    """With deletion_grace, <remove/> only schedules: the sessions close, a
+    login before the time cancels; without a login the maintenance loop
+    deletes the account once the time has come."""
+    server = _server("open", "deletion_grace = 100.0\n")
+    for jid in ("alice@localhost", "bob@localhost"):
+        create_user(server, jid, "old-password")
+    box: list[Any] = []
+    for user in ("alice", "bob"):
+        session = bind(server, f"{user}@localhost/x")
+        session.stream.dataReceived(f"<iq type='set' id='rm'><query xmlns='{REG}'><remove/>"
+                                    f"</query></iq>".encode())
+        server.clock.advance(0)
+        assert session.stream.closed_with == ("not-authorized", "account removal requested")
+    server.stores.accounts.login("alice@localhost").addCallback(box.append)
+    assert box == ["ok"]
+    server.clock.advance(130)  # past the grace time and a maintenance poll
+    server.stores.users.list_users().addCallback(box.append)
+    assert box[-1] == ["alice@localhost"]
