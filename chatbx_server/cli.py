@@ -285,10 +285,93 @@ def cmd_user_passwd(ctx: _Context, args: argparse.Namespace) -> None:
 
 
 def cmd_user_delete(ctx: _Context, args: argparse.Namespace) -> None:
+    """All data goes in one transaction (storage/accounts.py), the name stays
+    reserved for [registration] tombstone_period; a running server closes
+    the sessions within its poll interval."""
+    from chatbx_server.accounts import remove_upload_files
+
     jid = _user_jid(args.jid, ctx.config)
-    if not _result(ctx.stores().users.delete(jid)):
+    deleted = _result(ctx.stores().accounts.delete(
+        jid, ctx.config.registration.tombstone_period))
+    if deleted is None:
         raise CLIError(f"unknown user {jid}")
+    if deleted.upload_slots:
+        remove_upload_files(ctx.config, deleted.upload_slots)
     print(f"deleted {jid}", file=ctx.out)
+
+
+def _set_disabled(ctx: _Context, args: argparse.Namespace, disabled: bool) -> None:
+    from chatbx_server.storage import UnknownUser
+
+    jid = _user_jid(args.jid, ctx.config)
+    try:
+        _result(ctx.stores().accounts.set_disabled(jid, disabled))
+    except UnknownUser:
+        raise CLIError(f"unknown user {jid}") from None
+    print(f"{'disabled' if disabled else 'enabled'} {jid}", file=ctx.out)
+
+
+def cmd_user_disable(ctx: _Context, args: argparse.Namespace) -> None:
+    _set_disabled(ctx, args, True)
+
+
+def cmd_user_enable(ctx: _Context, args: argparse.Namespace) -> None:
+    _set_disabled(ctx, args, False)
+
+
+def invite_url(config: Config, invite: Any) -> str:
+    """The landing page of an invite (XEP-0401 §5: an https link that shows
+    the xmpp: URI)."""
+    from chatbx_server.http.invites import landing_url
+
+    return landing_url(config, invite.domain, invite.token)
+
+
+def cmd_invite_create(ctx: _Context, args: argparse.Namespace) -> None:
+    config = ctx.config
+    stores = ctx.stores()
+    lifetime = (args.days * 86400.0 if args.days is not None
+                else config.registration.invite_lifetime)
+    if args.contact is not None:
+        creator = _user_jid(args.contact, config)
+        if not _result(stores.users.exists(creator)):
+            raise CLIError(f"unknown user {creator}")
+        domain = creator.split("@", 1)[1]
+        invite = _result(stores.invites.create(domain, "contact", lifetime, creator=creator))
+    else:
+        domain = args.domain or config.domains[0]
+        try:
+            domain = prepare_domain(domain)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        _check_domain(domain, config)
+        username = None
+        if args.username:
+            from chatbx_server.config import prepare_localpart
+
+            try:
+                username = prepare_localpart(args.username)
+            except ValueError:
+                raise CLIError(f"invalid username {args.username!r}") from None
+        invite = _result(stores.invites.create(domain, "account", lifetime, username=username,
+                                               admin=args.admin))
+    print(invite_url(config, invite), file=ctx.out)
+
+
+def cmd_invite_list(ctx: _Context, args: argparse.Namespace) -> None:
+    import time
+
+    for inv in _result(ctx.stores().invites.list()):
+        left = max(0, int((inv.expires_at - time.time()) / 3600))
+        what = f"contact of {inv.creator}" if inv.creator else "account"
+        extra = (" admin" if inv.admin else "") + (f" name={inv.username}" if inv.username else "")
+        print(f"{inv.token}  {inv.domain}  {what}{extra}  expires in {left} h", file=ctx.out)
+
+
+def cmd_invite_revoke(ctx: _Context, args: argparse.Namespace) -> None:
+    if not _result(ctx.stores().invites.delete(args.token)):
+        raise CLIError("no such invite")
+    print("revoked", file=ctx.out)
 
 
 def cmd_user_list(ctx: _Context, args: argparse.Namespace) -> None:
@@ -533,6 +616,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("jid", metavar="JID")
     p = command(user, "list", cmd_user_list, "list accounts")
     p.add_argument("domain", nargs="?", metavar="DOMAIN")
+    p = command(user, "disable", cmd_user_disable,
+                "refuse the account's logins and close its sessions")
+    p.add_argument("jid", metavar="JID")
+    p = command(user, "enable", cmd_user_enable, "allow a disabled account again")
+    p.add_argument("jid", metavar="JID")
+
+    invite = group("invite", "invites (XEP-0401): links that create accounts")
+    p = command(invite, "create", cmd_invite_create,
+                "print the link of a new single-use invite")
+    p.add_argument("--domain", metavar="DOMAIN", help="hosted domain (default: the first)")
+    p.add_argument("--username", metavar="NAME", help="the only username it may register")
+    p.add_argument("--admin", action="store_true", help="the account it creates is an admin")
+    p.add_argument("--contact", metavar="JID",
+                   help="a contact invite of this user: the new account gets them on its "
+                        "roster (XEP-0379)")
+    p.add_argument("--days", type=float, metavar="N",
+                   help="valid for N days (default: [registration] invite_lifetime)")
+    command(invite, "list", cmd_invite_list, "list unexpired invites")
+    p = command(invite, "revoke", cmd_invite_revoke, "delete an invite")
+    p.add_argument("token", metavar="TOKEN")
 
     reports = group("reports", "spam and abuse reports (XEP-0377)")
     p = command(reports, "list", cmd_reports_list,

@@ -39,6 +39,7 @@ __all__ = [
     "LimitsConfig",
     "ListenConfig",
     "LogConfig",
+    "RegistrationConfig",
     "S2SConfig",
     "TLSCertConfig",
     "TLSConfig",
@@ -254,6 +255,48 @@ class S2SConfig:
     bidi: bool = True
 
 
+REGISTRATION_MODES = ("closed", "invite", "captcha", "open")
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    """Accounts: who may create them, and what new ones may do (``[registration]``)."""
+
+    #: closed: only operators and invites; invite: in-band registration with
+    #: an invite token; captcha: in-band with a CAPTCHA (XEP-0158); open: anyone
+    mode: str = "invite"
+    #: localparts nobody may register (compared after PRECIS preparation)
+    reserved_names: tuple[str, ...] = (
+        "admin", "administrator", "abuse", "postmaster", "hostmaster", "webmaster", "root",
+        "security", "support", "info", "noc", "system", "xmpp", "www", "mail")
+    min_username_length: int = 3
+    min_password_length: int = 8
+    #: accounts one address (IPv6: its /64) may create per ip_window seconds
+    max_per_ip: int = 3
+    ip_window: float = 3600.0
+    #: seconds a deleted account's name stays reserved (0 = not at all)
+    tombstone_period: float = 31536000.0
+    #: seconds between a user's removal request and the data going; logging
+    #: in before cancels it (0 = removed at once)
+    deletion_grace: float = 0.0
+    #: a password change closes the user's other sessions
+    password_change_closes_sessions: bool = True
+    #: seconds an invite is valid unless its creator says otherwise
+    invite_lifetime: float = 604800.0
+    #: users may create invites for their contacts (ad-hoc command)
+    user_invites: bool = True
+    #: ... and those invites may create accounts (in any mode but closed)
+    user_invites_register: bool = True
+    #: seconds a CAPTCHA may take to answer
+    captcha_lifetime: float = 600.0
+    #: seconds an account counts as new for the limits below (0 = no limits)
+    new_account_period: float = 86400.0
+    #: messages per minute a new account may send to JIDs not on its roster
+    new_account_messages_per_minute: int = 5
+    #: subscription requests per minute a new account may send
+    new_account_subscriptions_per_minute: int = 3
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
@@ -274,6 +317,9 @@ class Config:
     s2s: S2SConfig = S2SConfig()
     log: LogConfig = LogConfig()
     http: HTTPConfig = HTTPConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+    #: bare JIDs allowed the admin commands (XEP-0133) of their own domain
+    admins: tuple[str, ...] = ()
     module_options: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
 
     @property
@@ -441,6 +487,18 @@ def parse_endpoint(text: str, key: str = "", path: str | None = None) -> Endpoin
     return Endpoint(host, int(port_text))
 
 
+def prepare_localpart(name: str) -> str:
+    """A localpart prepared as in JIDs (PRECIS UsernameCaseMapped, RFC 7622 §3.3).
+
+    Raises:
+        ValueError: not a valid localpart.
+    """
+    parsed = JID.parse(f"{name}@localhost", cache=False)
+    if parsed.user is None or parsed.resource is not None or parsed.host != "localhost":
+        raise ValueError(f"not a localpart: {name!r}")
+    return parsed.user
+
+
 def prepare_domain(domain: str) -> str:
     """Prepare a domain (RFC 7622 domainpart) exactly as JIDs in stanzas are.
 
@@ -459,15 +517,12 @@ def prepare_domain(domain: str) -> str:
 # --- loading ----------------------------------------------------------------
 
 _TOP_KEYS = ("domains", "data_dir", "modules", "admins", "database", "listen", "tls",
-             "limits", "s2s", "log", "http")
+             "limits", "s2s", "log", "http", "registration")
 _LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "s2s_tls", "http")
 
 #: Keys accepted only empty: their feature is not built yet, and a key that
-#: silently does nothing would mislead (admins without admin commands).
-_NOT_IMPLEMENTED = {
-    "admins": "not implemented yet: admin commands come with account registration; "
-              "use [] or remove the key",
-}
+#: silently does nothing would mislead.
+_NOT_IMPLEMENTED: dict[str, str] = {}
 
 
 def load_config(path: str | os.PathLike[str] | None) -> Config:
@@ -528,8 +583,19 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
         kwargs["data_dir"] = resolve(data_dir)
 
     if "admins" in raw:
-        if _convert(raw["admins"], tuple[str, ...], "admins", path):
-            raise ConfigError(_NOT_IMPLEMENTED["admins"], "admins", path)
+        admins = []
+        for i, text in enumerate(_convert(raw["admins"], tuple[str, ...], "admins", path)):
+            try:
+                jid = JID.parse(text.strip())
+            except InvalidJID as exc:
+                raise ConfigError(f"invalid JID {text!r}: {exc}", f"admins[{i}]", path) from None
+            if not jid.user or jid.resource:
+                raise ConfigError(f"not a bare user JID: {text!r}", f"admins[{i}]", path)
+            admins.append(jid.bare)
+        kwargs["admins"] = tuple(admins)
+
+    if "registration" in raw:
+        kwargs["registration"] = _parse_registration(raw["registration"], path)
 
     if "modules" in raw:
         kwargs["modules"], kwargs["module_options"] = _parse_modules(raw["modules"], path)
@@ -590,6 +656,29 @@ def parse_networks(values: typing.Iterable[str], key: str, path: str | None = No
             raise ConfigError(f"invalid address or network {text!r}", f"{key}[{i}]",
                               path) from None
     return tuple(out)
+
+
+def _parse_registration(value: Any, path: str | None) -> RegistrationConfig:
+    reg = build_options(RegistrationConfig, value, "registration", path)
+    if reg.mode not in REGISTRATION_MODES:
+        raise ConfigError(f"unknown mode {reg.mode!r} (one of {', '.join(REGISTRATION_MODES)})",
+                          "registration.mode", path)
+    for name in ("min_username_length", "min_password_length", "max_per_ip", "ip_window",
+                 "invite_lifetime", "captcha_lifetime", "new_account_messages_per_minute",
+                 "new_account_subscriptions_per_minute"):
+        if getattr(reg, name) < 1:
+            raise ConfigError("must be at least 1", f"registration.{name}", path)
+    for name in ("tombstone_period", "deletion_grace", "new_account_period"):
+        if getattr(reg, name) < 0:
+            raise ConfigError("must not be negative", f"registration.{name}", path)
+    names = []
+    for i, name in enumerate(reg.reserved_names):
+        try:
+            names.append(prepare_localpart(name))
+        except ValueError as exc:
+            raise ConfigError(f"invalid name {name!r}: {exc}",
+                              f"registration.reserved_names[{i}]", path) from None
+    return dataclasses.replace(reg, reserved_names=tuple(names))
 
 
 def _parse_http(value: Any, path: str | None) -> HTTPConfig:

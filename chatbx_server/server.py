@@ -58,6 +58,10 @@ class Server:
         #: failed-login limits per address and account, for every c2s listener
         self.auth_throttle = AuthThrottle.from_limits(clock, limits)
         self.router = Router(self)
+        from chatbx_server.accounts import Accounts
+
+        #: account rules and life cycle (registration, removal, disabling)
+        self.accounts = Accounts(self)
         self.modules = ModuleManager(self)
         self.started_at: float = clock.seconds()
         self.running = False
@@ -76,6 +80,7 @@ class Server:
         self.secrets.get(DECOY_SECRET).addErrback(
             lambda f: log.failure("cannot read the server secrets", f))
         self.modules.load_all(enabled_modules(self.config))
+        self.accounts.start()
         self.started_at = self.clock.seconds()
         self.running = True
         log.info("chatbx {version} serving {domains}", version=self.version,
@@ -88,6 +93,7 @@ class Server:
         if not self.running:
             return
         self.running = False
+        self.accounts.stop()
         for session in list(self.sessions):
             session.close("system-shutdown")
         self.modules.unload_all()

@@ -166,7 +166,22 @@ class SASLExchange:
         except ScramError as exc:
             return defer.fail(SASLFailure(exc.condition, account=account, counted=True))
         self.throttle.refund(self.address, account)
-        return defer.succeed(("success", (self.jid, final)))
+        return self._admit(self.jid, final)
+
+    def _admit(self, jid: JID, additional: Optional[bytes]) -> defer.Deferred:
+        """The password was right: refuse a disabled account (RFC 6120
+        §6.5.1 account-disabled, told only to who knows the password), else
+        record the login, which also cancels a pending removal."""
+        d = self.server.stores.accounts.login(jid.bare)
+
+        def decide(state: str) -> tuple[str, Any]:
+            if state == "disabled":
+                raise SASLFailure("account-disabled", account=jid.bare, counted=True)
+            if state != "ok":
+                raise SASLFailure("not-authorized", account=jid.bare, counted=True)
+            return ("success", (jid, additional))
+
+        return d.addCallback(decide)
 
     @defer.inlineCallbacks
     def _client_first(self, data: bytes) -> Any:
@@ -212,7 +227,8 @@ class SASLExchange:
         if not ok:
             raise SASLFailure("not-authorized", account=account, counted=True)
         self.throttle.refund(self.address, account)
-        return ("success", (jid, None))  # no additional data (RFC 6120 §6.4.6)
+        # No additional data with PLAIN's success (RFC 6120 §6.4.6).
+        return (yield self._admit(jid, None))
 
 
 def failure_element(condition: str, text: Optional[str] = None) -> domish.Element:

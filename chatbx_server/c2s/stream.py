@@ -49,6 +49,9 @@ STANZAS = frozenset(("message", "presence", "iq"))
 #: the peer vanished (keepalive), rather than being sent away
 HIBERNATE_CONDITIONS = frozenset(("connection-timeout",))
 MAX_SASL_FAILURES = 5
+#: IQs a connection may send before authenticating (registration forms,
+#: CAPTCHAs: each costs work)
+MAX_PREAUTH_IQS = 10
 
 # Negotiation states, in order.
 CONNECTED, TLS_NEEDED, AUTH_NEEDED, BIND_NEEDED, BOUND, CLOSED = range(6)
@@ -86,6 +89,9 @@ class C2SStream(Protocol):
         #: the XEP-0388 <authenticate/> being answered (None: RFC 6120 SASL)
         self.sasl2: Optional[sasl2.Authenticate] = None
         self.sasl_failures = 0
+        self.preauth_iqs = 0
+        #: a XEP-0445 invite token this connection presented, for registration
+        self.preauth_token: Optional[str] = None
         self.mechanisms: list[str] = []
         self.user: Optional[JID] = None
         self.session: Optional[ClientSession] = None
@@ -308,6 +314,8 @@ class C2SStream(Protocol):
             for child in features_element(self.mechanisms, self._bindings()):
                 features.addChild(child)
             features.addChild(self._sasl2_features())
+            # In-band registration (XEP-0077 §8, XEP-0445) adds its features here.
+            self.server.events.fire_all("c2s-preauth-features", (self, features))
         else:
             self.state = BIND_NEEDED
             features = self._bind_features()
@@ -367,6 +375,8 @@ class C2SStream(Protocol):
     def _on_sasl(self, element: domish.Element) -> None:
         is_sasl2 = element.uri == sasl2.NS
         if element.uri != ns.SASL and not is_sasl2:
+            if element.name == "iq" and element.uri == ns.CLIENT and self._preauth_iq(element):
+                return
             if element.name in STANZAS:
                 raise StreamError("not-authorized")
             raise StreamError("policy-violation", "authenticate first")
@@ -397,6 +407,26 @@ class C2SStream(Protocol):
             self._hold()
         d.addCallbacks(self._sasl_step, self._sasl_failed)
         d.addErrback(self._crash)
+
+    def _preauth_iq(self, iq: domish.Element) -> bool:
+        """An IQ before authentication that a feature takes (in-band
+        registration, XEP-0077 §3.1; its token, XEP-0445): handled by the
+        ``c2s-preauth/{ns}:{name}`` event with ``(stream, iq)``. At most
+        MAX_PREAUTH_IQS per connection; later input waits for the answer."""
+        payload = iq.firstChildElement()
+        if payload is None:
+            return False
+        name = f"c2s-preauth/{payload.uri}:{payload.name}"
+        if not self.server.events.has(name):
+            return False
+        self.preauth_iqs += 1
+        if self.preauth_iqs > MAX_PREAUTH_IQS:
+            raise StreamError("policy-violation", "too many requests before authentication")
+        result = self.server.events.fire(name, (self, iq))
+        if isinstance(result, defer.Deferred) and not result.called:
+            self._hold()
+            result.addBoth(lambda _: self._release())
+        return result is not None
 
     def _hold(self) -> None:
         """Process nothing more until the pending SASL answer is sent.

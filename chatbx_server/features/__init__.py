@@ -36,6 +36,9 @@ REGISTRY: dict[str, str] = {
     "pubsub": "chatbx_server.pubsub.service.PubSubServiceFeature",
     "carbons": "chatbx_server.features.carbons.CarbonsFeature",
     "blocking": "chatbx_server.features.blocking.BlockingFeature",
+    "register": "chatbx_server.features.register.RegisterFeature",
+    "adhoc": "chatbx_server.features.adhoc.AdhocFeature",
+    "antispam": "chatbx_server.features.antispam.AntispamFeature",
 }
 
 #: what a modern public server runs when the config names no modules
@@ -43,7 +46,7 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "mam", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
     "muc", "caps", "pep", "vcard", "private", "bookmarks", "pubsub",
-    "carbons", "blocking",
+    "carbons", "blocking", "register", "adhoc", "antispam",
 )
 
 

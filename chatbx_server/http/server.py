@@ -292,6 +292,9 @@ def build_site(chatbx: "Server", reactor: Any = None) -> ChatbxSite:
         from chatbx_server.http import bosh
 
         _child(site.root, b"http-bind", bosh.BoshResource(chatbx))
+    from chatbx_server.http import invites
+
+    invites.install(chatbx, site.root)  # /invite/, /register, /password, /captcha/
     return site
 
 

@@ -11,10 +11,12 @@ from typing import Any
 
 from twisted.internet import defer
 
+from chatbx_server.storage.accounts import AccountStore
 from chatbx_server.storage.archive import ArchiveStore
 from chatbx_server.storage.blocking import BlockingStore
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.invites import InviteStore
 from chatbx_server.storage.muc import MucStore
 from chatbx_server.storage.offline import OfflineStore
 from chatbx_server.storage.private import PrivateStore
@@ -25,6 +27,8 @@ from chatbx_server.storage.users import ScramCredentials, UserStore
 from chatbx_server.storage.vcard import VCardStore
 
 __all__ = [
+    "AccountStore",
+    "InviteStore",
     "ArchiveStore",
     "BlockingStore",
     "Database",
@@ -68,6 +72,8 @@ class Stores:
         self.vcard = VCardStore(db, clock)
         self.private = PrivateStore(db, clock)
         self.blocking = BlockingStore(db, clock)
+        self.accounts = AccountStore(db, clock)
+        self.invites = InviteStore(db, clock)
 
     def close(self) -> defer.Deferred[None]:
         """Write every batched row still queued (the server waits for this

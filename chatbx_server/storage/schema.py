@@ -10,7 +10,8 @@ RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
 (offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0363 (uploads),
 XEP-0045 / XEP-0313 (group chat rooms, affiliations and their archive), XEP-0313 /
 XEP-0441 / XEP-0431 (message archives, their preferences, full-text search),
-XEP-0191 (block lists), XEP-0377 (spam reports).
+XEP-0191 (block lists), XEP-0377 (spam reports), XEP-0401 (invites), XEP-0158
+(CAPTCHA challenges).
 
 The archive's full-text index is not a Table: an FTS5 virtual table, its
 progress row and a trigger on SQLite, a GIN expression index on PostgreSQL. They are created
@@ -41,6 +42,9 @@ __all__ = [
     "spam_reports",
     "subscription_requests",
     "uploads",
+    "captcha_challenges",
+    "invites",
+    "tombstones",
     "users",
     "pubsub_nodes",
     "pubsub_items",
@@ -90,7 +94,21 @@ users = sa.Table(
     sa.Column("domain", sa.String(PART_LENGTH), nullable=False,
               comment="hosted domain the account belongs to"),
     sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.Column("disabled_at", sa.Double, nullable=True,
+              comment="Unix time the account was disabled; NULL = enabled"),
+    sa.Column("last_login", sa.Double, nullable=True,
+              comment="Unix time of the last successful SASL login"),
+    sa.Column("delete_at", sa.Double, nullable=True,
+              comment="removal requested: the data goes at this Unix time unless the "
+                      "user logs in before (grace period); NULL = none"),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="made an admin by an admin invite (besides config 'admins')"),
+    sa.Column("self_registered", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="created by its user (in-band or web sign-up), not by an operator: "
+                      "the new-account limits apply"),
     sa.UniqueConstraint("username", "domain"),
+    sa.Index("ix_users_disabled_at", "disabled_at"),
+    sa.Index("ix_users_delete_at", "delete_at"),
 )
 
 scram_credentials = sa.Table(
@@ -473,4 +491,59 @@ spam_reports = sa.Table(
     sa.Index("ix_spam_reports_created_at", "created_at"),
     sa.Index("ix_spam_reports_reporter", "reporter"),
     comment="XEP-0377 reports sent with a block, for operators (chatbxctl reports list)",
+)
+
+
+tombstones = sa.Table(
+    "tombstones",
+    metadata,
+    sa.Column("username", sa.String(PART_LENGTH), nullable=False,
+              comment="localpart of a deleted account"),
+    sa.Column("domain", sa.String(PART_LENGTH), nullable=False),
+    sa.Column("deleted_at", sa.Double, nullable=False,
+              comment="Unix time the account was deleted (nodes close its sessions)"),
+    sa.Column("reserved_until", sa.Double, nullable=False,
+              comment="nobody may register the name before this Unix time"),
+    sa.PrimaryKeyConstraint("username", "domain"),
+    sa.Index("ix_tombstones_deleted_at", "deleted_at"),
+    comment="deleted accounts whose address may not be taken over yet (storage/accounts.py)",
+)
+
+invites = sa.Table(
+    "invites",
+    metadata,
+    sa.Column("token", sa.String(64), nullable=False,
+              comment="random URL-safe secret; the invite link carries it"),
+    sa.Column("domain", sa.String(PART_LENGTH), nullable=False,
+              comment="hosted domain the invite creates an account on"),
+    sa.Column("kind", sa.String(16), nullable=False,
+              comment="'account' (operator/admin) or 'contact' (a user's, XEP-0379)"),
+    sa.Column("creator_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              nullable=True,
+              comment="inviting account, added to the new account's roster; NULL = operator"),
+    sa.Column("username", sa.String(PART_LENGTH), nullable=True,
+              comment="the only localpart the invite may register; NULL = any"),
+    sa.Column("register", sa.Boolean, nullable=False, server_default=sa.true(),
+              comment="the invite may create an account (contact invites may not)"),
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="the account it creates is an admin"),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False, comment="Unix time it stops working"),
+    sa.PrimaryKeyConstraint("token"),
+    sa.Index("ix_invites_expires_at", "expires_at"),
+    sa.Index("ix_invites_creator_id", "creator_id"),
+    sa.CheckConstraint("kind IN ('account', 'contact')", name="kind"),
+    comment="XEP-0401 invites; single use: a used invite is deleted (storage/invites.py)",
+)
+
+captcha_challenges = sa.Table(
+    "captcha_challenges",
+    metadata,
+    sa.Column("id", sa.String(32), nullable=False, comment="random hex; the form's challenge"),
+    sa.Column("answer", sa.String(16), nullable=False, comment="the expected text (lower case)"),
+    sa.Column("expires_at", sa.Double, nullable=False, comment="Unix time it stops working"),
+    sa.PrimaryKeyConstraint("id"),
+    sa.Index("ix_captcha_challenges_expires_at", "expires_at"),
+    comment="XEP-0158 CAPTCHAs shown and not yet answered; in the database so any node "
+            "checks the answer (storage/invites.py)",
 )

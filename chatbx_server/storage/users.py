@@ -192,12 +192,15 @@ def set_credentials_txn(conn: Connection, jid: str, creds: dict[str, ScramCreden
 
 
 def delete_user_txn(conn: Connection, jid: str) -> bool:
-    """Delete an account; ON DELETE CASCADE removes everything it owns."""
-    username, domain = split_jid(jid)
-    result = conn.execute(
-        sa.delete(users).where(users.c.username == username, users.c.domain == domain)
-    )
-    return bool(result.rowcount)
+    """Delete an account and all its data, without a tombstone.
+
+    The one place accounts are removed is storage/accounts.py
+    (``delete_account_txn``); this is its shortcut for callers that do not
+    keep the name reserved.
+    """
+    from chatbx_server.storage.accounts import delete_account_txn
+
+    return delete_account_txn(conn, jid, 0.0, None) is not None
 
 
 def user_exists_txn(conn: Connection, jid: str) -> bool:

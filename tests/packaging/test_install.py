@@ -192,3 +192,12 @@ def test_editable_install_lists_chatbx_plugin(source: Path, tmp_path: Path) -> N
     assert package.resolve() == (source / "chatbx_server").resolve()
     assert [p.resolve() for p in plugin_dirs] == [(source / "twisted" / "plugins").resolve()]
     assert PLUGIN_LINE.search(_check(_run([str(python), "-c", TWISTD_HELP, "--help"])))
+
+
+def test_wheel_carries_templates(source: Path, wheel_venv: tuple[Path, Path]) -> None:
+    """The web pages' Jinja2 templates (invite landing page, sign-up form) are installed."""
+    _, site = wheel_venv
+    src = source / "chatbx_server" / "http" / "templates"
+    installed = site / "chatbx_server" / "http" / "templates"
+    assert {p.name for p in src.glob("*.html")} == {p.name for p in installed.glob("*.html")}
+    assert (installed / "invite.html").is_file()

@@ -167,12 +167,12 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
     assert result_of(stores.db.run("t", counts)) == {
         "users": 1, "scram_credentials": 2, "roster_items": 1, "roster_versions": 1,
         "subscription_requests": 1, "offline_messages": 1, "server_secrets": 0,
-        "uploads": 0,  # uploads are not tied to the account row (they expire)
         "muc_rooms": 0, "muc_affiliations": 0, "muc_archive": 0,
         "archive_messages": 1, "archive_prefs": 1,
         "pubsub_nodes": 1, "pubsub_items": 1, "pubsub_affiliations": 1, "pubsub_subscriptions": 1,
         "vcards": 1, "private_storage": 1, "entity_caps": 1,
         "blocklist_items": 1, "spam_reports": 2,  # reports outlive the reporter
+        "uploads": 0, "tombstones": 0, "invites": 0, "captcha_challenges": 0,
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 

@@ -528,3 +528,51 @@ def test_room_list_show_destroy(ctl, config: str) -> None:
     assert code == 1 and "unknown room" in err
     code, _, err = ctl("--config", config, "room", "show", "conference.localhost")
     assert code == 1 and "not a room JID" in err
+
+
+
+
+# --- accounts: disable, invites, delete with tombstone ---------------------------
+
+def test_user_disable_enable_and_delete_reserves_name(ctl, config: str) -> None:
+    """disable/enable flip the account's login state; delete leaves a tombstone
+    (the name cannot be registered again); unknown users are one-line errors."""
+    from chatbx_server.config import load_config
+    from chatbx_server.storage import Database, Stores
+
+    assert ctl("--config", config, "user", "add", "gina@localhost", "-p", "pw")[0] == 0
+    assert ctl("--config", config, "user", "disable", "gina@localhost") \
+        == (0, "disabled gina@localhost\n", "")
+    db = Database(load_config(config).database_url, threadless=True)
+    try:
+        stores = Stores(db)
+        assert cli._result(stores.accounts.login("gina@localhost")) == "disabled"
+        assert ctl("--config", config, "user", "enable", "gina@localhost")[0] == 0
+        assert cli._result(stores.accounts.login("gina@localhost")) == "ok"
+        assert ctl("--config", config, "user", "delete", "gina@localhost")[0] == 0
+        from chatbx_server.storage.accounts import NameReserved
+
+        with pytest.raises(NameReserved):
+            cli._result(stores.accounts.check_registration("gina@localhost"))
+    finally:
+        db.stop()
+    code, _, err = ctl("--config", config, "user", "disable", "nobody@localhost")
+    assert code == 1 and "unknown user" in err
+
+
+def test_invite_create_list_revoke(ctl, config: str) -> None:
+    """invite create prints the landing page link; --contact needs an existing
+    user; list shows the invites; revoke deletes one."""
+    code, out, _ = ctl("--config", config, "invite", "create", "--username", "Newbie", "--admin")
+    assert code == 0 and out.startswith("https://localhost/invite/")
+    token = out.strip().rsplit("/", 1)[1]
+    code, _, err = ctl("--config", config, "invite", "create", "--contact", "nobody@localhost")
+    assert code == 1 and "unknown user" in err
+    assert ctl("--config", config, "user", "add", "hugo@example.org", "-p", "pw")[0] == 0
+    code, out, _ = ctl("--config", config, "invite", "create", "--contact", "hugo@example.org",
+                       "--days", "1")
+    assert code == 0 and out.startswith("https://example.org/invite/")
+    code, out, _ = ctl("--config", config, "invite", "list")
+    assert token in out and "admin name=newbie" in out and "contact of hugo@example.org" in out
+    assert ctl("--config", config, "invite", "revoke", token) == (0, "revoked\n", "")
+    assert ctl("--config", config, "invite", "revoke", token)[0] == 1

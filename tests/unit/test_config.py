@@ -165,19 +165,40 @@ def test_errors_name_key_and_file(tmp_path: Path, text: str, key: str, message: 
     assert info.value.key == key and info.value.path == path
 
 
-@pytest.mark.parametrize("text, key", [
-    ("admins = ['admin@example.org']", "admins"),
+def test_admins_and_registration(tmp_path: Path) -> None:
+    """admins are prepared bare JIDs; [registration] is read with its mode
+    and reserved names prepared (PRECIS case mapping)."""
+    config = load_config(write(tmp_path, "admins = ['Boss@Example.org']\n"
+                                         "[registration]\nmode = 'open'\n"
+                                         "reserved_names = ['Chef']\nmax_per_ip = 2\n"))
+    assert config.admins == ("boss@example.org",)
+    assert config.registration.mode == "open"
+    assert config.registration.reserved_names == ("chef",)
+    assert config.registration.max_per_ip == 2
+    assert load_config(None).registration.mode == "invite"
+    assert "abuse" in load_config(None).registration.reserved_names
+    load_config(write(tmp_path, "admins = []\n[listen]\ns2s = ''\nhttp = ''\n"))
+
+
+@pytest.mark.parametrize("text, key, message", [
+    ("admins = ['example.org']", "admins[0]", "not a bare user JID"),
+    ("admins = ['a@b/c']", "admins[0]", "not a bare user JID"),
+    ("admins = ['@@']", "admins[0]", "invalid JID"),
+    ("[registration]\nmode = 'wide'", "registration.mode", "unknown mode"),
+    ("[registration]\nmax_per_ip = 0", "registration.max_per_ip", "at least 1"),
+    ("[registration]\ndeletion_grace = -1", "registration.deletion_grace", "negative"),
+    ("[registration]\nreserved_names = ['a@b']", "registration.reserved_names[0]",
+     "invalid name"),
+    ("[registration]\ncolour = 1", "registration.colour", "unknown key"),
 ])
-def test_unbuilt_features_are_refused(tmp_path: Path, text: str, key: str) -> None:
-    """A listener or admin list for a feature that is not built yet is refused
-    with 'not implemented yet', naming the key and the file, instead of being
-    silently ignored; the empty values stay accepted."""
+def test_admins_and_registration_errors(tmp_path: Path, text: str, key: str,
+                                        message: str) -> None:
+    """Bad admins and [registration] values are refused naming the key."""
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert str(info.value).startswith(f"{path}: {key}: not implemented yet")
-    assert info.value.key == key
-    load_config(write(tmp_path, "admins = []\n[listen]\ns2s = ''\nhttp = ''\n"))
+    assert str(info.value).startswith(f"{path}: {key}: ")
+    assert message in str(info.value)
 
 
 def test_s2s_keys(tmp_path: Path) -> None:
