@@ -24,12 +24,14 @@ REGISTRY: dict[str, str] = {
     "last": "chatbx_server.features.last.LastActivityFeature",
     "contact_info": "chatbx_server.features.contact_info.ContactInfoFeature",
     "upload": "chatbx_server.features.upload.UploadFeature",
+    "extdisco": "chatbx_server.features.extdisco.ExtdiscoFeature",
+    "outage_status": "chatbx_server.features.outage_status.OutageStatusFeature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
-    "version", "time", "last", "contact_info", "upload",
+    "version", "time", "last", "contact_info", "upload", "extdisco", "outage_status",
 )
 
 
