@@ -220,5 +220,11 @@ def makeService(options: Options) -> service.IService:
         context = tls.server_context_factory() if config.http.tls else None
         endpoint = _endpoint(reactor, listen.http, context)
         internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    if listen.proxy is not None:
+        from chatbx_server.proxy.socks5 import Socks5Factory
+
+        # XEP-0065 SOCKS5 relay; the proxy65 module answers for proxy.DOMAIN.
+        internet.StreamServerEndpointService(_endpoint(reactor, listen.proxy),
+                                             Socks5Factory(server)).setServiceParent(top)
     # MultiService provides IService through @implementer, which mypy cannot see.
     return cast(service.IService, top)

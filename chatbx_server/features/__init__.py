@@ -26,12 +26,14 @@ REGISTRY: dict[str, str] = {
     "upload": "chatbx_server.features.upload.UploadFeature",
     "extdisco": "chatbx_server.features.extdisco.ExtdiscoFeature",
     "outage_status": "chatbx_server.features.outage_status.OutageStatusFeature",
+    "proxy65": "chatbx_server.features.proxy65.Proxy65Feature",
 }
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "extdisco", "outage_status",
+    "proxy65",
 )
 
 
