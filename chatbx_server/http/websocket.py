@@ -170,10 +170,10 @@ class WSTransport:
     def write(self, data: bytes) -> None:
         if not self.disconnecting:
             ws = self.ws
+            # Only while open: after the closing handshake began nothing
+            # more may be sent (RFC 6455 §5.5.1).
             if ws.state == _OPEN and ws.transport is not None:
                 ws.transport.write(text_frame(data))
-            else:
-                ws.sendMessage(data, False)
 
     def loseConnection(self) -> None:
         if not self.disconnecting:
