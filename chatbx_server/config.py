@@ -132,6 +132,8 @@ class ListenConfig:
     #: HTTPS (or plain HTTP behind a reverse proxy, ``[http] tls = false``):
     #: upload, WebSocket, BOSH, host-meta, metrics
     http: Endpoint | None = None
+    #: SOCKS5 Bytestreams proxy (XEP-0065) of proxy.DOMAIN; off by default
+    proxy: Endpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -518,7 +520,7 @@ def prepare_domain(domain: str) -> str:
 
 _TOP_KEYS = ("domains", "data_dir", "modules", "admins", "database", "listen", "tls",
              "limits", "s2s", "log", "http", "registration")
-_LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "s2s_tls", "http")
+_LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "s2s_tls", "http", "proxy")
 
 #: Keys accepted only empty: their feature is not built yet, and a key that
 #: silently does nothing would mislead.

@@ -233,6 +233,12 @@ def makeService(options: Options) -> service.IService:
         context = tls.server_context_factory() if config.http.tls else None
         endpoint = _endpoint(reactor, listen.http, context)
         internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
+    if listen.proxy is not None:
+        from chatbx_server.proxy.socks5 import Socks5Factory
+
+        # XEP-0065 SOCKS5 relay; the proxy65 module answers for proxy.DOMAIN.
+        internet.StreamServerEndpointService(_endpoint(reactor, listen.proxy),
+                                             Socks5Factory(server)).setServiceParent(top)
 
     # Once the reactor runs: the server is started and listening by then.
     reactor.callWhenRunning(freeze_heap)

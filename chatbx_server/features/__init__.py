@@ -39,6 +39,9 @@ REGISTRY: dict[str, str] = {
     "register": "chatbx_server.features.register.RegisterFeature",
     "adhoc": "chatbx_server.features.adhoc.AdhocFeature",
     "antispam": "chatbx_server.features.antispam.AntispamFeature",
+    "extdisco": "chatbx_server.features.extdisco.ExtdiscoFeature",
+    "outage_status": "chatbx_server.features.outage_status.OutageStatusFeature",
+    "proxy65": "chatbx_server.features.proxy65.Proxy65Feature",
 }
 
 #: what a modern public server runs when the config names no modules
@@ -46,7 +49,8 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "mam", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
     "muc", "caps", "pep", "vcard", "private", "bookmarks", "pubsub",
-    "carbons", "blocking", "register", "adhoc", "antispam",
+    "carbons", "blocking", "register", "adhoc", "antispam", "extdisco",
+    "outage_status", "proxy65",
 )
 
 

@@ -44,6 +44,20 @@ NS_UPLOAD = "urn:xmpp:http:upload:0"
 SECRET_NAME = "upload-token"
 #: seconds an unused slot's row is kept after its PUT URL expired
 UNUSED_GRACE = 60.0
+#: unregistered names some clients send (freedesktop shared-mime-info, as
+#: profanity does for a .ogg voice message) -> the IANA type browsers and
+#: other clients recognise (RFC 5334 for Ogg); the PUT may use either name
+TYPE_ALIASES = {
+    "audio/x-opus+ogg": "audio/ogg",
+    "audio/x-vorbis+ogg": "audio/ogg",
+    "audio/x-flac+ogg": "audio/ogg",
+    "audio/x-speex+ogg": "audio/ogg",
+    "video/x-theora+ogg": "video/ogg",
+    "audio/x-m4a": "audio/mp4",
+    "audio/m4a": "audio/mp4",
+    "image/jpg": "image/jpeg",
+    "image/pjpeg": "image/jpeg",
+}
 _MIME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 
 
@@ -90,6 +104,15 @@ def clean_filename(name: str) -> str:
     encoded = name.encode("utf-8")[:200]
     name = encoded.decode("utf-8", "ignore").strip()
     return name or "file"
+
+
+def canonical_type(content_type: str) -> str:
+    """The slot's media type: lower case, aliases mapped, anything malformed
+    application/octet-stream."""
+    content_type = content_type.strip().lower()
+    if not _MIME.match(content_type):
+        return "application/octet-stream"
+    return TYPE_ALIASES.get(content_type, content_type)
 
 
 def sign(secret: bytes, slot: str, filename: str, size: int, content_type: str,
@@ -226,9 +249,7 @@ class UploadFeature(Feature):
                               text=f"file too large: at most {options.max_file_size} bytes",
                               app_element=too_large)
         filename = clean_filename(request.getAttribute("filename", ""))
-        content_type = request.getAttribute("content-type", "").strip().lower()
-        if not _MIME.match(content_type):
-            content_type = "application/octet-stream"
+        content_type = canonical_type(request.getAttribute("content-type", ""))
         to = parse_or_none(stanza.getAttribute("to"))
         host = self.services.get(to.host if to is not None else "", sender.host)
         now = self.server.clock.seconds()

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from twisted.web import resource, static
 from twisted.web.server import NOT_DONE_YET
 
+from chatbx_server.features.upload import canonical_type
 from chatbx_server.http.server import BodyHandler, ChatbxRequest, Refused
 from chatbx_server.logs import log_observer
 from chatbx_server.storage.upload import UploadRecord, is_slot
@@ -115,7 +116,8 @@ class UploadResource(resource.Resource, BodyHandler):
         sent_type = request.requestHeaders.getRawHeaders(b"content-type")
         if sent_type:
             main = sent_type[0].decode("latin-1").split(";")[0].strip().lower()
-            if main and main != content_type and content_type != "application/octet-stream":
+            if (main and canonical_type(main) != content_type
+                    and content_type != "application/octet-stream"):
                 raise Refused(400, f"Content-Type {main} differs from the slot's {content_type}")
         fh = tempfile.NamedTemporaryFile(dir=feature.files.tmp, prefix=slot, delete=False)
         request.upload_body = _Body(fh, slot, size, uploader)  # type: ignore[attr-defined]

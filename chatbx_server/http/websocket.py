@@ -15,6 +15,18 @@ the same code. Only the framing differs (RFC 7395 §3.3):
 
 The ``xmpp`` subprotocol is required (§3.1). The transport is TLS (or a
 trusted reverse proxy), so the stream starts secure: no STARTTLS (§3.6).
+
+autobahn does the opening and closing handshakes and every unusual frame;
+the common frames take a short path of our own (RFC 6455 §5.2), because
+autobahn's per-frame machinery cost more than the whole XMPP work of a
+message (bench/README.md, "WebSocket"): in, complete masked text frames
+with FIN set and no RSV bits, outside a fragmented message and within the
+size limit, are unmasked here and handed to the stream; anything else (a
+control frame, a fragment, a partial frame, a protocol violation) goes to
+autobahn with everything after it. Out, each stanza is one unmasked text
+frame written straight to the transport while the connection is open.
+Invalid UTF-8 in a text frame is then reported by expat as a stream error
+(not-well-formed) instead of a WebSocket close code.
 """
 
 from __future__ import annotations
@@ -43,6 +55,51 @@ if TYPE_CHECKING:
 log = Logger(observer=log_observer)
 
 FRAMING_NS = "urn:ietf:params:xml:ns:xmpp-framing"
+_OPEN = 3  # autobahn's WebSocketProtocol.STATE_OPEN
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """RFC 6455 §5.3: XOR with the 4-byte key, as one big-integer operation."""
+    n = len(payload)
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def split_text_frames(data: bytes, limit: int) -> tuple[list[bytes], int]:
+    """The payloads of the complete, masked, final, unextended text frames
+    at the start of ``data``, each at most ``limit`` bytes, and how many
+    bytes they took; stops at the first frame that is anything else."""
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    while end - pos >= 6:
+        if data[pos] != 0x81:  # FIN, no RSV bits, opcode 1 (text)
+            break
+        second = data[pos + 1]
+        if not second & 0x80:  # client frames are masked (§5.1)
+            break
+        length, head = second & 0x7F, pos + 2
+        if length == 126:
+            if end - pos < 8:
+                break
+            length, head = int.from_bytes(data[pos + 2:pos + 4], "big"), pos + 4
+        elif length == 127:
+            break
+        if length > limit or head + 4 + length > end:
+            break
+        body = head + 4
+        out.append(unmask(data[body:body + length], data[head:body]))
+        pos = body + length
+    return out, pos
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame from the server (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
 class FramingSerializer(StreamSerializer):
@@ -112,7 +169,11 @@ class WSTransport:
 
     def write(self, data: bytes) -> None:
         if not self.disconnecting:
-            self.ws.sendMessage(data, False)
+            ws = self.ws
+            # Only while open: after the closing handshake began nothing
+            # more may be sent (RFC 6455 §5.5.1).
+            if ws.state == _OPEN and ws.transport is not None:
+                ws.transport.write(text_frame(data))
 
     def loseConnection(self) -> None:
         if not self.disconnecting:
@@ -172,6 +233,21 @@ class XMPPWebSocketProtocol(WebSocketServerProtocol):
         self.stream = WebSocketC2SStream(self.factory.c2s)
         self.stream.makeConnection(self.adapter)
 
+    def _dataReceived(self, data: bytes) -> None:
+        # The short path for the common frames (module docstring); autobahn
+        # keeps everything else, including a frame it has begun.
+        if (self.state != _OPEN or self.current_frame is not None or self.inside_message
+                or self.data or self.stream is None):
+            super()._dataReceived(data)
+            return
+        payloads, used = split_text_frames(data, self.factory.max_message)
+        for payload in payloads:
+            self.onMessage(payload, False)
+            if self.state != _OPEN or self.stream is None:
+                return
+        if used < len(data):
+            super()._dataReceived(data[used:])
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         stream = self.stream
         if stream is None:
@@ -228,6 +304,8 @@ class XMPPWebSocketFactory(WebSocketServerFactory):
         # per-address limits with the TCP listeners.
         self.c2s = C2SFactory(chatbx, tls=None, direct_tls=True)
         limits = chatbx.config.limits
+        #: largest message (stanza) taken on the short path; autobahn refuses bigger ones
+        self.max_message = limits.max_stanza_size
         self.setProtocolOptions(maxMessagePayloadSize=limits.max_stanza_size,
                                 maxFramePayloadSize=limits.max_stanza_size,
                                 autoPingInterval=0, openHandshakeTimeout=30,

@@ -83,6 +83,8 @@ class ChatbxServer:
     s2s_port: Optional[int] = None
     #: direct-TLS s2s listener port (XEP-0368): None = off
     s2s_tls_port: Optional[int] = None
+    #: SOCKS5 proxy listener port (XEP-0065): None = off, 0 = a free port picked at prepare()
+    proxy_port: Optional[int] = None
     c2s_port: int = 0
     c2s_tls_port: int = 0
     http_port: int = 0
@@ -105,6 +107,8 @@ class ChatbxServer:
         domains = self.domains or ["localhost"]
         if self.s2s_port == 0:
             self.s2s_port = free_port()
+        if self.proxy_port == 0:
+            self.proxy_port = free_port()
         lines = ["domains = [" + ", ".join(f'"{d}"' for d in domains) + "]",
                  f'data_dir = "{self.data_dir}"']
         if self.modules is not None:
@@ -117,6 +121,8 @@ class ChatbxServer:
             lines.append(f's2s = "127.0.0.1:{self.s2s_port}"')
         if self.s2s_tls_port is not None:
             lines.append(f's2s_tls = "127.0.0.1:{self.s2s_tls_port}"')
+        if self.proxy_port is not None:
+            lines.append(f'proxy = "127.0.0.1:{self.proxy_port}"')
         extra = self.extra_config.strip()
         if "[limits]" not in extra:
             # Many tests fail logins on purpose from 127.0.0.1: no refusals.
@@ -230,10 +236,11 @@ def _factory(root: Path, servers: list[ChatbxServer]) -> Callable[..., ChatbxSer
     def start(db_url: Optional[str] = None, users: Optional[dict[str, str]] = None,
               extra_config: str = "", modules: Optional[list[str]] = None,
               domains: Optional[list[str]] = None, s2s_port: Optional[int] = None,
-              s2s_tls_port: Optional[int] = None, started: bool = True) -> ChatbxServer:
+              s2s_tls_port: Optional[int] = None, started: bool = True,
+              proxy_port: Optional[int] = None) -> ChatbxServer:
         server = ChatbxServer(root / f"server{len(servers)}", db_url,
                               dict(DEFAULT_PASSWORDS if users is None else users), extra_config, modules,
-                              domains, s2s_port, s2s_tls_port)
+                              domains, s2s_port, s2s_tls_port, proxy_port)
         servers.append(server)
         server.prepare()
         if started:
@@ -246,7 +253,7 @@ def _factory(root: Path, servers: list[ChatbxServer]) -> Callable[..., ChatbxSer
 @pytest.fixture
 def chatbx_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., ChatbxServer]]:
     """Factory: ``chatbx_server(db_url=None, users=None, extra_config="", modules=None,
-    domains=None, s2s_port=None, s2s_tls_port=None, started=True)`` starts a server (or only prepares
+    domains=None, s2s_port=None, s2s_tls_port=None, started=True, proxy_port=None)`` starts a server (or only prepares
     it, ``started=False``) and returns its ChatbxServer; all are stopped at teardown.
     ``extra_config`` is TOML tables appended to the config (a ``[limits]``
     table there replaces the test default)."""

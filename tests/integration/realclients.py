@@ -42,7 +42,7 @@ def require(*commands: str) -> None:
     if not missing:
         return
     message = (f"not installed: {', '.join(missing)} "
-               "(apt-get install mcabber go-sendxmpp profanity tmux)")
+               "(apt-get install mcabber go-sendxmpp profanity tmux chromium)")
     if clients_required():
         pytest.fail(message + " (required: CI or CHATBX_REQUIRE_CLIENTS=1)")
     pytest.skip(message)

@@ -4,7 +4,9 @@ Each class is one scenario on its own server (``class_server``) whose tests
 are its steps, in order, each building on the one before (a failed step
 skips the rest, see ``steps``): mcabber (loudmouth) driven through its
 command FIFO, go-sendxmpp (STARTTLS, direct TLS, listen mode) and profanity
-(libstrophe) typed into through tmux. The other side of every exchange is a
+(libstrophe) typed into through tmux; go-sendxmpp ``-h`` and profanity
+``/sendfile`` share a photo and a voice message over HTTP File Upload
+(XEP-0363) that slixmpp's side downloads intact. The other side of every exchange is a
 slixmpp client, so each step asserts what the server delivered as well as
 what the real client shows or logs. Everything is on loopback, bounded, and
 stopped by PID. Later features add their steps beside these.
@@ -27,6 +29,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 
 from conftest import ChatbxServer, Inbox, manual_subscriptions, roster_items, slix_close, slix_login
+from media import download, ogg_opus, png
 from realclients import Program, Tmux, client_env, read, require, run_steps, tail, until, write_fifo
 
 pytestmark = pytest.mark.integration
@@ -60,6 +63,31 @@ class Slix:
 
     def subscription(self, to: str, ptype: str) -> None:
         self.client.send_presence_subscription(pto=to, ptype=ptype)
+
+
+#: the photo and the voice message each client shares: (file name, bytes, Content-Type)
+PHOTO = ("photo.png", png(), "image/png")
+VOICE = ("voice.ogg", ogg_opus(), "audio/ogg")
+
+
+async def receives_file(server: ChatbxServer, receiver: Slix, sender: str, name: str, data: bytes,
+                        content_type: str) -> Any:
+    """The receiver gets a message from ``sender`` whose body is the file's
+    HTTPS URL, also as jabber:x:oob (XEP-0066) when the client adds it,
+    and downloads the same bytes with the right Content-Type, inline."""
+    def match(m: Any) -> bool:
+        return m["from"].bare == sender and m["body"].startswith("https://") and m["body"].endswith("/" + name)
+
+    got = await receiver.messages.wait(match, what=f"a message with the URL of {name} from {sender}")
+    url = got["body"]
+    oob = got.xml.find("{jabber:x:oob}x/{jabber:x:oob}url")
+    if oob is not None:
+        assert oob.text == url, got
+    status, headers, body = download(url, server.certificate)
+    assert status == 200 and body == data, (status, len(body), len(data))
+    assert headers["content-type"] == content_type, headers
+    assert headers["content-disposition"].startswith(f'inline; filename="{name}"'), headers
+    return got
 
 
 async def online(server: ChatbxServer, jid: str) -> Slix:
@@ -303,11 +331,18 @@ class TestMcabber:
 # -- go-sendxmpp -----------------------------------------------------------------
 
 
-def sendxmpp(sc: Scenario, name: str, *args: str, stdin: Optional[str] = None) -> Program:
+def sendxmpp(sc: Scenario, name: str, *args: str, stdin: Optional[str] = None,
+             trust_certificate: bool = False) -> Program:
     """Start go-sendxmpp with its own HOME; -n accepts the self-signed
-    certificate. Stopped at the end of the scenario at the latest."""
+    certificate, or with ``trust_certificate`` Go trusts it through
+    SSL_CERT_FILE and checks it (for XMPP and HTTPS alike; -n does not
+    reach the HTTP upload). Stopped at the end of the scenario at the latest."""
     home = sc.root / "sendxmpp"
-    program = Program(["go-sendxmpp", "-n", *args], client_env(home), home, name, stdin=stdin)
+    env = client_env(home)
+    if trust_certificate:
+        env["SSL_CERT_FILE"] = str(sc.server.certificate)
+    program = Program(["go-sendxmpp", *([] if trust_certificate else ["-n"]), *args], env, home, name,
+                      stdin=stdin)
     sc.cleanups.append(program.stop)
     return program
 
@@ -387,6 +422,28 @@ class TestGoSendxmpp:
             scenario.run(step())
         except AssertionError as e:
             raise AssertionError(f"{e}\n{program.output()}") from None
+
+    def test_shares_photo_and_voice(self, scenario: Scenario, bob: Slix) -> None:
+        """-h FILE (XEP-0363) with the server's certificate trusted: go-sendxmpp
+        asks upload.localhost for a slot, PUTs a photo and then a voice
+        message and sends bob their URLs; bob downloads both intact (same
+        bytes, image/png and audio/ogg, inline)."""
+        folder = scenario.root / "sendxmpp"
+        for name, data, content_type in (PHOTO, VOICE):
+            path = folder / name
+            path.write_bytes(data)
+            program = sendxmpp(scenario, f"upload-{name}", "-u", ALICE, "-p", scenario.server.users[ALICE],
+                               "-j", f"127.0.0.1:{scenario.server.c2s_port}", "-h", str(path), BOB,
+                               trust_certificate=True)
+
+            async def step() -> None:
+                await receives_file(scenario.server, bob, ALICE, name, data, content_type)
+                assert await program.exit_status("go-sendxmpp to exit") == 0, program.output()
+
+            try:
+                scenario.run(step())
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{program.output()}") from None
 
 
 # -- profanity -------------------------------------------------------------------
@@ -520,3 +577,21 @@ class TestProfanity:
             await prof.shows("hello profanity, from the room", "the room message on screen")
 
         scenario.run(step())
+
+    def test_sends_files(self, scenario: Scenario, prof: Profanity) -> None:
+        """/sendfile in the chat window with bob (XEP-0363 over libcurl): a
+        photo and a voice message (announced by profanity as
+        audio/x-opus+ogg, stored as audio/ogg); profanity shows each URL and
+        bob downloads both intact, inline."""
+        bob: Slix = scenario.state["bob"]
+        for name, data, content_type in (PHOTO, VOICE):
+            path = prof.dir / name
+            path.write_bytes(data)
+            prof.tmux.type(f"/sendfile {path}")
+
+            async def step() -> None:
+                got = await receives_file(scenario.server, bob, ALICE, name, data, content_type)
+                assert got["from"].resource.startswith("profanity"), got
+                await prof.shows(got["body"], "profanity to show the file's URL")
+
+            scenario.run(step())

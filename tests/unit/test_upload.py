@@ -217,3 +217,22 @@ def test_only_local_users_and_clean_names() -> None:
     assert clean_filename("../../etc/passwd") == "etcpasswd"
     assert clean_filename("a\x00b\nc.txt") == "abc.txt"
     assert clean_filename("...") == "file"
+
+
+def test_unregistered_type_names_served_as_iana_types(tmp_path: Path) -> None:
+    """A voice message announced as audio/x-opus+ogg (profanity, from
+    shared-mime-info) gets a slot for audio/ogg; the PUT may still say
+    audio/x-opus+ogg, and GET serves audio/ogg inline."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    put, get = slot_urls(ask_slot(server, alice, 4, "voice.ogg", "audio/x-opus+ogg"))
+    assert "t=audio%2Fogg" in put
+    site = site_for(server)
+    resp, _ = request(site, simple("PUT", path_of(put), b"OggS", {"Content-Type": "audio/x-opus+ogg"}))
+    assert resp.code == 201, resp.raw
+    resp, _ = request(site, simple("GET", path_of(get)))
+    assert resp.body == b"OggS" and resp.headers["content-type"] == "audio/ogg"
+    assert resp.headers["content-disposition"].startswith("inline;")
+    put, _ = slot_urls(ask_slot(server, alice, 4, "other.ogg", "audio/x-opus+ogg"))
+    resp, _ = request(site, simple("PUT", path_of(put), b"OggS", {"Content-Type": "video/ogg"}))
+    assert resp.code == 400
