@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from chatbx_server.logs import log_observer
+from chatbx_server.events import StanzaEvent
 from chatbx_server.modules import Feature
 from chatbx_server.proxy.socks5 import Limits, Relay
 from chatbx_server.xmpp import ns
@@ -126,7 +127,9 @@ class Proxy65Feature(Feature):
         return host, options.port or self.endpoint.port
 
     # -- stanzas to proxy.DOMAIN ---------------------------------------------------
-    def on_stanza(self, stanza: domish.Element) -> Any:
+    def on_stanza(self, event: StanzaEvent) -> Any:
+        """A stanza for proxy.<domain> (router service: gets the event)."""
+        stanza = event.stanza
         if stanza.name != "iq" or stanza.getAttribute("type") not in ("get", "set"):
             if stanza.name == "message" and stanza.getAttribute("type") != "error":
                 self._send(error_reply(stanza, "service-unavailable"))
