@@ -203,9 +203,16 @@ class RosterFeature(Feature):
         loading = self._loading.get(user)
         if loading is not None:
             loading.dirty = True
+        # Other nodes of a cluster drop their copy (cluster/node.py).
+        self.server.events.fire_all("roster/changed", user)
 
     def _stale(self, user: str) -> None:
         """The store refused what the cached copy allowed: load it afresh next time."""
+        self.forget(user)
+        self.server.events.fire_all("roster/changed", user)
+
+    def forget(self, user: str) -> None:
+        """Drop the cached roster of ``user`` (changed elsewhere: another node)."""
         self._cache.pop(user, None)
         loading = self._loading.get(user)
         if loading is not None:

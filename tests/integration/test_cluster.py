@@ -1,0 +1,163 @@
+"""Several chatbx nodes on one PostgreSQL and one Redis (DESIGN.md, "Cluster").
+
+Each test starts its own ``redis-server`` on a free loopback port (never
+the system one), stopped by PID, and two twistd chatbx nodes on the same
+throwaway PostgreSQL database. Users on different nodes subscribe, see each
+other's presence and chat; a node killed with SIGKILL: its users' contacts
+see them go offline within the heartbeat bound, and messages to them (also
+one already on its way to the dead node) go to offline storage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import Inbox, free_port, manual_subscriptions, run, slix_close, slix_login, subscribe_mutually
+
+pytestmark = pytest.mark.integration
+
+ALICE, BOB = "alice@localhost", "bob@localhost"
+#: a dead node's sessions vanish within 10 s (cluster/node.py); a margin
+#: for a loaded machine
+OFFLINE_WITHIN = 15.0
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server on a free loopback port, stopped by PID."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") or os.environ.get("CHATBX_REQUIRE_CLIENTS") == "1":
+            pytest.fail("redis-server is not installed (Debian package redis-server)")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                     text=True, timeout=5).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                out = ""
+            if "PONG" in out:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.05)  # polling the port, bounded by the deadline
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _nodes(chatbx_server: Any, postgres_url: str, redis_url: str, count: int = 2) -> list[Any]:
+    nodes = []
+    for i in range(count):
+        nodes.append(chatbx_server(
+            db_url=postgres_url, users=None if i == 0 else {},
+            extra_config=f'[cluster]\nredis = "{redis_url}"\nnode = "node{i}"\n'))
+    for node in nodes[1:]:
+        node.users = nodes[0].users
+    return nodes
+
+
+async def _online(server: Any, jid: str) -> tuple[Any, Inbox, Inbox]:
+    client = await slix_login(server, jid)
+    manual_subscriptions(client)
+    presences, messages = Inbox(client, "presence"), Inbox(client, "message")
+    await client.get_roster()
+    client.send_presence()
+    return client, presences, messages
+
+
+def _available_from(full: str) -> Any:
+    return lambda p: p["type"] in ("", "available", None) and p["from"].full == full
+
+
+def test_users_on_two_nodes_subscribe_see_presence_and_chat(chatbx_server, postgres_url, redis_url):
+    """Alice on node0 and Bob on node1 add each other, each sees the
+    other's presence (also after a fresh login on the other node), and chat
+    messages go both ways, to the bare and to the full JID."""
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        alice, a_pres, a_msgs = await _online(node0, f"{ALICE}/desk")
+        bob, b_pres, b_msgs = await _online(node1, f"{BOB}/phone")
+        try:
+            await subscribe_mutually(alice, a_pres, bob, b_pres)
+            await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
+            await b_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob")
+            alice.send_message(mto=BOB, mbody="hi bob", mtype="chat")
+            await b_msgs.wait(lambda m: m["body"] == "hi bob", what="alice's message")
+            bob.send_message(mto=f"{ALICE}/desk", mbody="hi alice", mtype="chat")
+            await a_msgs.wait(lambda m: m["body"] == "hi alice", what="bob's message")
+            # A second resource of Bob's logs in on node0: the probe answer
+            # for Alice's presence comes from node0, Alice sees it come online.
+            bob2, b2_pres, _ = await _online(node0, f"{BOB}/laptop")
+            try:
+                await b2_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob/laptop")
+                await a_pres.wait(_available_from(f"{BOB}/laptop"), what="bob/laptop's presence")
+            finally:
+                await slix_close(bob2)
+        finally:
+            await slix_close(alice)
+            await slix_close(bob)
+
+    run(main(), timeout=90)
+
+
+def test_killed_node_users_go_offline_and_messages_are_stored(chatbx_server, postgres_url, redis_url):
+    """node1 (Bob's) is killed with SIGKILL: Alice sees Bob go unavailable
+    within the bound; a message sent to Bob's full JID right after the kill
+    (on its way to the dead node) and one sent after he went offline both
+    wait in offline storage and reach Bob when he logs in on node0."""
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        alice, a_pres, _ = await _online(node0, f"{ALICE}/desk")
+        bob, b_pres, _ = await _online(node1, f"{BOB}/phone")
+        try:
+            await subscribe_mutually(alice, a_pres, bob, b_pres)
+            await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
+            proc = node1.proc
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            node1.proc = None
+            killed = time.monotonic()
+            alice.send_message(mto=f"{BOB}/phone", mbody="in flight", mtype="chat")
+            await a_pres.wait(lambda p: p["type"] == "unavailable" and p["from"].full == f"{BOB}/phone",
+                              timeout=OFFLINE_WITHIN, what="bob's unavailable presence")
+            took = time.monotonic() - killed
+            assert took < OFFLINE_WITHIN
+            alice.send_message(mto=BOB, mbody="while offline", mtype="chat")
+        finally:
+            bob.abort()
+        try:
+            bob2 = await slix_login(node0, f"{BOB}/phone")
+            msgs = Inbox(bob2, "message")
+            bob2.send_presence()
+            try:
+                await msgs.wait(lambda m: m["body"] == "in flight", what="the in-flight message")
+                await msgs.wait(lambda m: m["body"] == "while offline", what="the offline message")
+            finally:
+                await slix_close(bob2)
+        finally:
+            await slix_close(alice)
+
+    run(main(), timeout=120)
