@@ -107,6 +107,9 @@ def test_users_on_two_nodes_subscribe_see_presence_and_chat(chatbx_server, postg
             await b_msgs.wait(lambda m: m["body"] == "hi bob", what="alice's message")
             bob.send_message(mto=f"{ALICE}/desk", mbody="hi alice", mtype="chat")
             await a_msgs.wait(lambda m: m["body"] == "hi alice", what="bob's message")
+            status = node0.ctl("cluster", "status").stdout
+            assert "2 nodes, 2 live" in status, status
+            assert "node0  live  sessions=1" in status and "node1  live  sessions=1" in status, status
             # A second resource of Bob's logs in on node0: the probe answer
             # for Alice's presence comes from node0, Alice sees it come online.
             bob2, b2_pres, _ = await _online(node0, f"{BOB}/laptop")
