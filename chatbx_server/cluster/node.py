@@ -131,10 +131,10 @@ class Cluster:
         still in its inbox goes where undelivered stanzas go."""
         if not self._running:
             return
-        self._running = False
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
-        self._flush()
+        self._flush()  # still running: what is queued goes to its nodes
+        self._running = False
         try:
             yield self.redis.execute_command("ZREM", NODES, self.node)
             yield self.redis.execute_command("DEL", _sessions_key(self.node))
@@ -210,7 +210,7 @@ class Cluster:
             self._forget_roster(note["roster"])
         elif note.get("gone"):
             self.live.discard(node)
-            self.sessions.drop_node(node)
+            self._track(self._node_left(node))
         elif "s" in note:
             self.live.add(node)
             self.sessions.put_remote(node, note["f"], note["s"])
@@ -302,6 +302,24 @@ class Cluster:
         yield self._drain(node)
         yield self.redis.execute_command("DEL", _sessions_key(node))
         yield self.redis.execute_command("ZREM", NODES, node)
+
+    @defer.inlineCallbacks
+    def _node_left(self, node: str) -> Any:
+        """``node`` stopped cleanly and emptied its own inbox; the unavailable
+        presence its closing sessions broadcast may not all have left it,
+        so one node (the ``gone:`` lock's) broadcasts it again (a second
+        unavailable is harmless, RFC 6121 §4.5.2)."""
+        stubs = [s for s in self.sessions.drop_node(node) if s.presence is not None]
+        for stub in stubs:
+            if not self.sessions.resources(stub.bare):
+                self._forget_roster(stub.bare)
+        if not stubs:
+            return
+        got = yield self.redis.execute_command("SET", f"{PREFIX}gone:{node}", self.node,
+                                               "NX", "PX", str(int(NODE_TTL * 10000)))
+        if got == "OK":
+            for stub in stubs:
+                self.server.events.fire_all("session/closed", stub)
 
     # -- stanzas to other nodes --------------------------------------------------------
     def forward(self, node: str, full: str, element: domish.Element) -> None:

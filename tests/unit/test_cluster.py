@@ -200,3 +200,18 @@ def test_roster_change_is_announced_and_remote_change_forgets_cache(fake_redis: 
     assert roster.cached("alice@localhost") is None
     server.events.fire_all("roster/changed", "bob@localhost")
     assert any(c[0] == "PUBLISH" and '"roster": "bob@localhost"' in c[2] for c in fake_redis.commands)
+
+
+def test_node_that_left_cleanly_is_forgotten_at_once(fake_redis: FakeRedis) -> None:
+    """A node's "gone" notice (clean stop) removes its sessions from the view
+    without waiting for the heartbeat, and one node (the gone: lock's)
+    announces its available sessions as ended."""
+    server = cluster_server()
+    remote(server, "n2", "bob@localhost/phone")
+    remote(server, "n2", "bob@localhost/idle", available=False)
+    closed: list[Any] = []
+    server.events.on("session/closed", closed.append)
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "gone": True}))
+    assert server.sessions.resources("bob@localhost") == {}
+    assert [s.jid.full for s in closed] == ["bob@localhost/phone"]
+    assert fake_redis.named("SET")[0][1] == "chatbx:gone:n2"
