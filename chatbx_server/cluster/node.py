@@ -57,6 +57,8 @@ HEARTBEAT = 1.0
 #: a node silent this long is dead: its sessions vanish within
 #: NODE_TTL + HEARTBEAT (< 10 s)
 NODE_TTL = 6.0
+#: seconds a clean stop waits for Redis
+STOP_TIMEOUT = 5.0
 #: inbox entries read at once
 READ_COUNT = 64
 #: stanzas queued for other nodes before the senders' turn ends are sent
@@ -135,11 +137,12 @@ class Cluster:
             self._heartbeat.stop()
         self._flush()  # still running: what is queued goes to its nodes
         self._running = False
+        leave = defer.ensureDeferred(self._leave())
+        # Redis may be gone: shutting down does not wait for it forever
+        # (what is left in the inbox is then reaped by another node).
+        leave.addTimeout(STOP_TIMEOUT, self.clock)
         try:
-            yield self.redis.execute_command("ZREM", NODES, self.node)
-            yield self.redis.execute_command("DEL", _sessions_key(self.node))
-            yield self.redis.publish(CHANNEL, json.dumps({"n": self.node, "gone": True}))
-            yield self._drain(self.node)
+            yield leave
         except Exception:
             log.failure("cluster: leaving the cluster failed")
         if self._pending:
@@ -156,6 +159,12 @@ class Cluster:
                 yield self._subscriber.handler.disconnect()
             except Exception:
                 pass
+
+    async def _leave(self) -> None:
+        await self.redis.execute_command("ZREM", NODES, self.node)
+        await self.redis.execute_command("DEL", _sessions_key(self.node))
+        await self.redis.publish(CHANNEL, json.dumps({"n": self.node, "gone": True}))
+        await self._drain(self.node)
 
     # -- local sessions -> directory ----------------------------------------------
     def session_added(self, session: Any) -> None:

@@ -66,6 +66,8 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
             proc.wait(10)
 
 
+# The fixtures are asked for as redis_url, postgres_url, chatbx_server: the
+# nodes stop before the database and Redis they use.
 def _nodes(chatbx_server: Any, postgres_url: str, redis_url: str, count: int = 2) -> list[Any]:
     nodes = []
     for i in range(count):
@@ -90,7 +92,7 @@ def _available_from(full: str) -> Any:
     return lambda p: p["type"] in ("", "available", None) and p["from"].full == full
 
 
-def test_users_on_two_nodes_subscribe_see_presence_and_chat(chatbx_server, postgres_url, redis_url):
+def test_users_on_two_nodes_subscribe_see_presence_and_chat(redis_url, postgres_url, chatbx_server):
     """Alice on node0 and Bob on node1 add each other, each sees the
     other's presence (also after a fresh login on the other node), and chat
     messages go both ways, to the bare and to the full JID."""
@@ -125,7 +127,7 @@ def test_users_on_two_nodes_subscribe_see_presence_and_chat(chatbx_server, postg
     run(main(), timeout=90)
 
 
-def test_killed_node_users_go_offline_and_messages_are_stored(chatbx_server, postgres_url, redis_url):
+def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgres_url, chatbx_server):
     """node1 (Bob's) is killed with SIGKILL: Alice sees Bob go unavailable
     within the bound; a message sent to Bob's full JID right after the kill
     (on its way to the dead node) and one sent after he went offline both
