@@ -88,6 +88,21 @@ async def _online(server: Any, jid: str) -> tuple[Any, Inbox, Inbox]:
     return client, presences, messages
 
 
+async def _visible(sender: Any, receiver: Any, inbox: Inbox) -> None:
+    """Wait until ``sender``'s node knows that ``receiver`` is available (the
+    directory is eventually consistent, within milliseconds): a headline to
+    the bare JID reaches only available resources (RFC 6121 §8.5.2.1.1) and
+    is dropped otherwise (§8.5.2.2.1), so resend until one arrives."""
+    for attempt in range(50):
+        sender.send_message(mto=receiver.boundjid.bare, mbody=f"ping {attempt}", mtype="headline")
+        try:
+            await inbox.wait(lambda m: m["type"] == "headline", timeout=0.2, what="a headline")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"{receiver.boundjid} never became visible to {sender.boundjid}")
+
+
 def _available_from(full: str) -> Any:
     return lambda p: p["type"] in ("", "available", None) and p["from"].full == full
 
@@ -102,6 +117,7 @@ def test_users_on_two_nodes_subscribe_see_presence_and_chat(redis_url, postgres_
         alice, a_pres, a_msgs = await _online(node0, f"{ALICE}/desk")
         bob, b_pres, b_msgs = await _online(node1, f"{BOB}/phone")
         try:
+            await _visible(alice, bob, b_msgs)
             await subscribe_mutually(alice, a_pres, bob, b_pres)
             await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
             await b_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob")
@@ -136,8 +152,9 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
 
     async def main() -> None:
         alice, a_pres, _ = await _online(node0, f"{ALICE}/desk")
-        bob, b_pres, _ = await _online(node1, f"{BOB}/phone")
+        bob, b_pres, b_msgs = await _online(node1, f"{BOB}/phone")
         try:
+            await _visible(alice, bob, b_msgs)
             await subscribe_mutually(alice, a_pres, bob, b_pres)
             await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
             proc = node1.proc
@@ -149,6 +166,7 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
             await a_pres.wait(lambda p: p["type"] == "unavailable" and p["from"].full == f"{BOB}/phone",
                               timeout=OFFLINE_WITHIN, what="bob's unavailable presence")
             took = time.monotonic() - killed
+            print(f"bob unavailable at alice {took:.1f}s after node1 was killed")
             assert took < OFFLINE_WITHIN
             alice.send_message(mto=BOB, mbody="while offline", mtype="chat")
         finally:
