@@ -38,6 +38,7 @@ from twisted.words.xish import domish
 
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
+from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
 from chatbx_server.logs import log_observer
 from chatbx_server.xmpp.jid import JID, parse_or_none
@@ -99,6 +100,8 @@ class Cluster:
         self.live: set[str] = set()
         self._reading: Optional[defer.Deferred] = None
         self._pending: set[defer.Deferred] = set()
+        #: group chat rooms: which node owns which (cluster/rooms.py)
+        self.rooms = RoomOwnership(self)
 
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:
@@ -118,6 +121,7 @@ class Cluster:
         events.on("iq-get/bare/jabber:iq:roster:query", self._on_own_presence, FILTER + 100)
         events.on("roster/changed", self._on_roster_changed)
         self.live.add(self.node)
+        self.rooms.install()
         self._heartbeat = task.LoopingCall(self._tick)
         self._heartbeat.clock = self.clock
         self._heartbeat.start(HEARTBEAT, now=True).addErrback(
@@ -238,7 +242,7 @@ class Cluster:
     def _resync(self) -> Any:
         """(Re)subscribed: read the directory of every live node afresh."""
         try:
-            live = yield self._live_nodes()
+            live = yield self.live_nodes()
             for node in live:
                 if node == self.node:
                     continue
@@ -260,7 +264,7 @@ class Cluster:
 
     # -- heartbeat and dead nodes -----------------------------------------------------------
     @defer.inlineCallbacks
-    def _live_nodes(self) -> Any:
+    def live_nodes(self) -> Any:
         now = yield self._now_ms()
         raw = yield self.redis.execute_command("ZRANGE", NODES, "0", "-1", "WITHSCORES")
         scores = _pairs(raw)
@@ -296,6 +300,7 @@ class Cluster:
         """Forget ``node``'s sessions; one node (the one that gets the lock)
         tells their contacts they went offline and empties its inbox."""
         stubs = self.sessions.drop_node(node)
+        self.rooms.node_died(node)
         for stub in stubs:
             if not self.sessions.resources(stub.bare):
                 self._forget_roster(stub.bare)
@@ -318,6 +323,7 @@ class Cluster:
         presence its closing sessions broadcast may not all have left it,
         so one node (the ``gone:`` lock's) broadcasts it again (a second
         unavailable is harmless, RFC 6121 §4.5.2)."""
+        self.rooms.node_died(node)
         stubs = [s for s in self.sessions.drop_node(node) if s.presence is not None]
         for stub in stubs:
             if not self.sessions.resources(stub.bare):
@@ -424,6 +430,8 @@ class Cluster:
 
     def _deliver_one(self, full: str, xml: str) -> Any:
         stanza = parse_stanza(xml)
+        if full == ROOM_TARGET:
+            return self.rooms.deliver(stanza)
         jid = JID.parse(full)
         session = self.sessions.local(jid.bare, jid.resource)
         if session is not None and not session.closed:
@@ -449,9 +457,15 @@ class Cluster:
     def _undelivered_batch(self, batch: Iterable[tuple[str, str]]) -> defer.Deferred:
         results = []
         for full, xml in batch:
-            results.append(defer.maybeDeferred(
-                lambda f, x: self._undelivered(parse_stanza(x), JID.parse(f)), full, xml))
+            results.append(defer.maybeDeferred(self._undelivered_item, full, xml))
         return defer.DeferredList(results, consumeErrors=True)
+
+    def _undelivered_item(self, full: str, xml: str) -> Any:
+        stanza = parse_stanza(xml)
+        if full == ROOM_TARGET:
+            # The room's owner is gone: to the room's next owner.
+            return self.server.router.route(stanza)
+        return self._undelivered(stanza, JID.parse(full))
 
     @defer.inlineCallbacks
     def _drain(self, node: str) -> Any:

@@ -184,3 +184,50 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
             await slix_close(alice)
 
     run(main(), timeout=120)
+
+
+def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_server):
+    """Alice, Bob and Carol, each on their own node, join one room: every
+    node sends the room's stanzas to the node that owns it, each sees the
+    others join and gets every groupchat message once."""
+    nodes = _nodes(chatbx_server, postgres_url, redis_url, count=3)
+    room = "team@conference.localhost"
+
+    async def main() -> None:
+        clients = []
+        for node, jid in zip(nodes, (f"{ALICE}/desk", f"{BOB}/phone", "carol@localhost/web")):
+            client = await slix_login(node, jid)
+            client.register_plugin("xep_0045")
+            clients.append((client, Inbox(client, "groupchat_presence"), Inbox(client, "message")))
+            client.send_presence()
+        (alice, a_pres, a_msgs), (bob, _, b_msgs), (carol, _, c_msgs) = clients
+        try:
+            await alice.plugin["xep_0045"].join_muc_wait(room, "Alice", timeout=10)
+            await _iq_instant(alice, room)
+            await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=10)
+            await carol.plugin["xep_0045"].join_muc_wait(room, "Carol", timeout=10)
+            await a_pres.wait(lambda p: p["from"].full == f"{room}/Carol", what="carol joining, at alice")
+            bob.send_message(mto=room, mbody="hello all", mtype="groupchat")
+            for inbox in (a_msgs, b_msgs, c_msgs):
+                got = await inbox.wait(lambda m: m["body"] == "hello all", what="bob's groupchat")
+                assert got["from"].full == f"{room}/Bob"
+            carol.send_message(mto=room, mbody="hi from carol", mtype="groupchat")
+            await a_msgs.wait(lambda m: m["body"] == "hi from carol", what="carol's groupchat")
+            assert sum(1 for m in a_msgs.items if m["body"] == "hello all") == 1
+        finally:
+            for client, _, _ in clients:
+                await slix_close(client)
+
+    run(main(), timeout=120)
+
+
+async def _iq_instant(client: Any, room: str) -> None:
+    """XEP-0045 §10.1.2: accept the default configuration (an instant room)."""
+    import xml.etree.ElementTree as ET
+
+    iq = client.Iq()
+    iq["to"] = room
+    iq["type"] = "set"
+    iq.append(ET.fromstring("<query xmlns='http://jabber.org/protocol/muc#owner'>"
+                            "<x xmlns='jabber:x:data' type='submit'/></query>"))
+    await iq.send(timeout=10)

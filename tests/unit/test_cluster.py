@@ -215,3 +215,35 @@ def test_node_that_left_cleanly_is_forgotten_at_once(fake_redis: FakeRedis) -> N
     assert server.sessions.resources("bob@localhost") == {}
     assert [s.jid.full for s in closed] == ["bob@localhost/phone"]
     assert fake_redis.named("SET")[0][1] == "chatbx:gone:n2"
+
+
+def test_rendezvous_moves_only_the_dead_nodes_rooms() -> None:
+    """Every node computes the same owner; removing a node moves only the
+    rooms it owned."""
+    from chatbx_server.cluster.rooms import rendezvous
+
+    rooms = [f"r{i}@conference.localhost" for i in range(200)]
+    before = {r: rendezvous(r, ["a", "b", "c"]) for r in rooms}
+    after = {r: rendezvous(r, ["a", "c"]) for r in rooms}
+    assert set(before.values()) == {"a", "b", "c"}
+    assert all(after[r] == before[r] for r in rooms if before[r] != "b")
+
+
+def test_room_stanza_goes_to_the_owning_node(fake_redis: FakeRedis) -> None:
+    """A groupchat message for a room that Redis records as owned by n2
+    leaves for n2's inbox, addressed to the room, instead of reaching this
+    node's MUC service."""
+    server = make_server(config_text='[modules]\nenabled = ["message", "muc"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode = "n1"\n')
+    create_user(server, "alice@localhost")
+    server.cluster.live.add("n2")
+    fake_redis.replies["HGET"] = "n2"
+    alice = bind(server, "alice@localhost/a", available=True)
+    msg = stanza("<message to='team@conference.localhost' type='groupchat'><body>x</body></message>")
+    msg["from"] = alice.jid.full
+    server.router.route(msg, alice)
+    server.clock.advance(0)
+    xadds = [c for c in fake_redis.named("XADD") if c[1] == "chatbx:inbox:n2"]
+    assert len(xadds) == 1
+    assert json.loads(xadds[0][4])[0][0] == "#room"
+    assert server.cluster.rooms.owners["team@conference.localhost"] == "n2"
