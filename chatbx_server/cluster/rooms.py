@@ -23,11 +23,15 @@ import hashlib
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from chatbx_server.events import StanzaEvent
+from chatbx_server.logs import log_observer
 
 if TYPE_CHECKING:
     from chatbx_server.cluster.node import Cluster
+
+log = Logger(observer=log_observer)
 
 ROOMS = "chatbx:rooms"
 #: the recipient marker of a forwarded room stanza (never a JID)
@@ -52,6 +56,8 @@ class RoomOwnership:
         self.owners: dict[str, str] = {}
         #: service domain -> the MUC service's own entry
         self.services: dict[str, Callable[[StanzaEvent], Any]] = {}
+        #: the stored rooms being re-read after a node died
+        self._reloading: Optional[defer.Deferred] = None
 
     def install(self) -> None:
         """Put the ownership check in front of each MUC service domain."""
@@ -86,6 +92,8 @@ class RoomOwnership:
 
     @defer.inlineCallbacks
     def _claim(self, room: str) -> Any:
+        if self._reloading is not None:
+            yield self._reloading
         redis = self.cluster.redis
         live = self.cluster.live
         owner = yield redis.execute_command("HGET", ROOMS, room)
@@ -116,11 +124,25 @@ class RoomOwnership:
         kind = "host" if to.user is None else ("bare" if to.resource is None else "full")
         return handler(StanzaEvent(stanza, None, to, parse_or_none(stanza.getAttribute("from")), kind))
 
-    def node_died(self, node: str) -> Optional[defer.Deferred]:
-        """Forget ``node``'s rooms (they are claimed again on their next stanza)."""
+    def node_died(self, node: str) -> None:
+        """Forget ``node``'s rooms (they are claimed again on their next
+        stanza) and re-read the stored rooms, so that this node serves a room
+        it takes over as the database has it, not as it was when this node
+        started (one query per death, whichever rooms move here)."""
         for room in [r for r, n in self.owners.items() if n == node]:
             del self.owners[room]
-        return None
+        muc = self.cluster.server.modules.get("muc")
+        reload = getattr(muc, "reload_stored", None)
+        if reload is None:
+            return
+        d = self._reloading = reload()
+
+        def done(result: Any) -> None:
+            if self._reloading is d:
+                self._reloading = None
+
+        d.addErrback(lambda f: log.failure("cluster: reloading the stored rooms failed", f))
+        d.addBoth(done)
 
 
 #: HSET only if the field still names the dead owner (atomic in Redis).

@@ -10,6 +10,7 @@ one already on its way to the dead node) go to offline storage.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -187,9 +188,11 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
 
 
 def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_server):
-    """Alice, Bob and Carol, each on their own node, join one room: every
-    node sends the room's stanzas to the node that owns it, each sees the
-    others join and gets every groupchat message once."""
+    """Alice, Bob and Carol, each on their own node, join one persistent
+    room: every node sends the room's stanzas to the node that owns it, each
+    sees the others join and gets every groupchat message once. The owning
+    node is killed: another node takes the room over from the database and
+    the two left rejoin it and chat."""
     nodes = _nodes(chatbx_server, postgres_url, redis_url, count=3)
     room = "team@conference.localhost"
 
@@ -203,7 +206,7 @@ def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_serv
         (alice, a_pres, a_msgs), (bob, _, b_msgs), (carol, _, c_msgs) = clients
         try:
             await alice.plugin["xep_0045"].join_muc_wait(room, "Alice", timeout=10)
-            await _iq_instant(alice, room)
+            await _iq_instant(alice, room, persistent=True)
             await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=10)
             await carol.plugin["xep_0045"].join_muc_wait(room, "Carol", timeout=10)
             await a_pres.wait(lambda p: p["from"].full == f"{room}/Carol", what="carol joining, at alice")
@@ -214,6 +217,28 @@ def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_serv
             carol.send_message(mto=room, mbody="hi from carol", mtype="groupchat")
             await a_msgs.wait(lambda m: m["body"] == "hi from carol", what="carol's groupchat")
             assert sum(1 for m in a_msgs.items if m["body"] == "hello all") == 1
+
+            # The owning node dies: the room is taken over from the database
+            # by a surviving node; the others rejoin (no 201: not a new room).
+            owner = _redis_cli(redis_url, "HGET", "chatbx:rooms", room)
+            index = int(owner.removeprefix("node"))
+            proc = nodes[index].proc
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            nodes[index].proc = None
+            survivors = [c for i, c in enumerate(clients) if i != index]
+            nicks = [n for i, n in enumerate(("Alice", "Bob", "Carol")) if i != index]
+            await asyncio.sleep(OFFLINE_WITHIN - 5)  # the owner's death is noticed
+            for (client, _, _), nick in zip(survivors, nicks):
+                client.plugin["xep_0045"].leave_muc(room, nick)
+            for (client, _, _), nick in zip(survivors, nicks):
+                pres, _, _, _ = await client.plugin["xep_0045"].join_muc_wait(room, nick, timeout=15)
+                codes = {int(x.get("code")) for x in pres.xml.iter(
+                    "{http://jabber.org/protocol/muc#user}status")}
+                assert 201 not in codes, "the room was created anew instead of taken over"
+            survivors[0][0].send_message(mto=room, mbody="after takeover", mtype="groupchat")
+            await survivors[1][2].wait(lambda m: m["body"] == "after takeover", what="message after takeover")
+            assert _redis_cli(redis_url, "HGET", "chatbx:rooms", room) != owner
         finally:
             for client, _, _ in clients:
                 await slix_close(client)
@@ -221,13 +246,21 @@ def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_serv
     run(main(), timeout=120)
 
 
-async def _iq_instant(client: Any, room: str) -> None:
-    """XEP-0045 §10.1.2: accept the default configuration (an instant room)."""
+async def _iq_instant(client: Any, room: str, persistent: bool = False) -> None:
+    """XEP-0045 §10.1.2/§10.1.3: configure the new room (persistent: stored)."""
     import xml.etree.ElementTree as ET
 
     iq = client.Iq()
     iq["to"] = room
     iq["type"] = "set"
+    field = ("<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+             if persistent else "")
     iq.append(ET.fromstring("<query xmlns='http://jabber.org/protocol/muc#owner'>"
-                            "<x xmlns='jabber:x:data' type='submit'/></query>"))
+                            f"<x xmlns='jabber:x:data' type='submit'>{field}</x></query>"))
     await iq.send(timeout=10)
+
+
+def _redis_cli(url: str, *args: str) -> str:
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()
