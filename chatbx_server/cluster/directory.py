@@ -163,6 +163,7 @@ class ClusterSessions(SessionManager):
             stub = sessions[full] = resources[jid.resource or ""] = RemoteSession(
                 self.cluster, node, jid)
         stub.update(state)
+        self.cluster.remote_presence(full, stub.presence)
         return stub
 
     def drop_remote(self, node: str, full: str) -> Optional[RemoteSession]:
@@ -178,6 +179,7 @@ class ClusterSessions(SessionManager):
             if not resources:
                 del self._remote[stub.bare]
         stub.closed = True
+        self.cluster.remote_presence(full, None)
         return stub
 
     def drop_node(self, node: str) -> list[RemoteSession]:

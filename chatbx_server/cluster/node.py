@@ -232,6 +232,14 @@ class Cluster:
             if stub is not None and not self.sessions.resources(stub.bare):
                 self._forget_roster(stub.bare)
 
+    def remote_presence(self, full: str, presence: Optional[domish.Element]) -> None:
+        """A session on another node changed presence (None: ended): caps
+        (XEP-0115) learns what it announces, for PEP notifications."""
+        caps = self.server.modules.get("caps")
+        track = getattr(caps, "track_cluster_session", None)
+        if track is not None:
+            track(full, presence)
+
     def _forget_roster(self, user: str) -> None:
         roster = self.server.modules.get("roster")
         forget = getattr(roster, "forget", None)

@@ -247,3 +247,20 @@ def test_room_stanza_goes_to_the_owning_node(fake_redis: FakeRedis) -> None:
     assert len(xadds) == 1
     assert json.loads(xadds[0][4])[0][0] == "#room"
     assert server.cluster.rooms.owners["team@conference.localhost"] == "n2"
+
+
+def test_caps_of_a_session_on_another_node_are_known(fake_redis: FakeRedis) -> None:
+    """A remote session's presence carries caps (XEP-0115) whose features its
+    node stored: caps.wants answers for it, so PEP notifications reach
+    resources on other nodes; when it ends they are forgotten."""
+    server = cluster_server('"message", "roster", "presence", "disco", "caps", "pep"')
+    server.stores.caps.put("sha-1:abc", ["urn:xmpp:avatar:metadata+notify"])
+    caps = server.modules.get("caps")
+    full = "bob@localhost/phone"
+    presence = ("<presence xmlns='jabber:client'><c xmlns='http://jabber.org/protocol/caps' "
+                "hash='sha-1' node='https://x' ver='abc'/></presence>")
+    server.cluster._on_message("chatbx:directory", json.dumps(
+        {"n": "n2", "f": full, "s": {"p": 0, "x": presence, "r": True}}))
+    assert caps.wants(full, "urn:xmpp:avatar:metadata")
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "f": full}))
+    assert not caps.wants(full, "urn:xmpp:avatar:metadata")
