@@ -264,3 +264,13 @@ def test_caps_of_a_session_on_another_node_are_known(fake_redis: FakeRedis) -> N
     assert caps.wants(full, "urn:xmpp:avatar:metadata")
     server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "f": full}))
     assert not caps.wants(full, "urn:xmpp:avatar:metadata")
+
+
+def test_cluster_status_without_cluster_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """chatbxctl cluster status on a single-node config says so and exits 1."""
+    from chatbx_server.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text('domains = ["localhost"]\n')
+    assert main(["--config", str(path), "cluster", "status"]) == 1
+    assert "no [cluster] section" in capsys.readouterr().err
