@@ -86,7 +86,9 @@ class Cluster:
         self.server = server
         self.clock = server.clock
         self.address = parse_redis_url(config.redis)
-        self.node = config.node or default_node_name()
+        #: the configured name; "" until start() for the default (host name
+        #: and pid of the running process, known only after twistd forked)
+        self.node: str = config.node
         self.sessions = ClusterSessions(self)
         self.redis: Any = None
         self._reader: Any = None
@@ -110,6 +112,8 @@ class Cluster:
         if self._running:
             return
         self._running = True
+        if not self.node:
+            self.node = default_node_name()
         reactor = self.server.database.reactor
         self.redis = command_connection(self.address)
         self._reader = command_connection(self.address)

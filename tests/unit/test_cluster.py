@@ -274,3 +274,14 @@ def test_cluster_status_without_cluster_section(tmp_path: Path, capsys: pytest.C
     path.write_text('domains = ["localhost"]\n')
     assert main(["--config", str(path), "cluster", "status"]) == 1
     assert "no [cluster] section" in capsys.readouterr().err
+
+
+def test_default_node_name_is_host_and_pid(fake_redis: FakeRedis) -> None:
+    """Without [cluster] node, the node is named after the host and the
+    running process's pid (taken at start, after twistd forked)."""
+    import os
+    import socket
+
+    server = make_server(config_text='[modules]\nenabled = ["message"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\n')
+    assert server.cluster.node == f"{socket.gethostname()}-{os.getpid()}"
