@@ -311,15 +311,20 @@ class Cluster:
     def _node_died(self, node: str) -> Any:
         """Forget ``node``'s sessions; one node (the one that gets the lock)
         tells their contacts they went offline and empties its inbox."""
-        stubs = self.sessions.drop_node(node)
-        self.rooms.node_died(node)
-        for stub in stubs:
-            if not self.sessions.resources(stub.bare):
-                self._forget_roster(stub.bare)
+        self._forget_node(node)
         got = yield self.redis.execute_command("SET", f"{PREFIX}reap:{node}", self.node,
                                                "NX", "PX", str(int(NODE_TTL * 10000)))
         if got != "OK":
             return
+        # Its sessions as Redis has them (this node's cache may have
+        # forgotten them already, when a send to the node was refused).
+        raw = yield self.redis.execute_command("HGETALL", _sessions_key(node))
+        stubs = []
+        for full, state in _pairs(raw).items():
+            stub = RemoteSession(self, node, JID.parse(full))
+            stub.update(json.loads(state))
+            stub.closed = True
+            stubs.append(stub)
         log.warn("cluster: node {node} died; {count} sessions ended", node=node, count=len(stubs))
         for stub in stubs:
             # As if the session had closed here: presence.py broadcasts
@@ -335,11 +340,7 @@ class Cluster:
         presence its closing sessions broadcast may not all have left it,
         so one node (the ``gone:`` lock's) broadcasts it again (a second
         unavailable is harmless, RFC 6121 §4.5.2)."""
-        self.rooms.node_died(node)
-        stubs = [s for s in self.sessions.drop_node(node) if s.presence is not None]
-        for stub in stubs:
-            if not self.sessions.resources(stub.bare):
-                self._forget_roster(stub.bare)
+        stubs = [s for s in self._forget_node(node) if s.presence is not None]
         if not stubs:
             return
         got = yield self.redis.execute_command("SET", f"{PREFIX}gone:{node}", self.node,
@@ -373,15 +374,36 @@ class Cluster:
             # Its node is gone (or we are): undelivered here and now.
             self._track(self._undelivered_batch(batch))
             return
-        d = self.redis.execute_command("XADD", _inbox_key(node), "*", "b", json.dumps(batch))
+        d = self.redis.eval(_XADD_IF_LIVE, [NODES, _inbox_key(node)],
+                            [node, str(int(NODE_TTL * 1000)), json.dumps(batch)])
+
+        def sent(entry_id: Any) -> Any:
+            if entry_id:
+                return None
+            # Refused: the node's heartbeat is too old (or it left). Its
+            # reaper drains only what was added before, so this batch is
+            # undelivered here, after forgetting the node.
+            self._forget_node(node)
+            return self._undelivered_batch(batch)
 
         def failed(f: Any) -> Any:
             log.failure("cluster: cannot send {count} stanzas to {node}", f,
                         count=len(batch), node=node)
             return self._undelivered_batch(batch)
 
-        d.addErrback(failed)
+        d.addCallbacks(sent, failed)
         self._track(d)
+
+    def _forget_node(self, node: str) -> list[RemoteSession]:
+        """``node`` is dead or gone: no more stanzas for it from here.
+        Returns the stubs of its sessions that were still cached."""
+        self.live.discard(node)
+        self.rooms.node_died(node)
+        stubs = self.sessions.drop_node(node)
+        for stub in stubs:
+            if not self.sessions.resources(stub.bare):
+                self._forget_roster(stub.bare)
+        return stubs
 
     def _track(self, d: Any) -> None:
         if isinstance(d, defer.Deferred):
@@ -498,6 +520,19 @@ class Cluster:
     # -- operators --------------------------------------------------------------
     def _failed(self, failure: Any) -> None:
         log.failure("cluster: redis command failed", failure)
+
+
+#: XADD to a node's inbox only while its heartbeat is current (atomic in
+#: Redis): once it is stale the reaper may have drained the inbox already,
+#: and an entry added after that would never be read. Returns nil then.
+_XADD_IF_LIVE = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(score) < now - tonumber(ARGV[2]) then return false end
+return redis.call('XADD', KEYS[2], '*', 'b', ARGV[3])
+"""
 
 
 def _pairs(raw: Any) -> dict[str, Any]:

@@ -108,6 +108,23 @@ def _available_from(full: str) -> Any:
     return lambda p: p["type"] in ("", "available", None) and p["from"].full == full
 
 
+async def _friends(node0: Any, node1: Any) -> tuple[tuple[Any, Inbox, Inbox], tuple[Any, Inbox, Inbox]]:
+    """Alice online on node0, Bob on node1, subscribed both ways, each
+    having seen the other's presence."""
+    alice, a_pres, a_msgs = await _online(node0, f"{ALICE}/desk")
+    bob, b_pres, b_msgs = await _online(node1, f"{BOB}/phone")
+    try:
+        await _visible(alice, bob, b_msgs)
+        await subscribe_mutually(alice, a_pres, bob, b_pres)
+        await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
+        await b_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob")
+    except BaseException:
+        await slix_close(alice)
+        await slix_close(bob)
+        raise
+    return (alice, a_pres, a_msgs), (bob, b_pres, b_msgs)
+
+
 def test_users_on_two_nodes_subscribe_see_presence_and_chat(redis_url, postgres_url, chatbx_server):
     """Alice on node0 and Bob on node1 add each other, each sees the
     other's presence (also after a fresh login on the other node), and chat
@@ -115,13 +132,8 @@ def test_users_on_two_nodes_subscribe_see_presence_and_chat(redis_url, postgres_
     node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
 
     async def main() -> None:
-        alice, a_pres, a_msgs = await _online(node0, f"{ALICE}/desk")
-        bob, b_pres, b_msgs = await _online(node1, f"{BOB}/phone")
+        (alice, a_pres, a_msgs), (bob, b_pres, b_msgs) = await _friends(node0, node1)
         try:
-            await _visible(alice, bob, b_msgs)
-            await subscribe_mutually(alice, a_pres, bob, b_pres)
-            await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
-            await b_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob")
             alice.send_message(mto=BOB, mbody="hi bob", mtype="chat")
             await b_msgs.wait(lambda m: m["body"] == "hi bob", what="alice's message")
             bob.send_message(mto=f"{ALICE}/desk", mbody="hi alice", mtype="chat")
@@ -129,9 +141,10 @@ def test_users_on_two_nodes_subscribe_see_presence_and_chat(redis_url, postgres_
             status = node0.ctl("cluster", "status").stdout
             assert "2 nodes, 2 live" in status, status
             assert "node0  live  sessions=1" in status and "node1  live  sessions=1" in status, status
-            # A second resource of Bob's logs in on node0: the probe answer
-            # for Alice's presence comes from node0, Alice sees it come online.
-            bob2, b2_pres, _ = await _online(node0, f"{BOB}/laptop")
+            # A second resource of Bob's logs in on node1: node1 answers its
+            # probe with the presence of Alice's session on node0, and Alice
+            # sees it come online.
+            bob2, b2_pres, _ = await _online(node1, f"{BOB}/laptop")
             try:
                 await b2_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob/laptop")
                 await a_pres.wait(_available_from(f"{BOB}/laptop"), what="bob/laptop's presence")
@@ -152,12 +165,8 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
     node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
 
     async def main() -> None:
-        alice, a_pres, _ = await _online(node0, f"{ALICE}/desk")
-        bob, b_pres, b_msgs = await _online(node1, f"{BOB}/phone")
+        (alice, a_pres, _), (bob, _, _) = await _friends(node0, node1)
         try:
-            await _visible(alice, bob, b_msgs)
-            await subscribe_mutually(alice, a_pres, bob, b_pres)
-            await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
             proc = node1.proc
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
@@ -228,7 +237,11 @@ def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_serv
             nodes[index].proc = None
             survivors = [c for i, c in enumerate(clients) if i != index]
             nicks = [n for i, n in enumerate(("Alice", "Bob", "Carol")) if i != index]
-            await asyncio.sleep(OFFLINE_WITHIN - 5)  # the owner's death is noticed
+            # The owner's death is noticed: the reaper takes it off the node list.
+            deadline = time.monotonic() + OFFLINE_WITHIN
+            while _redis_cli(redis_url, "ZSCORE", "chatbx:nodes", owner):
+                assert time.monotonic() < deadline, f"{owner} still listed"
+                await asyncio.sleep(0.2)  # polling Redis, bounded by the deadline
             for (client, _, _), nick in zip(survivors, nicks):
                 client.plugin["xep_0045"].leave_muc(room, nick)
             for (client, _, _), nick in zip(survivors, nicks):

@@ -39,6 +39,10 @@ class FakeRedis:
         reply = reply() if callable(reply) else reply
         return reply if isinstance(reply, defer.Deferred) else defer.succeed(reply)
 
+    def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+        self.commands.append(("EVAL", *keys, *args))
+        return defer.succeed(self.replies.get("EVAL", "1-0"))
+
     def publish(self, channel: str, message: str) -> Any:
         self.commands.append(("PUBLISH", channel, message))
         return defer.succeed(1)
@@ -132,11 +136,11 @@ def test_remote_sessions_in_view_and_batched_forward(fake_redis: FakeRedis) -> N
         msg = stanza(f"<message to='bob@localhost' type='chat'><body>{body}</body></message>")
         msg["from"] = alice.jid.full
         server.router.route(msg, alice)
-    assert not fake_redis.named("XADD")
+    assert not fake_redis.named("EVAL")
     server.clock.advance(0)
-    xadds = fake_redis.named("XADD")
-    assert len(xadds) == 1 and xadds[0][1] == "chatbx:inbox:n2"
-    batch = json.loads(xadds[0][4])
+    xadds = fake_redis.named("EVAL")
+    assert len(xadds) == 1 and xadds[0][1:4] == ("chatbx:nodes", "chatbx:inbox:n2", "n2")
+    batch = json.loads(xadds[0][5])
     assert [full for full, _ in batch] == ["bob@localhost/phone", "bob@localhost/tab"] * 2
     assert "<body>one</body>" in batch[0][1]
 
@@ -175,6 +179,8 @@ def test_dead_node_sessions_vanish_and_inbox_is_reaped(fake_redis: FakeRedis) ->
     the node that took the reap lock empties n2's inbox and forgets n2."""
     server = cluster_server()
     remote(server, "n2", "bob@localhost/phone")
+    fake_redis.replies["HGETALL"] = ["bob@localhost/phone", json.dumps(
+        {"p": 0, "x": "<presence xmlns='jabber:client'/>", "r": True})]
     closed: list[Any] = []
     server.events.on("session/closed", closed.append)
     old = T0 * 1000 - int(cluster_node.NODE_TTL * 1000) - 1
@@ -243,9 +249,9 @@ def test_room_stanza_goes_to_the_owning_node(fake_redis: FakeRedis) -> None:
     msg["from"] = alice.jid.full
     server.router.route(msg, alice)
     server.clock.advance(0)
-    xadds = [c for c in fake_redis.named("XADD") if c[1] == "chatbx:inbox:n2"]
+    xadds = [c for c in fake_redis.named("EVAL") if c[2] == "chatbx:inbox:n2"]
     assert len(xadds) == 1
-    assert json.loads(xadds[0][4])[0][0] == "#room"
+    assert json.loads(xadds[0][5])[0][0] == "#room"
     assert server.cluster.rooms.owners["team@conference.localhost"] == "n2"
 
 
@@ -285,3 +291,22 @@ def test_default_node_name_is_host_and_pid(fake_redis: FakeRedis) -> None:
     server = make_server(config_text='[modules]\nenabled = ["message"]\n'
                                      '[cluster]\nredis = "redis://127.0.0.1:1/0"\n')
     assert server.cluster.node == f"{socket.gethostname()}-{os.getpid()}"
+
+
+def test_send_refused_for_a_stale_node_goes_undelivered_here(fake_redis: FakeRedis) -> None:
+    """When Redis refuses a batch because its node's heartbeat is stale (the
+    reaper may have drained the inbox already), the node is forgotten here
+    and its chat message goes to offline storage instead of being lost."""
+    server = cluster_server()
+    alice = bind(server, "alice@localhost/a", available=True)
+    remote(server, "n2", "bob@localhost/phone")
+    fake_redis.replies["EVAL"] = None
+    msg = stanza("<message to='bob@localhost/phone' type='chat'><body>x</body></message>")
+    msg["from"] = alice.jid.full
+    server.router.route(msg, alice)
+    server.clock.advance(0)
+    assert "n2" not in server.cluster.live
+    assert server.sessions.resources("bob@localhost") == {}
+    counted: list[int] = []
+    server.stores.offline.count("bob@localhost").addCallback(counted.append)
+    assert counted == [1]
