@@ -232,9 +232,7 @@ class Cluster:
             self.live.add(node)
             self.sessions.put_remote(node, note["f"], note["s"])
         elif "f" in note:
-            stub = self.sessions.drop_remote(node, note["f"])
-            if stub is not None and not self.sessions.resources(stub.bare):
-                self._forget_roster(stub.bare)
+            self.sessions.drop_remote(node, note["f"])
 
     def remote_presence(self, full: str, presence: Optional[domish.Element]) -> None:
         """A session on another node changed presence (None: ended): caps
@@ -245,6 +243,8 @@ class Cluster:
             track(full, presence)
 
     def _forget_roster(self, user: str) -> None:
+        """Another node changed ``user``'s roster: drop the cached copy
+        (kept only while ``user`` has a session on this node)."""
         roster = self.server.modules.get("roster")
         forget = getattr(roster, "forget", None)
         if forget is not None:
@@ -399,11 +399,7 @@ class Cluster:
         Returns the stubs of its sessions that were still cached."""
         self.live.discard(node)
         self.rooms.node_died(node)
-        stubs = self.sessions.drop_node(node)
-        for stub in stubs:
-            if not self.sessions.resources(stub.bare):
-                self._forget_roster(stub.bare)
-        return stubs
+        return self.sessions.drop_node(node)
 
     def _track(self, d: Any) -> None:
         if isinstance(d, defer.Deferred):

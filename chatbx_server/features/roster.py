@@ -162,7 +162,7 @@ class RosterFeature(Feature):
         return self._cache.get(user)
 
     def load(self, user: str) -> defer.Deferred:
-        """Fire with the RosterState of ``user`` (cached while it has sessions).
+        """Fire with the RosterState of ``user`` (cached while it has sessions here).
 
         Fails with UnknownUser for a JID that is not a local account.
         """
@@ -180,7 +180,7 @@ class RosterFeature(Feature):
         def done(result: Any) -> Any:
             self._loading.pop(user, None)
             if (isinstance(result, RosterState) and not loading.dirty
-                    and self.server.sessions.resources(user)):
+                    and self.server.sessions.has_local(user)):
                 self._cache[user] = result
             for waiter in loading.waiters:
                 if isinstance(result, Failure):
@@ -219,7 +219,7 @@ class RosterFeature(Feature):
             loading.dirty = True
 
     def on_session_closed(self, session: Any) -> None:
-        if not self.server.sessions.resources(session.bare):
+        if not self.server.sessions.has_local(session.bare):
             self._cache.pop(session.bare, None)
 
     def run_locked(self, user: str, fn: Callable[[], Any]) -> defer.Deferred:

@@ -310,3 +310,17 @@ def test_send_refused_for_a_stale_node_goes_undelivered_here(fake_redis: FakeRed
     counted: list[int] = []
     server.stores.offline.count("bob@localhost").addCallback(counted.append)
     assert counted == [1]
+
+
+def test_roster_of_an_account_only_on_other_nodes_is_not_cached(fake_redis: FakeRedis) -> None:
+    """Rosters are cached only for accounts with a session on this node: one
+    whose sessions are all elsewhere is read from the database each time, so
+    a change made by its own node is never hidden by a stale copy here."""
+    server = cluster_server()
+    remote(server, "n2", "bob@localhost/phone")
+    roster = server.modules.get("roster")
+    roster.load("bob@localhost")
+    assert roster.cached("bob@localhost") is None
+    bind(server, "bob@localhost/here")
+    roster.load("bob@localhost")
+    assert roster.cached("bob@localhost") is not None
