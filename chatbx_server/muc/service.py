@@ -15,9 +15,9 @@ allows, locked (201) until configured or accepted as an instant room.
 Persistent rooms (configuration, affiliations, subject, avatar) and their
 archive are in the database and loaded when the module starts; stanzas
 arriving before that wait for it. Temporary rooms live in memory and go
-with their last occupant. Each room lives in one process: on a cluster the
-router must send a room's stanzas to the node that owns it (rendezvous
-hashing, not built yet).
+with their last occupant. Each room lives in one process: on a cluster a
+room's stanzas go to the node that owns it (cluster/rooms.py), and a node
+that takes a room over re-reads the stored rooms (``reload_stored``).
 """
 
 from __future__ import annotations
