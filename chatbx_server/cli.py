@@ -479,6 +479,30 @@ def cmd_s2s_status(ctx: _Context, args: argparse.Namespace) -> None:
               f"{'bidi  ' if e.get('bidi') else ''}{e.get('peer', '')}", file=ctx.out)
 
 
+def cmd_cluster_status(ctx: _Context, args: argparse.Namespace) -> None:
+    """Print the nodes of the cluster ([cluster] redis) and their sessions."""
+    import json
+
+    from chatbx_server.cluster.redis import parse_redis_url
+    from chatbx_server.cluster.status import cluster_status
+
+    cluster = ctx.config.cluster
+    if cluster is None:
+        raise CLIError("no [cluster] section: this is a single node")
+    try:
+        nodes = cluster_status(parse_redis_url(cluster.redis))
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise CLIError(f"cannot read the cluster from redis: {_one_line(exc)}") from None
+    if args.json:
+        print(json.dumps(nodes, indent=1), file=ctx.out)
+        return
+    print(f"{len(nodes)} nodes, {sum(1 for n in nodes if n['live'])} live", file=ctx.out)
+    for n in nodes:
+        state = "live" if n["live"] else "dead"
+        print(f"  {n['node']}  {state}  sessions={n['sessions']}  inbox={n['inbox']}  "
+              f"heartbeat {n['heartbeat_age']}s ago", file=ctx.out)
+
+
 def _upload_files(ctx: _Context) -> Any:
     from chatbx_server.features import build_module_options
     from chatbx_server.features.upload import UploadFeature
@@ -669,6 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "delete a stored room, its affiliations and archive (a running server "
                 "forgets it at its next start)")
     p.add_argument("jid", metavar="ROOM")
+
+    cluster = group("cluster", "nodes sharing PostgreSQL and Redis ([cluster])")
+    p = command(cluster, "status", cmd_cluster_status,
+                "list the nodes, whether they are live, their sessions and inbox backlog")
+    p.add_argument("--json", action="store_true", help="print the status as JSON")
 
     config = group("config", "configuration")
     command(config, "check", cmd_config_check,

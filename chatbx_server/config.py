@@ -300,6 +300,20 @@ class RegistrationConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: this node shares PostgreSQL and Redis with other nodes.
+
+    The section's absence means a single node that needs no Redis.
+    """
+
+    #: redis://[:password@]host[:port][/db] holding the session directory
+    #: and the nodes' inboxes (chatbx_server/cluster)
+    redis: str = "redis://127.0.0.1:6379/0"
+    #: this node's name, unique in the cluster; "" = host name + pid
+    node: str = ""
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -322,6 +336,8 @@ class Config:
     registration: RegistrationConfig = RegistrationConfig()
     #: bare JIDs allowed the admin commands (XEP-0133) of their own domain
     admins: tuple[str, ...] = ()
+    #: None: a single node (no Redis)
+    cluster: ClusterConfig | None = None
     module_options: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
 
     @property
@@ -519,7 +535,7 @@ def prepare_domain(domain: str) -> str:
 # --- loading ----------------------------------------------------------------
 
 _TOP_KEYS = ("domains", "data_dir", "modules", "admins", "database", "listen", "tls",
-             "limits", "s2s", "log", "http", "registration")
+             "limits", "s2s", "log", "http", "registration", "cluster")
 _LISTEN_KEYS = ("c2s", "c2s_tls", "s2s", "s2s_tls", "http", "proxy")
 
 #: Keys accepted only empty: their feature is not built yet, and a key that
@@ -644,7 +660,26 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
     if "http" in raw:
         kwargs["http"] = _parse_http(raw["http"], path)
 
+    if "cluster" in raw:
+        kwargs["cluster"] = _parse_cluster(raw["cluster"], path)
+
     return Config(**kwargs)
+
+
+def _parse_cluster(value: Any, path: str | None) -> ClusterConfig:
+    cluster = build_options(ClusterConfig, value, "cluster", path)
+    from chatbx_server.cluster.redis import parse_redis_url
+
+    try:
+        parse_redis_url(cluster.redis)
+    except ValueError as exc:
+        raise ConfigError(str(exc), "cluster.redis", path) from None
+    node = cluster.node.strip()
+    if node and not all(c.isalnum() or c in "-_." for c in node):
+        raise ConfigError("letters, digits, '-', '_' and '.' only", "cluster.node", path)
+    # "" stays "": the node computes host name + pid when it starts (after
+    # twistd has forked, so that the pid is the running process's).
+    return dataclasses.replace(cluster, node=node)
 
 
 def parse_networks(values: typing.Iterable[str], key: str, path: str | None = None

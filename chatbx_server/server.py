@@ -40,6 +40,15 @@ class Server:
         self.hosts: frozenset[str] = frozenset(config.domains)
         self.events = EventBus()
         self.sessions = SessionManager()
+        #: this node in a cluster (chatbx_server.cluster), None on a single node
+        self.cluster: Any = None
+        if getattr(config, "cluster", None) is not None:
+            from chatbx_server.cluster import Cluster
+
+            self.cluster = Cluster(self, config.cluster)
+            # Local sessions plus stubs of the other nodes' (one seam:
+            # features read server.sessions as before).
+            self.sessions = self.cluster.sessions
         if database is None:
             from chatbx_server.storage.database import Database
 
@@ -81,6 +90,8 @@ class Server:
             lambda f: log.failure("cannot read the server secrets", f))
         self.modules.load_all(enabled_modules(self.config))
         self.accounts.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.started_at = self.clock.seconds()
         self.running = True
         log.info("chatbx {version} serving {domains}", version=self.version,
@@ -96,6 +107,10 @@ class Server:
         self.accounts.stop()
         for session in list(self.sessions):
             session.close("system-shutdown")
+        if self.cluster is not None:
+            # While the modules still run: what is left in this node's
+            # inbox goes to offline storage.
+            yield self.cluster.stop()
         self.modules.unload_all()
         self.stores.users.hasher.stop()
         yield self.stores.close()

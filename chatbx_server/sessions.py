@@ -39,6 +39,12 @@ class SessionManager:
         """The sessions of an account (a live dict: do not mutate)."""
         return self._by_bare.get(bare, {})
 
+    def has_local(self, bare: str) -> bool:
+        """Does the account have a session bound in this process? (On a
+        cluster ``resources`` also counts other nodes' sessions; per-process
+        caches such as the roster's are kept only for local accounts.)"""
+        return bool(self._by_bare.get(bare))
+
     def available(self, bare: str) -> list[Any]:
         """Sessions that have sent initial presence and are available."""
         return [s for s in self._by_bare.get(bare, {}).values() if s.presence is not None]

@@ -145,6 +145,8 @@ class CapsFeature(Feature):
         self._local: dict[str, str] = {}
         #: full JID -> "hash:ver" (remote contacts), oldest first
         self._remote: OrderedDict[str, str] = OrderedDict()
+        #: full JID -> "hash:ver" of sessions on other nodes of a cluster
+        self._cluster: dict[str, str] = {}
         #: "hash:ver" being resolved -> the full JIDs waiting for it
         self._pending: dict[str, set[str]] = {}
         self._ids = 0
@@ -156,7 +158,8 @@ class CapsFeature(Feature):
     # -- queries --------------------------------------------------------------
     def features(self, full_jid: str) -> Optional[frozenset[str]]:
         """The verified features of a resource, None when not (yet) known."""
-        key = self._local.get(full_jid) or self._remote.get(full_jid)
+        key = (self._local.get(full_jid) or self._remote.get(full_jid)
+               or self._cluster.get(full_jid))
         if key is None:
             return None
         return self._cache.get(key)
@@ -170,6 +173,29 @@ class CapsFeature(Feature):
         """Full JIDs of a remote entity whose caps we track."""
         prefix = bare + "/"
         return [j for j in self._remote if j.startswith(prefix)]
+
+    def track_cluster_session(self, full_jid: str, presence: Optional[domish.Element]) -> None:
+        """A session on another node of a cluster announced ``presence``
+        (None: it ended), so ``wants`` answers for it too (PEP notifications
+        to it). Its own node asks for unknown caps and stores the answer;
+        here they are only looked up, and no caps/changed fires (its own
+        node sends what a change calls for)."""
+        caps = caps_of(presence) if presence is not None else None
+        if caps is None:
+            self._cluster.pop(full_jid, None)
+            return
+        key = f"{caps[0]}:{caps[2]}"
+        self._cluster[full_jid] = key
+        if key in self._cache:
+            return
+
+        def stored(features: Any) -> None:
+            if features is not None:
+                self._remember(key, frozenset(features))
+
+        d = self.server.stores.caps.get(key)
+        d.addCallback(stored)
+        d.addErrback(lambda f: log.failure("reading caps {ver} failed", f, ver=key))
 
     # -- presence ---------------------------------------------------------------
     def on_own_presence(self, event: StanzaEvent) -> None:

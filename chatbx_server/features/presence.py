@@ -253,7 +253,16 @@ class PresenceFeature(Feature):
             return
         contact_state = self.roster.cached(contact)
         if contact_state is None:
-            return  # not online: nothing to report (§4.3.2 lets us stay silent)
+            if not self.sessions.available(contact):
+                return  # not online: nothing to report (§4.3.2 lets us stay silent)
+            # Online on another node of a cluster: its roster is not cached here.
+            d = self.roster.load(contact)
+            d.addCallback(self._answer_probe, session, contact)
+            d.addErrback(_log_failure, "probe")
+            return
+        self._answer_probe(contact_state, session, contact)
+
+    def _answer_probe(self, contact_state: RosterState, session: Any, contact: str) -> None:
         item = contact_state.items.get(session.bare)
         if item is None or not has_from(item.subscription):
             return

@@ -162,7 +162,7 @@ class RosterFeature(Feature):
         return self._cache.get(user)
 
     def load(self, user: str) -> defer.Deferred:
-        """Fire with the RosterState of ``user`` (cached while it has sessions).
+        """Fire with the RosterState of ``user`` (cached while it has sessions here).
 
         Fails with UnknownUser for a JID that is not a local account.
         """
@@ -180,7 +180,7 @@ class RosterFeature(Feature):
         def done(result: Any) -> Any:
             self._loading.pop(user, None)
             if (isinstance(result, RosterState) and not loading.dirty
-                    and self.server.sessions.resources(user)):
+                    and self.server.sessions.has_local(user)):
                 self._cache[user] = result
             for waiter in loading.waiters:
                 if isinstance(result, Failure):
@@ -203,16 +203,23 @@ class RosterFeature(Feature):
         loading = self._loading.get(user)
         if loading is not None:
             loading.dirty = True
+        # Other nodes of a cluster drop their copy (cluster/node.py).
+        self.server.events.fire_all("roster/changed", user)
 
     def _stale(self, user: str) -> None:
         """The store refused what the cached copy allowed: load it afresh next time."""
+        self.forget(user)
+        self.server.events.fire_all("roster/changed", user)
+
+    def forget(self, user: str) -> None:
+        """Drop the cached roster of ``user`` (changed elsewhere: another node)."""
         self._cache.pop(user, None)
         loading = self._loading.get(user)
         if loading is not None:
             loading.dirty = True
 
     def on_session_closed(self, session: Any) -> None:
-        if not self.server.sessions.resources(session.bare):
+        if not self.server.sessions.has_local(session.bare):
             self._cache.pop(session.bare, None)
 
     def run_locked(self, user: str, fn: Callable[[], Any]) -> defer.Deferred:

@@ -15,9 +15,9 @@ allows, locked (201) until configured or accepted as an instant room.
 Persistent rooms (configuration, affiliations, subject, avatar) and their
 archive are in the database and loaded when the module starts; stanzas
 arriving before that wait for it. Temporary rooms live in memory and go
-with their last occupant. Each room lives in one process: on a cluster the
-router must send a room's stanzas to the node that owns it (rendezvous
-hashing, not built yet).
+with their last occupant. Each room lives in one process: on a cluster a
+room's stanzas go to the node that owns it (cluster/rooms.py), and a node
+that takes a room over re-reads the stored rooms (``reload_stored``).
 """
 
 from __future__ import annotations
@@ -140,19 +140,7 @@ class MucFeature(Feature):
     def _load(self) -> Any:
         try:
             self.secret = yield self.server.secrets.get(SECRET_NAME)
-            records = yield self.store.load_rooms(list(self.services))
-            for rec in records:
-                room = Room(self, rec.jid, RoomConfig.from_dict(rec.config), rec.creator)
-                room.affiliations = dict(rec.affiliations)
-                room.subject, room.subject_nick = rec.subject, rec.subject_nick
-                room.vcard, room.avatar_hash = rec.vcard, rec.avatar_hash
-                room.stored = True
-                self.rooms[rec.jid] = room
-                if room.config.history_length and self.options.history_size:
-                    rows = yield self.store.recent(rec.jid, self.options.history_size)
-                    from chatbx_server.muc.archive import load_history
-
-                    load_history(room, rows)
+            records = yield self.reload_stored()
             log.info("muc: {rooms} stored rooms on {services}", rooms=len(records),
                      services=",".join(sorted(self.services)))
         except Exception:
@@ -160,6 +148,29 @@ class MucFeature(Feature):
         pending, self._pending = self._pending or [], None
         for event in pending:
             self.route(event)
+
+    @defer.inlineCallbacks
+    def reload_stored(self) -> Any:
+        """(Re)load the stored rooms; a room with occupants here is kept as
+        it is (on a cluster, rooms another node owned until it died are
+        taken over from the database: cluster/rooms.py)."""
+        records = yield self.store.load_rooms(list(self.services))
+        for rec in records:
+            current = self.rooms.get(rec.jid)
+            if current is not None and current.occupants:
+                continue
+            room = Room(self, rec.jid, RoomConfig.from_dict(rec.config), rec.creator)
+            room.affiliations = dict(rec.affiliations)
+            room.subject, room.subject_nick = rec.subject, rec.subject_nick
+            room.vcard, room.avatar_hash = rec.vcard, rec.avatar_hash
+            room.stored = True
+            self.rooms[rec.jid] = room
+            if room.config.history_length and self.options.history_size:
+                rows = yield self.store.recent(rec.jid, self.options.history_size)
+                from chatbx_server.muc.archive import load_history
+
+                load_history(room, rows)
+        return records
 
     # -- plumbing used by rooms ----------------------------------------------------
     def store_call(self, method: str, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:

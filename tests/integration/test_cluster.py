@@ -1,0 +1,279 @@
+"""Several chatbx nodes on one PostgreSQL and one Redis (DESIGN.md, "Cluster").
+
+Each test starts its own ``redis-server`` on a free loopback port (never
+the system one), stopped by PID, and two twistd chatbx nodes on the same
+throwaway PostgreSQL database. Users on different nodes subscribe, see each
+other's presence and chat; a node killed with SIGKILL: its users' contacts
+see them go offline within the heartbeat bound, and messages to them (also
+one already on its way to the dead node) go to offline storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import Inbox, free_port, manual_subscriptions, run, slix_close, slix_login, subscribe_mutually
+
+pytestmark = pytest.mark.integration
+
+ALICE, BOB = "alice@localhost", "bob@localhost"
+#: a dead node's sessions vanish within 10 s (cluster/node.py); a margin
+#: for a loaded machine
+OFFLINE_WITHIN = 15.0
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server on a free loopback port, stopped by PID."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI") or os.environ.get("CHATBX_REQUIRE_CLIENTS") == "1":
+            pytest.fail("redis-server is not installed (Debian package redis-server)")
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                                     text=True, timeout=5).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                out = ""
+            if "PONG" in out:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.05)  # polling the port, bounded by the deadline
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+# The fixtures are asked for as redis_url, postgres_url, chatbx_server: the
+# nodes stop before the database and Redis they use.
+def _nodes(chatbx_server: Any, postgres_url: str, redis_url: str, count: int = 2) -> list[Any]:
+    nodes = []
+    for i in range(count):
+        nodes.append(chatbx_server(
+            db_url=postgres_url, users=None if i == 0 else {},
+            extra_config=f'[cluster]\nredis = "{redis_url}"\nnode = "node{i}"\n'))
+    for node in nodes[1:]:
+        node.users = nodes[0].users
+    return nodes
+
+
+async def _online(server: Any, jid: str) -> tuple[Any, Inbox, Inbox]:
+    client = await slix_login(server, jid)
+    manual_subscriptions(client)
+    presences, messages = Inbox(client, "presence"), Inbox(client, "message")
+    await client.get_roster()
+    client.send_presence()
+    return client, presences, messages
+
+
+async def _visible(sender: Any, receiver: Any, inbox: Inbox) -> None:
+    """Wait until ``sender``'s node knows that ``receiver`` is available (the
+    directory is eventually consistent, within milliseconds): a headline to
+    the bare JID reaches only available resources (RFC 6121 §8.5.2.1.1) and
+    is dropped otherwise (§8.5.2.2.1), so resend until one arrives."""
+    for attempt in range(50):
+        sender.send_message(mto=receiver.boundjid.bare, mbody=f"ping {attempt}", mtype="headline")
+        try:
+            await inbox.wait(lambda m: m["type"] == "headline", timeout=0.2, what="a headline")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"{receiver.boundjid} never became visible to {sender.boundjid}")
+
+
+def _available_from(full: str) -> Any:
+    return lambda p: p["type"] in ("", "available", None) and p["from"].full == full
+
+
+async def _friends(node0: Any, node1: Any) -> tuple[tuple[Any, Inbox, Inbox], tuple[Any, Inbox, Inbox]]:
+    """Alice online on node0, Bob on node1, subscribed both ways, each
+    having seen the other's presence."""
+    alice, a_pres, a_msgs = await _online(node0, f"{ALICE}/desk")
+    bob, b_pres, b_msgs = await _online(node1, f"{BOB}/phone")
+    try:
+        await _visible(alice, bob, b_msgs)
+        await subscribe_mutually(alice, a_pres, bob, b_pres)
+        await a_pres.wait(_available_from(f"{BOB}/phone"), what="bob's presence at alice")
+        await b_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob")
+    except BaseException:
+        await slix_close(alice)
+        await slix_close(bob)
+        raise
+    return (alice, a_pres, a_msgs), (bob, b_pres, b_msgs)
+
+
+def test_users_on_two_nodes_subscribe_see_presence_and_chat(redis_url, postgres_url, chatbx_server):
+    """Alice on node0 and Bob on node1 add each other, each sees the
+    other's presence (also after a fresh login on the other node), and chat
+    messages go both ways, to the bare and to the full JID."""
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        (alice, a_pres, a_msgs), (bob, b_pres, b_msgs) = await _friends(node0, node1)
+        try:
+            alice.send_message(mto=BOB, mbody="hi bob", mtype="chat")
+            await b_msgs.wait(lambda m: m["body"] == "hi bob", what="alice's message")
+            bob.send_message(mto=f"{ALICE}/desk", mbody="hi alice", mtype="chat")
+            await a_msgs.wait(lambda m: m["body"] == "hi alice", what="bob's message")
+            status = node0.ctl("cluster", "status").stdout
+            assert "2 nodes, 2 live" in status, status
+            assert "node0  live  sessions=1" in status and "node1  live  sessions=1" in status, status
+            # A second resource of Bob's logs in on node1: node1 answers its
+            # probe with the presence of Alice's session on node0, and Alice
+            # sees it come online.
+            bob2, b2_pres, _ = await _online(node1, f"{BOB}/laptop")
+            try:
+                await b2_pres.wait(_available_from(f"{ALICE}/desk"), what="alice's presence at bob/laptop")
+                await a_pres.wait(_available_from(f"{BOB}/laptop"), what="bob/laptop's presence")
+            finally:
+                await slix_close(bob2)
+        finally:
+            await slix_close(alice)
+            await slix_close(bob)
+
+    run(main(), timeout=90)
+
+
+def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgres_url, chatbx_server):
+    """node1 (Bob's) is killed with SIGKILL: Alice sees Bob go unavailable
+    within the bound; a message sent to Bob's full JID right after the kill
+    (on its way to the dead node) and one sent after he went offline both
+    wait in offline storage and reach Bob when he logs in on node0."""
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        (alice, a_pres, _), (bob, _, _) = await _friends(node0, node1)
+        try:
+            proc = node1.proc
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            node1.proc = None
+            killed = time.monotonic()
+            alice.send_message(mto=f"{BOB}/phone", mbody="in flight", mtype="chat")
+            await a_pres.wait(lambda p: p["type"] == "unavailable" and p["from"].full == f"{BOB}/phone",
+                              timeout=OFFLINE_WITHIN, what="bob's unavailable presence")
+            took = time.monotonic() - killed
+            print(f"bob unavailable at alice {took:.1f}s after node1 was killed")
+            assert took < OFFLINE_WITHIN
+            alice.send_message(mto=BOB, mbody="while offline", mtype="chat")
+        finally:
+            bob.abort()
+        try:
+            bob2 = await slix_login(node0, f"{BOB}/phone")
+            msgs = Inbox(bob2, "message")
+            bob2.send_presence()
+            try:
+                await msgs.wait(lambda m: m["body"] == "in flight", what="the in-flight message")
+                await msgs.wait(lambda m: m["body"] == "while offline", what="the offline message")
+            finally:
+                await slix_close(bob2)
+        finally:
+            await slix_close(alice)
+
+    run(main(), timeout=120)
+
+
+def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_server):
+    """Alice, Bob and Carol, each on their own node, join one persistent
+    room: every node sends the room's stanzas to the node that owns it, each
+    sees the others join and gets every groupchat message once. The owning
+    node is killed: another node takes the room over from the database and
+    the two left rejoin it and chat."""
+    nodes = _nodes(chatbx_server, postgres_url, redis_url, count=3)
+    room = "team@conference.localhost"
+
+    async def main() -> None:
+        clients = []
+        for node, jid in zip(nodes, (f"{ALICE}/desk", f"{BOB}/phone", "carol@localhost/web")):
+            client = await slix_login(node, jid)
+            client.register_plugin("xep_0045")
+            clients.append((client, Inbox(client, "groupchat_presence"), Inbox(client, "message")))
+            client.send_presence()
+        (alice, a_pres, a_msgs), (bob, _, b_msgs), (carol, _, c_msgs) = clients
+        try:
+            await alice.plugin["xep_0045"].join_muc_wait(room, "Alice", timeout=10)
+            await _iq_instant(alice, room, persistent=True)
+            await bob.plugin["xep_0045"].join_muc_wait(room, "Bob", timeout=10)
+            await carol.plugin["xep_0045"].join_muc_wait(room, "Carol", timeout=10)
+            await a_pres.wait(lambda p: p["from"].full == f"{room}/Carol", what="carol joining, at alice")
+            bob.send_message(mto=room, mbody="hello all", mtype="groupchat")
+            for inbox in (a_msgs, b_msgs, c_msgs):
+                got = await inbox.wait(lambda m: m["body"] == "hello all", what="bob's groupchat")
+                assert got["from"].full == f"{room}/Bob"
+            carol.send_message(mto=room, mbody="hi from carol", mtype="groupchat")
+            await a_msgs.wait(lambda m: m["body"] == "hi from carol", what="carol's groupchat")
+            assert sum(1 for m in a_msgs.items if m["body"] == "hello all") == 1
+
+            # The owning node dies: the room is taken over from the database
+            # by a surviving node; the others rejoin (no 201: not a new room).
+            owner = _redis_cli(redis_url, "HGET", "chatbx:rooms", room)
+            index = int(owner.removeprefix("node"))
+            proc = nodes[index].proc
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            nodes[index].proc = None
+            survivors = [c for i, c in enumerate(clients) if i != index]
+            nicks = [n for i, n in enumerate(("Alice", "Bob", "Carol")) if i != index]
+            # The owner's death is noticed: the reaper takes it off the node list.
+            deadline = time.monotonic() + OFFLINE_WITHIN
+            while _redis_cli(redis_url, "ZSCORE", "chatbx:nodes", owner):
+                assert time.monotonic() < deadline, f"{owner} still listed"
+                await asyncio.sleep(0.2)  # polling Redis, bounded by the deadline
+            for (client, _, _), nick in zip(survivors, nicks):
+                client.plugin["xep_0045"].leave_muc(room, nick)
+            for (client, _, _), nick in zip(survivors, nicks):
+                pres, _, _, _ = await client.plugin["xep_0045"].join_muc_wait(room, nick, timeout=15)
+                codes = {int(x.get("code")) for x in pres.xml.iter(
+                    "{http://jabber.org/protocol/muc#user}status")}
+                assert 201 not in codes, "the room was created anew instead of taken over"
+            survivors[0][0].send_message(mto=room, mbody="after takeover", mtype="groupchat")
+            await survivors[1][2].wait(lambda m: m["body"] == "after takeover", what="message after takeover")
+            assert _redis_cli(redis_url, "HGET", "chatbx:rooms", room) != owner
+        finally:
+            for client, _, _ in clients:
+                await slix_close(client)
+
+    run(main(), timeout=120)
+
+
+async def _iq_instant(client: Any, room: str, persistent: bool = False) -> None:
+    """XEP-0045 §10.1.2/§10.1.3: configure the new room (persistent: stored)."""
+    import xml.etree.ElementTree as ET
+
+    iq = client.Iq()
+    iq["to"] = room
+    iq["type"] = "set"
+    field = ("<field var='muc#roomconfig_persistentroom'><value>1</value></field>"
+             if persistent else "")
+    iq.append(ET.fromstring("<query xmlns='http://jabber.org/protocol/muc#owner'>"
+                            f"<x xmlns='jabber:x:data' type='submit'>{field}</x></query>"))
+    await iq.send(timeout=10)
+
+
+def _redis_cli(url: str, *args: str) -> str:
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
+                          timeout=10, check=True).stdout.strip()

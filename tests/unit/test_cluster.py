@@ -1,0 +1,326 @@
+"""The cluster seam (chatbx_server/cluster) with a fake Redis on the fake reactor:
+``[cluster]`` config, remote sessions in ``server.sessions``, stanzas to
+other nodes batched per node, the inbox's undelivered path and ack, a dead
+node's sessions and inbox. The real Redis runs in tests/integration/test_cluster.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+
+from chatbx_server.cluster import node as cluster_node
+from chatbx_server.config import ConfigError, load_config
+from tests.unit.fakes import bind, create_user, make_server, stanza
+
+T0 = 1_700_000_000
+
+
+class FakeRedis:
+    """Records commands; answers from ``replies`` (name -> value or callable)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, ...]] = []
+        self.replies: dict[str, Any] = {
+            "TIME": lambda: [str(T0), "0"],
+            "ZRANGE": [],
+            "XREADGROUP": lambda: defer.Deferred(),  # blocks forever
+            "SET": "OK",
+            "XRANGE": [],
+            "HGETALL": [],
+        }
+
+    def execute_command(self, *args: str) -> Any:
+        self.commands.append(tuple(args))
+        reply = self.replies.get(args[0], "OK")
+        reply = reply() if callable(reply) else reply
+        return reply if isinstance(reply, defer.Deferred) else defer.succeed(reply)
+
+    def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+        self.commands.append(("EVAL", *keys, *args))
+        return defer.succeed(self.replies.get("EVAL", "1-0"))
+
+    def publish(self, channel: str, message: str) -> Any:
+        self.commands.append(("PUBLISH", channel, message))
+        return defer.succeed(1)
+
+    def disconnect(self) -> Any:
+        return defer.succeed(None)
+
+    def named(self, name: str) -> list[tuple[str, ...]]:
+        return [c for c in self.commands if c[0] == name]
+
+
+@pytest.fixture
+def fake_redis(monkeypatch: pytest.MonkeyPatch) -> FakeRedis:
+    redis = FakeRedis()
+    monkeypatch.setattr(cluster_node, "command_connection", lambda address: redis)
+
+    class Sub:
+        handler = redis
+
+        def stopTrying(self) -> None:
+            pass
+
+    monkeypatch.setattr(cluster_node, "subscriber", lambda *a: Sub())
+    return redis
+
+
+def cluster_server(modules: str = '"message", "offline", "roster", "presence"') -> Any:
+    server = make_server(config_text=f'[modules]\nenabled = [{modules}]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode = "n1"\n')
+    create_user(server, "alice@localhost")
+    create_user(server, "bob@localhost")
+    return server
+
+
+def remote(server: Any, node: str, full: str, priority: int = 0, available: bool = True) -> None:
+    """What another node publishes when one of its sessions becomes available."""
+    state = {"p": priority, "x": "<presence xmlns='jabber:client'/>" if available else None, "r": True}
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": node, "f": full, "s": state}))
+
+
+def test_config_cluster_section(tmp_path: Path) -> None:
+    """[cluster] is parsed (absent = None, a single node); a bad URL or node
+    name is an error naming the key."""
+    path = tmp_path / "c.toml"
+    path.write_text('[cluster]\nredis = "redis://:pw@10.0.0.1:6380/2"\nnode = "a-1"\n')
+    config = load_config(str(path))
+    assert config.cluster is not None and config.cluster.node == "a-1"
+    assert load_config(None).cluster is None
+    path.write_text('[cluster]\nredis = "http://x"\n')
+    with pytest.raises(ConfigError, match="cluster.redis"):
+        load_config(str(path))
+    path.write_text('[cluster]\nnode = "a b"\n')
+    with pytest.raises(ConfigError, match="cluster.node"):
+        load_config(str(path))
+
+
+def test_single_node_has_no_cluster() -> None:
+    """Without [cluster] the server keeps its plain SessionManager and no Redis."""
+    server = make_server(modules=["message"])
+    assert server.cluster is None
+    assert type(server.sessions).__name__ == "SessionManager"
+
+
+def test_local_session_is_published(fake_redis: FakeRedis) -> None:
+    """Binding a session writes it to this node's directory hash and notifies
+    the other nodes; its initial presence updates both after the turn."""
+    server = cluster_server()
+    session = bind(server, "alice@localhost/a", available=True)
+    server.clock.advance(0)
+    hsets = [c for c in fake_redis.named("HSET") if c[2] == "alice@localhost/a"]
+    assert hsets and json.loads(hsets[-1][3])["x"] is not None
+    assert hsets[0][1] == "chatbx:sessions:n1"
+    session.stream.connectionLost(None)
+    assert ("HDEL", "chatbx:sessions:n1", "alice@localhost/a") in fake_redis.commands
+
+
+def test_remote_sessions_in_view_and_batched_forward(fake_redis: FakeRedis) -> None:
+    """A session on node n2 is seen by features (available, get) and a
+    message to it, and a headline to both of bob's resources there, leave as
+    ONE stream entry to n2's inbox in that reactor turn."""
+    server = cluster_server()
+    alice = bind(server, "alice@localhost/a", available=True)
+    remote(server, "n2", "bob@localhost/phone", priority=5)
+    remote(server, "n2", "bob@localhost/tab", priority=5)
+    assert {s.jid.full for s in server.sessions.available("bob@localhost")} == {
+        "bob@localhost/phone", "bob@localhost/tab"}
+    assert server.sessions.get("bob@localhost", "phone").node == "n2"
+    assert list(server.sessions) == [alice]  # iteration stays local (shutdown, metrics)
+    fake_redis.commands.clear()
+    for body in ("one", "two"):
+        msg = stanza(f"<message to='bob@localhost' type='chat'><body>{body}</body></message>")
+        msg["from"] = alice.jid.full
+        server.router.route(msg, alice)
+    assert not fake_redis.named("EVAL")
+    server.clock.advance(0)
+    xadds = fake_redis.named("EVAL")
+    assert len(xadds) == 1 and xadds[0][1:4] == ("chatbx:nodes", "chatbx:inbox:n2", "n2")
+    batch = json.loads(xadds[0][5])
+    assert [full for full, _ in batch] == ["bob@localhost/phone", "bob@localhost/tab"] * 2
+    assert "<body>one</body>" in batch[0][1]
+
+
+def test_inbox_entry_for_gone_session_goes_offline_and_is_acked(fake_redis: FakeRedis) -> None:
+    """A forwarded chat message whose session has ended meanwhile is stored
+    offline (RFC 6121 §8.5.3.2.1 via the bare-JID rules); the entry is
+    acknowledged and deleted only after that."""
+    server = cluster_server()
+    xml = "<message xmlns='jabber:client' from='alice@localhost/a' to='bob@localhost/gone' " \
+          "type='chat'><body>hi</body></message>"
+    d = server.cluster._deliver_entry("1-0", ["b", json.dumps([["bob@localhost/gone", xml]])])
+    result: list[Any] = []
+    d.addBoth(result.append)
+    assert ("XACK", "chatbx:inbox:n1", "chatbx", "1-0") in fake_redis.commands
+    assert ("XDEL", "chatbx:inbox:n1", "1-0") in fake_redis.commands
+    counted: list[int] = []
+    server.stores.offline.count("bob@localhost").addCallback(counted.append)
+    assert counted == [1]
+
+
+def test_inbox_entry_reaches_local_session(fake_redis: FakeRedis) -> None:
+    """A forwarded stanza for a session bound here is sent to it."""
+    server = cluster_server()
+    bob = bind(server, "bob@localhost/b", available=True)
+    bob.take()
+    xml = "<message xmlns='jabber:client' from='alice@localhost/a' to='bob@localhost/b' " \
+          "type='chat'><body>hi</body></message>"
+    server.cluster._deliver_entry("2-0", ["b", json.dumps([["bob@localhost/b", xml]])])
+    assert [str(e.body) for e in bob.take() if e.name == "message"] == ["hi"]
+
+
+def test_dead_node_sessions_vanish_and_inbox_is_reaped(fake_redis: FakeRedis) -> None:
+    """When n2's heartbeat is older than NODE_TTL, its sessions leave the
+    view, session/closed fires for them (presence tells their contacts), and
+    the node that took the reap lock empties n2's inbox and forgets n2."""
+    server = cluster_server()
+    remote(server, "n2", "bob@localhost/phone")
+    fake_redis.replies["HGETALL"] = ["bob@localhost/phone", json.dumps(
+        {"p": 0, "x": "<presence xmlns='jabber:client'/>", "r": True})]
+    closed: list[Any] = []
+    server.events.on("session/closed", closed.append)
+    old = T0 * 1000 - int(cluster_node.NODE_TTL * 1000) - 1
+    fake_redis.replies["ZRANGE"] = ["n1", str(T0 * 1000), "n2", str(old)]
+    server.clock.advance(cluster_node.HEARTBEAT)
+    assert server.sessions.available("bob@localhost") == []
+    assert [s.jid.full for s in closed] == ["bob@localhost/phone"]
+    assert fake_redis.named("SET")[0][1] == "chatbx:reap:n2"
+    assert ("DEL", "chatbx:inbox:n2") in fake_redis.commands
+    assert ("ZREM", "chatbx:nodes", "n2") in fake_redis.commands
+
+
+def test_roster_change_is_announced_and_remote_change_forgets_cache(fake_redis: FakeRedis) -> None:
+    """A roster changed here is announced on the directory channel; one
+    changed on another node drops this node's cached copy."""
+    server = cluster_server()
+    roster = server.modules.get("roster")
+    bind(server, "alice@localhost/a")
+    loaded: list[Any] = []
+    roster.load("alice@localhost").addCallback(loaded.append)
+    assert roster.cached("alice@localhost") is loaded[0]
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "roster": "alice@localhost"}))
+    assert roster.cached("alice@localhost") is None
+    server.events.fire_all("roster/changed", "bob@localhost")
+    assert any(c[0] == "PUBLISH" and '"roster": "bob@localhost"' in c[2] for c in fake_redis.commands)
+
+
+def test_node_that_left_cleanly_is_forgotten_at_once(fake_redis: FakeRedis) -> None:
+    """A node's "gone" notice (clean stop) removes its sessions from the view
+    without waiting for the heartbeat, and one node (the gone: lock's)
+    announces its available sessions as ended."""
+    server = cluster_server()
+    remote(server, "n2", "bob@localhost/phone")
+    remote(server, "n2", "bob@localhost/idle", available=False)
+    closed: list[Any] = []
+    server.events.on("session/closed", closed.append)
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "gone": True}))
+    assert server.sessions.resources("bob@localhost") == {}
+    assert [s.jid.full for s in closed] == ["bob@localhost/phone"]
+    assert fake_redis.named("SET")[0][1] == "chatbx:gone:n2"
+
+
+def test_rendezvous_moves_only_the_dead_nodes_rooms() -> None:
+    """Every node computes the same owner; removing a node moves only the
+    rooms it owned."""
+    from chatbx_server.cluster.rooms import rendezvous
+
+    rooms = [f"r{i}@conference.localhost" for i in range(200)]
+    before = {r: rendezvous(r, ["a", "b", "c"]) for r in rooms}
+    after = {r: rendezvous(r, ["a", "c"]) for r in rooms}
+    assert set(before.values()) == {"a", "b", "c"}
+    assert all(after[r] == before[r] for r in rooms if before[r] != "b")
+
+
+def test_room_stanza_goes_to_the_owning_node(fake_redis: FakeRedis) -> None:
+    """A groupchat message for a room that Redis records as owned by n2
+    leaves for n2's inbox, addressed to the room, instead of reaching this
+    node's MUC service."""
+    server = make_server(config_text='[modules]\nenabled = ["message", "muc"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode = "n1"\n')
+    create_user(server, "alice@localhost")
+    server.cluster.live.add("n2")
+    fake_redis.replies["HGET"] = "n2"
+    alice = bind(server, "alice@localhost/a", available=True)
+    msg = stanza("<message to='team@conference.localhost' type='groupchat'><body>x</body></message>")
+    msg["from"] = alice.jid.full
+    server.router.route(msg, alice)
+    server.clock.advance(0)
+    xadds = [c for c in fake_redis.named("EVAL") if c[2] == "chatbx:inbox:n2"]
+    assert len(xadds) == 1
+    assert json.loads(xadds[0][5])[0][0] == "#room"
+    assert server.cluster.rooms.owners["team@conference.localhost"] == "n2"
+
+
+def test_caps_of_a_session_on_another_node_are_known(fake_redis: FakeRedis) -> None:
+    """A remote session's presence carries caps (XEP-0115) whose features its
+    node stored: caps.wants answers for it, so PEP notifications reach
+    resources on other nodes; when it ends they are forgotten."""
+    server = cluster_server('"message", "roster", "presence", "disco", "caps", "pep"')
+    server.stores.caps.put("sha-1:abc", ["urn:xmpp:avatar:metadata+notify"])
+    caps = server.modules.get("caps")
+    full = "bob@localhost/phone"
+    presence = ("<presence xmlns='jabber:client'><c xmlns='http://jabber.org/protocol/caps' "
+                "hash='sha-1' node='https://x' ver='abc'/></presence>")
+    server.cluster._on_message("chatbx:directory", json.dumps(
+        {"n": "n2", "f": full, "s": {"p": 0, "x": presence, "r": True}}))
+    assert caps.wants(full, "urn:xmpp:avatar:metadata")
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "f": full}))
+    assert not caps.wants(full, "urn:xmpp:avatar:metadata")
+
+
+def test_cluster_status_without_cluster_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """chatbxctl cluster status on a single-node config says so and exits 1."""
+    from chatbx_server.cli import main
+
+    path = tmp_path / "c.toml"
+    path.write_text('domains = ["localhost"]\n')
+    assert main(["--config", str(path), "cluster", "status"]) == 1
+    assert "no [cluster] section" in capsys.readouterr().err
+
+
+def test_default_node_name_is_host_and_pid(fake_redis: FakeRedis) -> None:
+    """Without [cluster] node, the node is named after the host and the
+    running process's pid (taken at start, after twistd forked)."""
+    import os
+    import socket
+
+    server = make_server(config_text='[modules]\nenabled = ["message"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\n')
+    assert server.cluster.node == f"{socket.gethostname()}-{os.getpid()}"
+
+
+def test_send_refused_for_a_stale_node_goes_undelivered_here(fake_redis: FakeRedis) -> None:
+    """When Redis refuses a batch because its node's heartbeat is stale (the
+    reaper may have drained the inbox already), the node is forgotten here
+    and its chat message goes to offline storage instead of being lost."""
+    server = cluster_server()
+    alice = bind(server, "alice@localhost/a", available=True)
+    remote(server, "n2", "bob@localhost/phone")
+    fake_redis.replies["EVAL"] = None
+    msg = stanza("<message to='bob@localhost/phone' type='chat'><body>x</body></message>")
+    msg["from"] = alice.jid.full
+    server.router.route(msg, alice)
+    server.clock.advance(0)
+    assert "n2" not in server.cluster.live
+    assert server.sessions.resources("bob@localhost") == {}
+    counted: list[int] = []
+    server.stores.offline.count("bob@localhost").addCallback(counted.append)
+    assert counted == [1]
+
+
+def test_roster_of_an_account_only_on_other_nodes_is_not_cached(fake_redis: FakeRedis) -> None:
+    """Rosters are cached only for accounts with a session on this node: one
+    whose sessions are all elsewhere is read from the database each time, so
+    a change made by its own node is never hidden by a stale copy here."""
+    server = cluster_server()
+    remote(server, "n2", "bob@localhost/phone")
+    roster = server.modules.get("roster")
+    roster.load("bob@localhost")
+    assert roster.cached("bob@localhost") is None
+    bind(server, "bob@localhost/here")
+    roster.load("bob@localhost")
+    assert roster.cached("bob@localhost") is not None
