@@ -554,6 +554,24 @@ class TestProfanity:
 
         scenario.run(step())
 
+    def test_sends_files(self, scenario: Scenario, prof: Profanity) -> None:
+        """/sendfile in the chat window with bob (XEP-0363 over libcurl): a
+        photo and a voice message (announced by profanity as
+        audio/x-opus+ogg, stored as audio/ogg); profanity shows each URL and
+        bob downloads both intact, inline."""
+        bob: Slix = scenario.state["bob"]
+        for name, data, content_type in (PHOTO, VOICE):
+            path = prof.dir / name
+            path.write_bytes(data)
+            prof.tmux.type(f"/sendfile {path}")
+
+            async def step() -> None:
+                got = await receives_file(scenario.server, bob, ALICE, name, data, content_type)
+                assert got["from"].resource.startswith("profanity"), got
+                await prof.shows(got["body"], "profanity to show the file's URL")
+
+            scenario.run(step())
+
     def test_joins_room_and_talks(self, scenario: Scenario, prof: Profanity) -> None:
         """/join: profanity enters bob's room (bob sees its occupant
         presence); what is typed in the room window reaches bob as
@@ -577,21 +595,3 @@ class TestProfanity:
             await prof.shows("hello profanity, from the room", "the room message on screen")
 
         scenario.run(step())
-
-    def test_sends_files(self, scenario: Scenario, prof: Profanity) -> None:
-        """/sendfile in the chat window with bob (XEP-0363 over libcurl): a
-        photo and a voice message (announced by profanity as
-        audio/x-opus+ogg, stored as audio/ogg); profanity shows each URL and
-        bob downloads both intact, inline."""
-        bob: Slix = scenario.state["bob"]
-        for name, data, content_type in (PHOTO, VOICE):
-            path = prof.dir / name
-            path.write_bytes(data)
-            prof.tmux.type(f"/sendfile {path}")
-
-            async def step() -> None:
-                got = await receives_file(scenario.server, bob, ALICE, name, data, content_type)
-                assert got["from"].resource.startswith("profanity"), got
-                await prof.shows(got["body"], "profanity to show the file's URL")
-
-            scenario.run(step())
