@@ -192,6 +192,9 @@ class MucFeature(Feature):
             return True
         if event.sender is None:
             return True
+        # Filters of other modules (rtbl: listed senders) may drop it.
+        if self.server.events.fire("muc/stanza", event) is not None:
+            return True
         name = event.stanza.name
         if event.to.user is None:
             if name == "iq":
