@@ -218,6 +218,9 @@ class RtblFeature(Feature):
                 if len(current) > self.options.max_entries:
                     log.warn("rtbl: list full ({max}); new entries ignored", max=self.options.max_entries)
                     current = self.hashes - gone
+                log.info("rtbl: {added} added, {removed} removed by {service} ({count} entries)",
+                         added=len(current - self.hashes), removed=len(self.hashes - current),
+                         service=self.service, count=len(current))
                 self.hashes = frozenset(current)
             elif child.name in ("purge", "delete"):
                 self.hashes = frozenset()
