@@ -471,3 +471,34 @@ def test_new_account_rooms_and_spam_reports_to_abuse(chatbx_server):
     run(main())
     assert "room creation by new account roomer@localhost refused" in server.log_text()
     assert "rooms full of ads" not in server.log_text()
+
+
+def test_contact_invite_for_an_existing_account(chatbx_server):
+    """XEP-0379: Bob, who already has an account, opens Alice's contact
+    invite: his app sends a subscription request with the token; the
+    server approves it for Alice and subscribes back, Bob's app approves,
+    and both rosters say 'both' without Alice doing anything."""
+    server = chatbx_server()
+    token = _token(server.ctl("invite", "create", "--contact", "alice@localhost").stdout)
+
+    async def main():
+        bob = await slix_login(server, "bob@localhost/phone")
+        alice = await slix_login(server, "alice@localhost/desk")
+        try:
+            await bob.get_roster()
+            bob.send_presence()
+            presence = bob.make_presence(pto="alice@localhost", ptype="subscribe")
+            presence.xml.append(ET.Element(f"{{{NS_PARS}}}preauth", token=token))
+            presence.send()
+            for _ in range(50):
+                if (await roster_items(alice)).get("bob@localhost", {}).get("subscription") == "both":
+                    break
+                await asyncio.sleep(0.1)
+            assert (await roster_items(alice))["bob@localhost"]["subscription"] == "both"
+            assert (await roster_items(bob))["alice@localhost"]["subscription"] == "both"
+        finally:
+            await slix_close(bob)
+            await slix_close(alice)
+
+    run(main())
+    assert "alice@localhost approved bob@localhost with a contact invite" in server.log_text()
