@@ -42,6 +42,7 @@ REGISTRY: dict[str, str] = {
     "extdisco": "chatbx_server.features.extdisco.ExtdiscoFeature",
     "outage_status": "chatbx_server.features.outage_status.OutageStatusFeature",
     "proxy65": "chatbx_server.features.proxy65.Proxy65Feature",
+    "rtbl": "chatbx_server.features.rtbl.RtblFeature",
 }
 
 #: what a modern public server runs when the config names no modules
@@ -50,7 +51,7 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
     "muc", "caps", "pep", "vcard", "private", "bookmarks", "pubsub",
     "carbons", "blocking", "register", "adhoc", "antispam", "extdisco",
-    "outage_status", "proxy65",
+    "outage_status", "proxy65", "rtbl",
 )
 
 

@@ -437,6 +437,9 @@ class BlockingFeature(Feature):
         after = frozenset(result)
         if reports:
             log.info("{user} reported {count} JID(s) while blocking", user=user, count=len(reports))
+            for report in reports:
+                # Stored now; antispam forwards it to the abuse addresses.
+                self.server.events.fire_all("spam/reported", report)
         # Unavailable first: the new list would stop it (§3.3).
         newly = lambda jid: matches(after, jid) and not matches(before, jid)  # noqa: E731
         await self._presence_to_contacts(user, newly, available=False)

@@ -13,6 +13,13 @@ After authentication (to the server or the own account): the form with
 ``<registered/>`` (§3.1), a password change (§3.3; the other sessions are
 closed when configured) and removal with ``<remove/>`` (§3.2: the result
 first, then the sessions close and all data goes).
+
+Contact invites for existing accounts (XEP-0379 §4): a subscription
+request to a local account that carries ``<preauth token=.../>`` of a
+valid contact invite that account created is approved by the server on
+the account's behalf (``subscribed``) and answered with a ``subscribe``
+back, so both end up subscribed; the invite is used up. Without a valid
+token the request is handled as any other (the token is not an error).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from chatbx_server.accounts import RegistrationError
-from chatbx_server.events import StanzaEvent
+from chatbx_server.events import CHECK, DELIVER, StanzaEvent
 from chatbx_server.logs import log_observer
 from chatbx_server.modules import Feature
 from chatbx_server.xmpp import ns
@@ -96,6 +103,7 @@ class RegisterFeature(Feature):
         for target in ("host", "bare"):
             self.iq("get", target, NS_REGISTER, "query", self.on_get)
             self.iq("set", target, NS_REGISTER, "query", self.on_set)
+        self.hook("presence/bare", self.on_subscribe_with_token, CHECK)
 
     # -- before authentication ------------------------------------------------
     def on_features(self, arg: tuple[Any, domish.Element]) -> None:
@@ -282,6 +290,42 @@ class RegisterFeature(Feature):
         self.accounts.request_removal(user).addErrback(
             lambda f: log.failure("removing {user} failed", f, user=user))
 
+    # -- XEP-0379: pre-authenticated subscription requests ---------------------
+    def on_subscribe_with_token(self, event: StanzaEvent) -> Any:
+        stanza = event.stanza
+        if stanza.getAttribute("type") != "subscribe" or event.sender is None:
+            return None
+        preauth = next(stanza.elements(NS_PARS, "preauth"), None)
+        token = preauth.getAttribute("token") if preauth is not None else None
+        if not token or len(token) > 64 or event.sender.bare == event.to.bare:
+            return None
+        return defer.ensureDeferred(self._preauth_subscribe(event, token))
+
+    async def _preauth_subscribe(self, event: StanzaEvent, token: str) -> Any:
+        user, contact = event.to.bare, event.sender.bare
+        invites = self.server.stores.invites
+        invite = await invites.get(token)
+        valid = invite is not None and invite.creator == user and bool(await invites.delete(token))
+        # The request itself goes on as usual (stored, shown to the user).
+        result = self.server.events.fire_from("presence/bare", event, DELIVER)
+        if not valid:
+            return result
+        if isinstance(result, defer.Deferred):
+            await result
+        presence: Any = self.server.modules.get("presence")
+        if presence is None:
+            return True
+        from chatbx_server.features.subscription import outbound
+
+        for ptype in ("subscribed", "subscribe"):
+            reply = domish.Element((ns.CLIENT, "presence"))
+            reply["from"], reply["to"], reply["type"] = user, contact, ptype
+            out = await presence.roster.run_locked(
+                user, lambda r=reply, t=ptype: presence._apply(user, contact, outbound, t, r))
+            presence.roster.route_all(out)
+        log.info("{user} approved {contact} with a contact invite (XEP-0379)", user=user,
+                 contact=contact)
+        return True
 
 def _sha1(data: bytes) -> str:
     import hashlib

@@ -203,6 +203,9 @@ class MucFeature(Feature):
             return True
         if event.sender is None:
             return True
+        # Filters of other modules (rtbl: listed senders) may drop it.
+        if self.server.events.fire("muc/stanza", event) is not None:
+            return True
         name = event.stanza.name
         if event.to.user is None:
             if name == "iq":
@@ -256,6 +259,10 @@ class MucFeature(Feature):
             nick, key = prepare_nick(to.resource or "", opts.max_nick_length)
         except NickError:
             return self.router.bounce(event.stanza, "jid-malformed", "not a valid nickname")
+        # Other modules may refuse (antispam: new accounts' room limit).
+        veto = self.server.events.fire("muc/create-room", event)
+        if veto is not None:
+            return self.router.bounce(event.stanza, "policy-violation", str(veto))
         config = RoomConfig(persistent=opts.default_persistent, public=opts.default_public,
                             history_length=opts.history_default)
         room = Room(self, to.bare, config, sender.bare)

@@ -427,3 +427,78 @@ def test_invite_page_and_web_signup(chatbx_server):
     assert "Wrong address or password" in wrong[1] and "Wrong address or password" in unknown[1]
     status, page, _ = _http(server, "POST", "/password", dict(change, old="web-password"), jar)
     assert status == 200 and "Password changed" in page
+
+
+def test_new_account_rooms_and_spam_reports_to_abuse(chatbx_server):
+    """A fresh account may create two rooms (new_account_rooms = 2); its
+    third bounces with policy-violation. Bob blocks it with a XEP-0377
+    report; Alice, the configured abuse address (XEP-0157, contact_info),
+    gets a message from the server naming reporter, reported JID, reason
+    and Bob's text."""
+    server = chatbx_server(extra_config=registration_config("open") + (
+        "[modules.antispam]\nnew_account_rooms = 2\n"
+        "[modules.contact_info]\naddresses = { abuse-addresses = ['xmpp:alice@localhost'] }\n"))
+
+    async def main():
+        assert await register(server, "roomer", "roomer-password") == "ok"
+        roomer = await slix_login(server, "roomer@localhost/x", "roomer-password")
+        alice = await slix_login(server, "alice@localhost/desk")
+        bob = await slix_login(server, "bob@localhost/b")
+        try:
+            pres, notices = Inbox(roomer, "presence"), Inbox(alice, "message")
+            alice.send_presence()
+            for name in ("one", "two", "three"):
+                roomer.send_raw(f"<presence to='{name}@conference.localhost/r'>"
+                                        "<x xmlns='http://jabber.org/protocol/muc'/></presence>")
+            for name in ("one", "two"):
+                await pres.wait(lambda p, n=name: p["from"].bare == f"{n}@conference.localhost"
+                                and p["type"] != "error", what=f"room {name}")
+            refused = await pres.wait(lambda p: p["from"].bare == "three@conference.localhost",
+                                      what="room three")
+            assert refused["type"] == "error" and "<policy-violation" in str(refused), refused
+            bob.send_raw("<iq type='set' id='rep1'><block xmlns='urn:xmpp:blocking'>"
+                                 "<item jid='roomer@localhost'><report xmlns='urn:xmpp:reporting:1'"
+                                 " reason='urn:xmpp:reporting:spam'><text>rooms full of ads</text>"
+                                 "</report></item></block></iq>")
+            notice = await notices.wait(lambda m: m["from"] == "localhost"
+                                        and "reported" in m["body"], what="the report notice")
+            assert "bob@localhost reported roomer@localhost as spam" in notice["body"]
+            assert "The reporter wrote: rooms full of ads" in notice["body"]
+        finally:
+            for c in (roomer, alice, bob):
+                await slix_close(c)
+
+    run(main())
+    assert "room creation by new account roomer@localhost refused" in server.log_text()
+    assert "rooms full of ads" not in server.log_text()
+
+
+def test_contact_invite_for_an_existing_account(chatbx_server):
+    """XEP-0379: Bob, who already has an account, opens Alice's contact
+    invite: his app sends a subscription request with the token; the
+    server approves it for Alice and subscribes back, Bob's app approves,
+    and both rosters say 'both' without Alice doing anything."""
+    server = chatbx_server()
+    token = _token(server.ctl("invite", "create", "--contact", "alice@localhost").stdout)
+
+    async def main():
+        bob = await slix_login(server, "bob@localhost/phone")
+        alice = await slix_login(server, "alice@localhost/desk")
+        try:
+            await bob.get_roster()
+            bob.send_presence()
+            presence = bob.make_presence(pto="alice@localhost", ptype="subscribe")
+            presence.xml.append(ET.Element(f"{{{NS_PARS}}}preauth", token=token))
+            presence.send()
+            for _ in range(50):
+                if (await roster_items(alice)).get("bob@localhost", {}).get("subscription") == "both":
+                    break
+                await asyncio.sleep(0.1)
+            assert (await roster_items(alice))["bob@localhost"]["subscription"] == "both"
+            assert (await roster_items(bob))["alice@localhost"]["subscription"] == "both"
+        finally:
+            await slix_close(bob)
+            await slix_close(alice)
+
+    run(main())
+    assert "alice@localhost approved bob@localhost with a contact invite" in server.log_text()

@@ -221,3 +221,49 @@ def test_removal_grace_period_cancelled_by_login() -> None:
     server.clock.advance(130)  # past the grace time and a maintenance poll
     server.stores.users.list_users().addCallback(box.append)
     assert box[-1] == ["alice@localhost"]
+
+
+def _roster(server: Any, user: str) -> dict[str, str]:
+    box: list[Any] = []
+    server.stores.roster.load(user).addBoth(box.append)
+    return {item.jid: item.subscription for item in box[0][1]}
+
+
+def test_contact_invite_preauth_subscription_for_an_existing_account() -> None:
+    """XEP-0379 §4: Juliet (an existing account) sends Alice a subscription
+    request with the token of Alice's contact invite; the server approves
+    it for Alice and subscribes back: both rosters say 'both' once Juliet's
+    client approves; the invite is used up, so the same token a second time
+    (from Romeo) gives a plain pending request; a token of another user's
+    invite approves nothing."""
+    server = make_server()
+    for user in ("alice", "juliet", "romeo", "carol"):
+        create_user(server, f"{user}@localhost")
+    box: list[Any] = []
+    server.stores.invites.create("localhost", "contact", 100.0, creator="alice@localhost",
+                                 register=False).addCallback(box.append)
+    server.stores.invites.create("localhost", "contact", 100.0, creator="carol@localhost",
+                                 register=False).addCallback(box.append)
+    token, carols = box[0].token, box[1].token
+    juliet = bind(server, "juliet@localhost/phone", available=True)
+    romeo = bind(server, "romeo@localhost/r", available=True)
+    juliet.take()
+
+    def subscribe(session: Any, tok: str) -> None:
+        session.stream.dataReceived(
+            f"<presence to='alice@localhost' type='subscribe'><preauth xmlns='urn:xmpp:pars:0' "
+            f"token='{tok}'/></presence>".encode())
+
+    subscribe(juliet, token)
+    got = [(s.getAttribute("from"), s.getAttribute("type")) for s in juliet.take() if s.name == "presence"]
+    assert ("alice@localhost", "subscribed") in got and ("alice@localhost", "subscribe") in got
+    juliet.stream.dataReceived(b"<presence to='alice@localhost' type='subscribed'/>")
+    assert _roster(server, "alice@localhost")["juliet@localhost"] == "both"
+    assert _roster(server, "juliet@localhost")["alice@localhost"] == "both"
+    box.clear()
+    server.stores.invites.get(token).addCallback(box.append)
+    assert box == [None]
+    subscribe(romeo, token)
+    subscribe(romeo, carols)
+    assert _roster(server, "alice@localhost").get("romeo@localhost", "none") == "none"
+    assert _roster(server, "romeo@localhost")["alice@localhost"] == "none"
