@@ -52,8 +52,8 @@ from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from chatbx_server.events import ARCHIVE, COPY, DELIVER, StanzaEvent
-from chatbx_server.features.mam.policy import (SID, OutgoingCopy, StanzaId, archiving_rule,
-                                               examine, serialize)
+from chatbx_server.features.mam.policy import (SID, OutgoingCopy, StanzaId, archived_form,
+                                               archiving_rule, examine, with_stanza_id)
 from chatbx_server.features.mam.query import (FULLTEXT, MAM, MAM_EXTENDED, POLICIES, fin,
                                               flip_page, form, metadata, parse_prefs, parse_query,
                                               prefs_element, result_message)
@@ -62,6 +62,7 @@ from chatbx_server.modules import Feature
 from chatbx_server.storage.archive import ArchivePrefs, UnknownArchiveId, encode_uid
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, parse_or_none
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 from chatbx_server.xmpp.stanzas import StanzaError
 
 __all__ = ["MamFeature", "MamOptions", "parse_duration", "RESTORE"]
@@ -224,12 +225,12 @@ class MamFeature(Feature):
         rule = self._rule(owner, to)
         if rule is False:
             return None
-        xml = self._serialize(stanza)
+        wire = CLIENT_STREAMS.serialize(stanza)
         if to.host in self.server.hosts:
-            self._shared = (stanza, stanza.children, len(stanza.children), xml)
-        uid = self._append(owner, to, body, xml, rule is None)
+            self._shared = (stanza, stanza.children, len(stanza.children), wire)
+        archive_id, nonce = self._append(owner, to, body, archived_form(stanza, wire), rule is None)
         if "carbons" in self.server.modules:
-            event.stanza = OutgoingCopy(stanza, StanzaId(owner, uid))
+            event.stanza = OutgoingCopy(stanza, StanzaId(owner, encode_uid(archive_id, nonce)))
         return None
 
     def on_outgoing_routed(self, event: StanzaEvent) -> None:
@@ -256,13 +257,19 @@ class MamFeature(Feature):
         self._shared = None
         if (shared is not None and shared[0] is stanza and shared[1] is stanza.children
                 and shared[2] == len(stanza.children)):
-            xml = shared[3]  # the sender's copy, unchanged since: same XML
+            wire = shared[3]  # the sender's copy, unchanged since: same XML
         else:
-            xml = self._serialize(stanza)
-        uid = self._append(owner, sender, body, xml, rule is None)
-        stanza_id = StanzaId(owner, uid)
+            wire = CLIENT_STREAMS.serialize(stanza)
+        archive_id, nonce = self._append(owner, sender, body, archived_form(stanza, wire),
+                                         rule is None)
+        stanza_id = StanzaId(owner, encode_uid(archive_id, nonce))
         stanza_id.parent = stanza
         stanza.children.append(stanza_id)
+        # The delivered copy is the same text with the id: the stream writes
+        # it without serializing the stanza again (for every resource).
+        delivered = with_stanza_id(wire, stanza_id)
+        if delivered is not None:
+            CLIENT_STREAMS.remember(stanza, delivered)
         return None
 
     def _rule(self, owner: str, target: JID) -> Optional[bool]:
@@ -278,22 +285,14 @@ class MamFeature(Feature):
                 roster = target.bare in state.items
         return archiving_rule(prefs, default, target, roster)
 
-    @staticmethod
-    def _serialize(stanza: domish.Element) -> str:
-        xml = serialize(stanza)
-        if stanza.uri == ns.SERVER:
-            # Results go to clients: what arrived over s2s is kept as jabber:client.
-            xml = xml.replace(f"xmlns='{ns.SERVER}'", f"xmlns='{ns.CLIENT}'", 1)
-        return xml
-
     def _append(self, owner: str, other: JID, body: Optional[str], xml: str,
-                check_roster: bool) -> str:
+                check_roster: bool) -> tuple[int, int]:
         ids = self.store.ids
         archive_id = ids.next_id()
         nonce = ids.nonce()
         self.store.submit((owner, archive_id, nonce, other.bare, other.resource, body, xml,
                            check_roster))
-        return encode_uid(archive_id, nonce)
+        return archive_id, nonce
 
     # -- queries ---------------------------------------------------------------
     @staticmethod
