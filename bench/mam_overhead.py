@@ -5,7 +5,8 @@ Two sessions on the unit-test server (MemoryReactorClock, threadless
 in-memory SQLite, so the database work runs on this thread too): alice's
 stream is fed N chat messages as bytes (parsed, routed, archived, delivered
 and serialized into bob's stream, whose transport discards the bytes), the
-archive writer flushed every ``--batch`` messages as its timer would. Prints
+archive writer flushed every ``--batch`` messages as its timer would (the
+fake clock advancing by the writer's 50 ms delay: 10,000 messages/s). Prints
 µs per message with the default modules, with and without ``mam``.
 
     python bench/mam_overhead.py [--number 20000] [--repeat 3] [--profile]
@@ -53,8 +54,8 @@ def run(disable: list[str], number: int, batch: int, profile: bool, no_writes: b
     for i, chunk in enumerate(data):
         feed(chunk)
         if i % batch == batch - 1:
-            server.clock.advance(1.0)
-    server.clock.advance(1.0)
+            server.clock.advance(0.05)  # the writer's delay: 10,000 msgs/s by default
+    server.clock.advance(0.05)
     if prof:
         prof.disable()
     elapsed = time.process_time() - start
