@@ -96,6 +96,7 @@ __all__ = [
 #: low bits of an id that count messages within one microsecond
 SEQ_BITS = 10
 _UID = struct.Struct(">qi")
+_NONCES = struct.Struct(">1024i")
 #: rows per IN (...) list, well below every backend's parameter limit
 _CHUNK = 500
 #: a full-text query uses at most this many words
@@ -124,9 +125,15 @@ def id_to_time(archive_id: int) -> float:
     return (archive_id >> SEQ_BITS) / 1_000_000
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def encode_uid(archive_id: int, nonce: int) -> str:
-    """The public archive id (XEP-0313 UID, XEP-0359 stanza-id)."""
-    return base64.urlsafe_b64encode(_UID.pack(archive_id, nonce)).decode("ascii")
+    """The public archive id (XEP-0313 UID, XEP-0359 stanza-id): URL-safe
+    base64 of 12 bytes (made for every archived message: binascii directly,
+    a third of ``base64.urlsafe_b64encode``'s time)."""
+    return binascii.b2a_base64(_UID.pack(archive_id, nonce), newline=False).translate(
+        _URLSAFE).decode("ascii")
 
 
 def decode_uid(uid: str) -> Optional[tuple[int, int]]:
@@ -162,8 +169,8 @@ class IdSource:
         self._now = now_function(clock)
         #: the last id handed out (or seen stored)
         self.last = 0
-        self._pool = b""
-        self._pos = 0
+        #: random nonces not handed out yet
+        self._pool: list[int] = []
 
     def next_id(self) -> int:
         candidate = int(self._now() * 1_000_000) << SEQ_BITS
@@ -178,13 +185,11 @@ class IdSource:
             self.last = archive_id
 
     def nonce(self) -> int:
-        """32 random bits (os.urandom, read 4 KiB at a time)."""
-        pos = self._pos
-        if pos + 4 > len(self._pool):
-            self._pool = os.urandom(4096)
-            pos = 0
-        self._pos = pos + 4
-        return int.from_bytes(self._pool[pos:pos + 4], "big", signed=True)
+        """32 random bits, signed (os.urandom, read 4 KiB at a time)."""
+        pool = self._pool
+        if not pool:
+            pool.extend(_NONCES.unpack(os.urandom(_NONCES.size)))
+        return pool.pop()
 
 
 # -- values ---------------------------------------------------------------------
