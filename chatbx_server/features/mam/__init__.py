@@ -171,9 +171,11 @@ class MamFeature(Feature):
         self._active = True
         self._expiry: Any = None
         self._indexer: Any = None
-        #: (stanza, its children list, their number, its XML) of the last
-        #: outgoing message, reused when it arrives for a local recipient
-        self._shared: Optional[tuple[domish.Element, list[Any], int, str]] = None
+        #: (stanza, its children list, their number, its client-stream XML,
+        #: the archived XML, the body) of the last outgoing message to a
+        #: local account, reused when it arrives there
+        self._shared: Optional[tuple[domish.Element, list[Any], int, str, str,
+                                     Optional[str]]] = None
         self.hook("pre-message/bare", self.on_outgoing, ARCHIVE)
         self.hook("pre-message/full", self.on_outgoing, ARCHIVE)
         self.hook("pre-message/bare", self.on_outgoing_routed, RESTORE)
@@ -216,19 +218,23 @@ class MamFeature(Feature):
         """A local client's message: into the sender's archive."""
         stanza = event.stanza
         owner = event.origin.bare
-        store, body, _ = examine(stanza, owner)
+        to = event.to
+        local = to.host in self.server.hosts
+        # For a local recipient, the stanza is examined (and forged ids of
+        # either archive removed) once for both archives: see on_incoming.
+        store, body, _ = examine(stanza, owner, to.bare if local else None)
         if not store:
             return None
-        to = event.to
         if to.bare == owner:
             return None  # to oneself: archived once, when it arrives
         rule = self._rule(owner, to)
         if rule is False:
             return None
         wire = CLIENT_STREAMS.serialize(stanza)
-        if to.host in self.server.hosts:
-            self._shared = (stanza, stanza.children, len(stanza.children), wire)
-        archive_id, nonce = self._append(owner, to, body, archived_form(stanza, wire), rule is None)
+        xml = archived_form(stanza, wire)
+        if local:
+            self._shared = (stanza, stanza.children, len(stanza.children), wire, xml, body)
+        archive_id, nonce = self._append(owner, to, body, xml, rule is None)
         if "carbons" in self.server.modules:
             event.stanza = OutgoingCopy(stanza, StanzaId(owner, encode_uid(archive_id, nonce)))
         return None
@@ -244,24 +250,29 @@ class MamFeature(Feature):
         """A message for a local account: into its archive, id stamped."""
         stanza = event.stanza
         owner = event.to.bare
-        store, body, archived = examine(stanza, owner)
-        if not store or archived:
-            return None
+        shared = self._shared
+        self._shared = None
+        if (shared is not None and shared[0] is stanza and shared[1] is stanza.children
+                and shared[2] == len(stanza.children)):
+            # The sender's copy, unchanged since: examined for this archive
+            # too (worth archiving, forged ids gone, none of ours: nothing
+            # added a child), and the same XML.
+            _, _, _, wire, xml, body = shared
+        else:
+            store, body, archived = examine(stanza, owner)
+            if not store or archived:
+                return None
+            wire = xml = None
         sender = event.sender
         if sender is None:
             sender = parse_or_none(stanza.getAttribute("from")) or JID(None, event.to.host)
         rule = self._rule(owner, sender)
         if rule is False:
             return None
-        shared = self._shared
-        self._shared = None
-        if (shared is not None and shared[0] is stanza and shared[1] is stanza.children
-                and shared[2] == len(stanza.children)):
-            wire = shared[3]  # the sender's copy, unchanged since: same XML
-        else:
+        if wire is None:
             wire = CLIENT_STREAMS.serialize(stanza)
-        archive_id, nonce = self._append(owner, sender, body, archived_form(stanza, wire),
-                                         rule is None)
+            xml = archived_form(stanza, wire)
+        archive_id, nonce = self._append(owner, sender, body, xml, rule is None)
         stanza_id = StanzaId(owner, encode_uid(archive_id, nonce))
         stanza_id.parent = stanza
         stanza.children.append(stanza_id)
@@ -290,8 +301,8 @@ class MamFeature(Feature):
         ids = self.store.ids
         archive_id = ids.next_id()
         nonce = ids.nonce()
-        self.store.submit((owner, archive_id, nonce, other.bare, other.resource, body, xml,
-                           check_roster))
+        self.store.writer.submit((owner, archive_id, nonce, other.bare, other.resource, body, xml,
+                                  check_roster))
         return archive_id, nonce
 
     # -- queries ---------------------------------------------------------------

@@ -98,10 +98,13 @@ def _names_archive(value: Optional[str], owner: str) -> bool:
     return jid is not None and jid.resource is None and jid.bare == owner
 
 
-def examine(stanza: domish.Element, owner: str) -> tuple[bool, Optional[str], bool]:
+def examine(stanza: domish.Element, owner: str,
+            other: Optional[str] = None) -> tuple[bool, Optional[str], bool]:
     """Look at a message once: (archive it?, its body text, already archived).
 
-    Removes every ``<stanza-id/>`` naming ``owner``'s archive that this
+    Removes every ``<stanza-id/>`` naming ``owner``'s archive (or
+    ``other``'s, when given: the local recipient of a local sender's
+    message, so the stanza is walked once for both archives) that this
     server did not add (XEP-0359 §4: the archive's ids must not be forged
     by senders). "Already archived" means this server added one for
     ``owner`` before (``message/full`` falling back to ``message/bare``).
@@ -134,7 +137,8 @@ def examine(stanza: domish.Element, owner: str) -> tuple[bool, Optional[str], bo
             if child.name == "stanza-id":
                 if isinstance(child, StanzaId):
                     archived = archived or child.by == owner
-                elif _names_archive(child.attributes.get("by"), owner):
+                elif (_names_archive(child.attributes.get("by"), owner)
+                      or (other is not None and _names_archive(child.attributes.get("by"), other))):
                     forged = forged or []
                     forged.append(child)
         elif uri == HINTS:
