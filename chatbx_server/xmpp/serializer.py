@@ -113,7 +113,7 @@ class StreamSerializer:
         cached = element.__dict__.get("_wire")
         if (cached is not None and cached[0] is self and cached[3] == element.attributes
                 and cached[2] == tuple(element.children)):
-            return cached[1]  # type: ignore[no-any-return]
+            return cached[1]
         return self.serialize(element).encode("utf-8")
 
     def serialize(self, element: domish.Element) -> str:

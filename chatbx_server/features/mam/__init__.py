@@ -257,7 +257,9 @@ class MamFeature(Feature):
             # The sender's copy, unchanged since: examined for this archive
             # too (worth archiving, forged ids gone, none of ours: nothing
             # added a child), and the same XML.
-            _, _, _, wire, xml, body = shared
+            wire: Optional[str] = shared[3]
+            xml: Optional[str] = shared[4]
+            body = shared[5]
         else:
             store, body, archived = examine(stanza, owner)
             if not store or archived:
@@ -269,7 +271,7 @@ class MamFeature(Feature):
         rule = self._rule(owner, sender)
         if rule is False:
             return None
-        if wire is None:
+        if wire is None or xml is None:
             wire = CLIENT_STREAMS.serialize(stanza)
             xml = archived_form(stanza, wire)
         archive_id, nonce = self._append(owner, sender, body, xml, rule is None)
