@@ -65,7 +65,7 @@ def run(disable: list[str], number: int, batch: int, profile: bool, no_writes: b
     assert written[0] > 0
     if prof:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-    server.stop() if hasattr(server, "stop") else None
+    server.stop()
     return elapsed / number * 1e6
 
 
