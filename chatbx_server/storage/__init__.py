@@ -11,16 +11,20 @@ from typing import Any
 
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.fast import FastStore
 from chatbx_server.storage.muc import MucStore
 from chatbx_server.storage.offline import OfflineStore
+from chatbx_server.storage.push import PushStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.upload import UploadStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
 
 __all__ = [
     "Database",
+    "FastStore",
     "MucStore",
     "OfflineStore",
+    "PushStore",
     "RosterItem",
     "RosterStore",
     "ScramCredentials",
@@ -49,3 +53,5 @@ class Stores:
         self.offline = OfflineStore(db, clock)
         self.upload = UploadStore(db, clock)
         self.muc = MucStore(db, clock)
+        self.fast = FastStore(db, clock)
+        self.push = PushStore(db, clock)

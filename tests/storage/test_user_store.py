@@ -150,6 +150,7 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         "subscription_requests": 1, "offline_messages": 1, "server_secrets": 0,
         "uploads": 0,  # uploads are not tied to the account row (they expire)
         "muc_rooms": 0, "muc_affiliations": 0, "muc_archive": 0,
+        "fast_tokens": 0, "push_registrations": 0,
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 
