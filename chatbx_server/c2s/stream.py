@@ -82,7 +82,7 @@ class C2SStream(Protocol):
         #: the client's 'from' on the current stream header, echoed as our 'to'
         self.peer_from: Optional[str] = None
         self.parser: Optional[SafeElementStream] = None
-        self.sasl: Optional[SASLExchange] = None
+        self.sasl: Optional[sasl2.Exchange] = None
         #: the XEP-0388 <authenticate/> being answered (None: RFC 6120 SASL)
         self.sasl2: Optional[sasl2.Authenticate] = None
         self.sasl_failures = 0
@@ -322,10 +322,13 @@ class C2SStream(Protocol):
         return features
 
     def _sasl2_features(self) -> domish.Element:
-        """XEP-0388 §2.1 with the Bind2 inline features the modules answer."""
+        """XEP-0388 §2.1 with the Bind2 inline features the modules answer
+        and the SASL2 inline features they add (FAST, SM resumption)."""
         events = self.server.events
         inline = [var for uri, name, var in sasl2.INLINE if events.has(f"bind2-inline/{uri}:{name}")]
-        return sasl2.features_element(self.mechanisms, inline, False)
+        extra: list[domish.Element] = []
+        events.fire_all("sasl2-features", (self, extra))
+        return sasl2.features_element(self.mechanisms, inline, extra)
 
     def _on_stream_end(self) -> None:
         self.close_stream()
@@ -335,6 +338,10 @@ class C2SStream(Protocol):
         if self._cb_cache is None:
             self._cb_cache = self.factory.channel_bindings(self.transport)
         return self._cb_cache
+
+    def channel_bindings(self) -> dict[str, bytes]:
+        """Channel-binding data by type (for mechanisms run by modules)."""
+        return self._bindings()
 
     # -- elements --------------------------------------------------------
     def _on_element(self, element: domish.Element) -> None:
@@ -374,15 +381,21 @@ class C2SStream(Protocol):
             if element.name == "auth" or (is_sasl2 and element.name == "authenticate"):
                 if self.sasl is not None:
                     raise SASLFailure("malformed-request")
+                exchange: Optional[sasl2.Exchange] = None
                 if is_sasl2:
                     # XEP-0388 §2.3: the same mechanisms, another wrapper.
                     request = self.sasl2 = sasl2.Authenticate(element)
                     mechanism, initial = request.mechanism, request.initial or b""
+                    # Mechanisms a module runs (XEP-0484 HT-*).
+                    exchange = self.server.events.fire(f"sasl2-mechanism/{mechanism}",
+                                                       (self, request))
                 else:
                     mechanism, initial = element.getAttribute("mechanism", ""), decode_payload(element)
-                self.sasl = SASLExchange(self.server, self.host or "", mechanism,
-                                         self.mechanisms, self._bindings(), self.peer)
-                d = self.sasl.start(initial)
+                if exchange is None:
+                    exchange = SASLExchange(self.server, self.host or "", mechanism,
+                                            self.mechanisms, self._bindings(), self.peer)
+                self.sasl = exchange
+                d = exchange.start(initial)
             elif element.name == "response":
                 if self.sasl is None:
                     raise SASLFailure("malformed-request")
@@ -486,27 +499,71 @@ class C2SStream(Protocol):
             self.factory.throttle.delay_call(self.peer, answer, exc)
 
     def _sasl2_success(self, jid: JID, additional: Optional[bytes]) -> None:
-        """XEP-0388 §2.6.1: no stream restart; with a Bind2 request
-        (XEP-0386 §3) the resource is bound and the inline requests answered
-        in the same <success/>."""
-        request, self.sasl2 = self.sasl2, None
+        """XEP-0388 §2.6.1: no stream restart. Modules add to <success/>
+        (a FAST token, which is stored first), then an inline <resume/>
+        (XEP-0198) or a Bind2 request (XEP-0386 §3) makes the stream bound
+        in the same answer."""
+        request = self.sasl2
         assert request is not None
+        outcome = sasl2.Outcome(self, request, jid, self.sasl)
         self.sasl = None
         self.user = jid
         self.factory.throttle.succeeded(self.peer)
+        metrics.AUTH_SUCCESS.inc()
         log.info("c2s {peer} authenticated as {user} (SASL2)", peer=self.peer, user=jid.bare)
-        if not request.bind:
-            self.send_element(sasl2.success(additional, jid.bare))
+        self.server.events.fire_all("sasl2-authenticated", outcome)
+        if not outcome.pending:
+            self._sasl2_finish(outcome, additional)
+            return
+        self._hold()
+        d = defer.gatherResults(outcome.pending, consumeErrors=True)
+        d.addCallback(lambda _: self._sasl2_finish(outcome, additional))
+        d.addErrback(self._crash)
+
+    def _sasl2_finish(self, outcome: sasl2.Outcome, additional: Optional[bytes]) -> None:
+        if self.state != AUTH_NEEDED:
+            return  # the connection went away meanwhile
+        request = outcome.request
+        self.sasl2 = None
+        events = self.server.events
+        answers: list[domish.Element] = []
+        for item in request.extensions:
+            answer = events.fire(f"sasl2-inline/{item.uri}:{item.name}", (self, item, outcome))
+            if isinstance(answer, domish.Element):
+                answers.append(answer)
+            if self.state == CLOSED:
+                return  # e.g. a <resume/> acknowledging more than was sent
+        answers.extend(outcome.children)
+
+        def success(authzid: str) -> domish.Element:
+            element = sasl2.success(additional, authzid)
+            for child in answers:
+                element.addChild(child)
+            return element
+
+        if outcome.resumed is not None:
+            # XEP-0198 with XEP-0388: a resumed session needs no binding.
+            self.send_element(success(outcome.resumed.jid.full))
+        elif not request.bind:
+            self.send_element(success(outcome.jid.bare))
             self.state = BIND_NEEDED
             self.send_element(self._bind_features())
-            self._release()
-            return
-        resource = sasl2.bind2_resource(jid.bare, request.tag, request.user_agent)
-        full = JID.parse(f"{jid.bare}/{resource}")
+        else:
+            self._bind2(request, success)
+        for after in outcome.after:
+            after()
+        # Pipelined stanzas are in the same stream (no restart): handle them.
+        self._release()
+
+    def _bind2(self, request: sasl2.Authenticate,
+               success: Callable[[str], domish.Element]) -> None:
+        assert self.user is not None
+        resource = sasl2.bind2_resource(self.user.bare, request.tag, request.user_agent)
+        full = JID.parse(f"{self.user.bare}/{resource}")
         events = self.server.events
 
-        def success(session: ClientSession) -> domish.Element:
-            element = sasl2.success(additional, full.full)
+        def bound(session: ClientSession) -> domish.Element:
+            element = success(full.full)
             bound = element.addElement((sasl2.BIND2, "bound"))
             for item in request.inline:
                 answer = events.fire(f"bind2-inline/{item.uri}:{item.name}", (session, item))
@@ -514,9 +571,7 @@ class C2SStream(Protocol):
                     bound.addChild(answer)
             return element
 
-        self.bind_session(full, success)
-        # Pipelined stanzas are in the same stream (no restart): handle them.
-        self._release()
+        self.bind_session(full, bound)
 
     def _crash(self, failure: Failure) -> None:
         log.failure("c2s negotiation for {peer} failed", failure, peer=self.peer)

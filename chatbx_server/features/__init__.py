@@ -26,6 +26,7 @@ REGISTRY: dict[str, str] = {
     "upload": "chatbx_server.features.upload.UploadFeature",
     "smacks": "chatbx_server.features.smacks.SmacksFeature",
     "csi": "chatbx_server.features.csi.CSIFeature",
+    "fast": "chatbx_server.c2s.fast.FastFeature",
     "muc": "chatbx_server.muc.service.MucFeature",
 }
 
@@ -33,7 +34,7 @@ REGISTRY: dict[str, str] = {
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
-    "muc",
+    "fast", "muc",
 )
 
 

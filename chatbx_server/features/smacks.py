@@ -141,6 +141,8 @@ class SmacksFeature(Feature):
             self.hook(f"stream-element/{NS}:{name}", handler)
         self.hook(f"bind2-inline/{NS}:enable", self.on_inline_enable)
         self.hook(f"unbound-element/{NS}:resume", self.on_resume)
+        self.hook(f"sasl2-inline/{NS}:resume", self.on_inline_resume)
+        self.hook("sasl2-features", self.on_sasl2_features)
         self.hook(f"unbound-element/{NS}:enable", self.on_early_enable)
         self.hook("session/hibernate", self.on_hibernate)
         # After presence has said unavailable: the stanzas go elsewhere.
@@ -281,26 +283,56 @@ class SmacksFeature(Feature):
         end_session(self.server, session)
 
     def on_resume(self, item: tuple[Any, domish.Element]) -> bool:
+        """``<resume/>`` after SASL, before bind (§5)."""
         stream, element = item
+        answer, session = self.take_over(stream, element)
+        if answer is None:
+            return True  # the stream was closed
+        stream.send_element(answer)
+        if session is not None:
+            self.replay(stream, session)
+        return True
+
+    def on_inline_resume(self, item: tuple[Any, domish.Element, Any]) -> Optional[domish.Element]:
+        """``<resume/>`` inside a SASL2 ``<authenticate/>`` (XEP-0198 with
+        XEP-0388): the answer goes into ``<success/>``; after a resumption
+        Bind2 is skipped and the queue is sent again after ``<success/>``;
+        after ``<failed/>`` the login goes on (binding, if asked)."""
+        stream, element, outcome = item
+        answer, session = self.take_over(stream, element)
+        if session is not None:
+            outcome.resumed = session
+            outcome.after.append(lambda: self.replay(stream, session))
+        return answer
+
+    def on_sasl2_features(self, item: tuple[Any, list[domish.Element]]) -> None:
+        _, extra = item
+        extra.append(domish.Element((NS, "sm")))
+
+    def take_over(self, stream: Any, element: domish.Element
+                  ) -> tuple[Optional[domish.Element], Optional[ClientSession]]:
+        """Attach the session ``<resume/>`` names to ``stream``.
+
+        Returns the answer (``<resumed/>`` or ``<failed/>``; None when the
+        stream was closed for a bad 'h') and the session when resumed.
+        """
         previd = element.getAttribute("previd") or ""
         h = parse_h(element.getAttribute("h"))
         if h is None:
-            stream.send_element(failed("bad-request"))
-            return True
+            return failed("bad-request"), None
         user = stream.user.bare
         session = self._resumable.get(previd)
         if session is None or session.bare != user or session.closed or session.sm is None:
             ended = self._ended.get(previd)
             known = ended is not None and ended[0] == user
-            stream.send_element(failed("item-not-found", ended[1] if known and ended else None))
             log.info("c2s {peer}: resumption of an unknown or expired session", peer=stream.peer)
-            return True
+            return failed("item-not-found", ended[1] if known and ended else None), None
         sm: StreamManagement = session.sm
         try:
             sm.ack(h)
         except HandledCountTooHigh as exc:
             self._too_high(stream, exc)
-            return True
+            return None, None
         old = session.stream
         if sm.hibernated is not None:
             sm.hibernated.cancel()
@@ -314,7 +346,13 @@ class SmacksFeature(Feature):
         resumed = domish.Element((NS, "resumed"))
         resumed["previd"] = previd
         resumed["h"] = str(wire(sm.inbound.handled))
-        stream.send_element(resumed)
+        return resumed, session
+
+    def replay(self, stream: Any, session: ClientSession) -> None:
+        """Send the unacknowledged stanzas again on the new connection (§5)."""
+        sm = session.sm
+        if sm is None:
+            return
         log.info("c2s {jid} resumed from {peer}, {count} stanzas sent again",
                  jid=session.jid.full, peer=stream.peer, count=len(sm.queue))
         for stanza in list(sm.queue):
@@ -322,7 +360,6 @@ class SmacksFeature(Feature):
         if sm.queue:
             sm.request_outstanding = True
             stream.send_raw(f"<r xmlns='{NS}'/>")
-        return True
 
     # -- the end of a session: what it did not acknowledge -------------------
     def on_closed(self, session: ClientSession) -> None:
