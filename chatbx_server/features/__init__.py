@@ -27,6 +27,7 @@ REGISTRY: dict[str, str] = {
     "smacks": "chatbx_server.features.smacks.SmacksFeature",
     "csi": "chatbx_server.features.csi.CSIFeature",
     "fast": "chatbx_server.c2s.fast.FastFeature",
+    "push": "chatbx_server.features.push.PushFeature",
     "muc": "chatbx_server.muc.service.MucFeature",
 }
 
@@ -34,7 +35,7 @@ REGISTRY: dict[str, str] = {
 DEFAULT_MODULES: tuple[str, ...] = (
     "message", "roster", "presence", "offline", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
-    "fast", "muc",
+    "fast", "push", "muc",
 )
 
 

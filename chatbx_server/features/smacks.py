@@ -360,6 +360,7 @@ class SmacksFeature(Feature):
         if sm.queue:
             sm.request_outstanding = True
             stream.send_raw(f"<r xmlns='{NS}'/>")
+        self.server.events.fire_all("session/resumed", session)
 
     # -- the end of a session: what it did not acknowledge -------------------
     def on_closed(self, session: ClientSession) -> None:
