@@ -83,7 +83,8 @@ class Server:
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        """Close every session, unload modules, stop the database."""
+        """Close every session, unload modules, write the batched rows still
+        queued (archive), stop the database."""
         if not self.running:
             return
         self.running = False
@@ -91,6 +92,7 @@ class Server:
             session.close("system-shutdown")
         self.modules.unload_all()
         self.stores.users.hasher.stop()
+        yield self.stores.close()
         yield defer.maybeDeferred(self.database.stop)
 
     def is_local(self, host: Optional[str]) -> bool:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from chatbx_server.storage.database import normalise_url
-from chatbx_server.storage.schema import metadata
+from chatbx_server.storage.schema import include_object, metadata
 
 config = context.config
 target_metadata = metadata
@@ -28,6 +28,8 @@ def _configure(connection: Connection) -> None:
         # SQLite cannot ALTER most things: Alembic's batch mode copies the table.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # The archive's full-text index is DDL, not metadata (schema.py).
+        include_object=include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

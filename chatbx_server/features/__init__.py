@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "roster": "chatbx_server.features.roster.RosterFeature",
     "presence": "chatbx_server.features.presence.PresenceFeature",
     "offline": "chatbx_server.features.offline.OfflineFeature",
+    "mam": "chatbx_server.features.mam.MamFeature",
     "disco": "chatbx_server.features.disco.DiscoFeature",
     "ping": "chatbx_server.features.ping.PingFeature",
     "version": "chatbx_server.features.version.VersionFeature",
@@ -33,7 +34,7 @@ REGISTRY: dict[str, str] = {
 
 #: what a modern public server runs when the config names no modules
 DEFAULT_MODULES: tuple[str, ...] = (
-    "message", "roster", "presence", "offline", "disco", "ping",
+    "message", "roster", "presence", "offline", "mam", "disco", "ping",
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
     "fast", "push", "muc",
 )

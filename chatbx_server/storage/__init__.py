@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
+
+from chatbx_server.storage.archive import ArchiveStore
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
 from chatbx_server.storage.fast import FastStore
@@ -20,6 +23,7 @@ from chatbx_server.storage.upload import UploadStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
 
 __all__ = [
+    "ArchiveStore",
     "Database",
     "FastStore",
     "MucStore",
@@ -55,3 +59,10 @@ class Stores:
         self.muc = MucStore(db, clock)
         self.fast = FastStore(db, clock)
         self.push = PushStore(db, clock)
+        self.archive = ArchiveStore(db, clock)
+
+    def close(self) -> defer.Deferred[None]:
+        """Write every batched row still queued (the server waits for this
+        before it stops the database); later writes fail."""
+        d = defer.DeferredList([self.archive.close(), self.muc.flushed()], consumeErrors=True)
+        return d.addCallback(lambda _: None)

@@ -8,8 +8,15 @@ batch migrations on SQLite can refer to them.
 
 RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
 (offline messages), RFC 5802 / RFC 7677 (SCRAM credentials), XEP-0363 (uploads),
-XEP-0045 / XEP-0313 (group chat rooms, affiliations and their archive),
+XEP-0045 / XEP-0313 (group chat rooms, affiliations and their archive), XEP-0313 /
+XEP-0441 / XEP-0431 (message archives, their preferences, full-text search),
 XEP-0484 (FAST tokens), XEP-0357 (push registrations).
+
+The archive's full-text index is not a Table: an FTS5 virtual table, its
+progress row and a trigger on SQLite, a GIN expression index on PostgreSQL. They are created
+by DDL attached to ``archive_messages`` (so ``metadata.create_all`` makes
+them too) and by the migration; :func:`include_object` tells Alembic's
+comparison to leave them out (see ``storage/archive.py`` for the design).
 """
 
 from __future__ import annotations
@@ -17,7 +24,11 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 __all__ = [
+    "SEARCH_OBJECTS",
+    "archive_messages",
+    "archive_prefs",
     "fast_tokens",
+    "include_object",
     "metadata",
     "muc_affiliations",
     "muc_archive",
@@ -286,3 +297,97 @@ push_registrations = sa.Table(
     sa.PrimaryKeyConstraint("user_id", "service", "node"),
     comment="push notification registrations (XEP-0357 §5)",
 )
+
+# -- message archives (XEP-0313) -------------------------------------------------
+
+archive_messages = sa.Table(
+    "archive_messages",
+    metadata,
+    sa.Column("id", BigIntId, primary_key=True, autoincrement=False,
+              comment="order and time in one: (Unix microseconds << 10) | sequence, "
+                      "assigned by the server; see storage/archive.py"),
+    _user_fk(),
+    sa.Column("nonce", sa.Integer, nullable=False,
+              comment="random 32 bits of the public archive id (XEP-0359 stanza-id)"),
+    sa.Column("with_hash", sa.Integer, nullable=False,
+              comment="CRC-32 of with_jid as a signed 32-bit integer: a small index key"),
+    sa.Column("with_jid", sa.String(BARE_JID_LENGTH), nullable=False,
+              comment="bare JID of the other party: 'to' of outgoing, 'from' of incoming"),
+    sa.Column("with_resource", sa.String(PART_LENGTH), nullable=True,
+              comment="resource of that JID, when the stanza named one"),
+    sa.Column("body", sa.Text, nullable=True,
+              comment="text of <body/>, for full-text search (XEP-0431); NULL without one"),
+    sa.Column("stanza", sa.Text, nullable=False, comment="serialized XML of the archived message"),
+    sa.Index("ix_archive_messages_user_id_id", "user_id", "id"),
+    sa.Index("ix_archive_messages_user_id_with_hash_id", "user_id", "with_hash", "id"),
+    comment="user message archives (XEP-0313): one row per message per archive",
+)
+
+archive_prefs = sa.Table(
+    "archive_prefs",
+    metadata,
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("default_policy", sa.String(6), nullable=False,
+              comment="XEP-0441 default: always | never | roster"),
+    sa.Column("always", sa.Text, nullable=False, server_default="[]",
+              comment="JSON list of JIDs whose messages are always archived"),
+    sa.Column("never", sa.Text, nullable=False, server_default="[]",
+              comment="JSON list of JIDs whose messages are never archived"),
+    sa.CheckConstraint("default_policy IN ('always', 'never', 'roster')", name="default_policy"),
+    comment="archiving preferences (XEP-0441) of accounts that set them",
+)
+
+#: SQLite: an FTS5 table (rowid = archive_messages.id) of each body and an
+#: owner token ('u' || user_id) that restricts a search to one archive inside
+#: the index. It is filled by an indexer that follows the archive in bounded
+#: chunks (archive_fts_state.indexed_to: every row up to there is indexed),
+#: so a burst of writes does not pay for tokenizing; a trigger removes
+#: deleted rows (a no-op for rows never indexed). See storage/archive.py.
+SQLITE_FTS_DDL = (
+    "CREATE VIRTUAL TABLE archive_fts USING fts5("
+    "owner, body, tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TABLE archive_fts_state ("
+    "id INTEGER PRIMARY KEY CHECK (id = 1), indexed_to INTEGER NOT NULL)",
+    "INSERT INTO archive_fts_state (id, indexed_to) VALUES (1, 0)",
+    "CREATE TRIGGER archive_fts_delete AFTER DELETE ON archive_messages "
+    "WHEN old.body IS NOT NULL BEGIN "
+    "DELETE FROM archive_fts WHERE rowid = old.id; "
+    "END",
+)
+SQLITE_FTS_DROP = (
+    "DROP TRIGGER IF EXISTS archive_fts_delete",
+    "DROP TABLE IF EXISTS archive_fts_state",
+    "DROP TABLE IF EXISTS archive_fts",
+)
+#: PostgreSQL: a GIN index on the 'simple' text-search vector of the body;
+#: queries use the same expression (storage/archive.py).
+POSTGRESQL_FTS_DDL = (
+    "CREATE INDEX ix_archive_messages_fulltext ON archive_messages "
+    "USING gin (to_tsvector('simple'::regconfig, body))",
+)
+POSTGRESQL_FTS_DROP = ("DROP INDEX IF EXISTS ix_archive_messages_fulltext",)
+
+#: names of the full-text objects (and FTS5's shadow tables): not Tables here
+SEARCH_OBJECTS = frozenset((
+    "archive_fts", "archive_fts_data", "archive_fts_idx", "archive_fts_docsize",
+    "archive_fts_config", "archive_fts_content", "archive_fts_state",
+    "ix_archive_messages_fulltext",
+))
+
+for _statement in SQLITE_FTS_DDL:
+    sa.event.listen(archive_messages, "after_create",
+                    sa.DDL(_statement).execute_if(dialect="sqlite"))
+for _statement in POSTGRESQL_FTS_DDL:
+    sa.event.listen(archive_messages, "after_create",
+                    sa.DDL(_statement).execute_if(dialect="postgresql"))
+for _statement in SQLITE_FTS_DROP:
+    sa.event.listen(archive_messages, "before_drop",
+                    sa.DDL(_statement).execute_if(dialect="sqlite"))
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool,
+                   compare_to: object) -> bool:
+    """Alembic ``include_object`` hook: skip the full-text objects, which are
+    DDL, not metadata (Alembic would report them as tables to drop)."""
+    return name not in SEARCH_OBJECTS

@@ -11,15 +11,17 @@ from alembic.script import ScriptDirectory
 
 from chatbx_server.storage import migrate
 from chatbx_server.storage.database import Database, make_engine
-from chatbx_server.storage.schema import metadata
+from chatbx_server.storage.schema import SEARCH_OBJECTS, include_object, metadata
 
 
 def _diff(url: str) -> list:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
+            # The archive's full-text index is DDL, not metadata (schema.py).
             ctx = MigrationContext.configure(conn, opts={"compare_type": True,
-                                                         "compare_server_default": True})
+                                                         "compare_server_default": True,
+                                                         "include_object": include_object})
             return compare_metadata(ctx, metadata)
     finally:
         engine.dispose()
@@ -47,8 +49,41 @@ def test_all_revisions_give_the_schema(db_url: str) -> None:
     assert _diff(db_url) == []
     engine = make_engine(db_url)
     try:
-        assert set(sa.inspect(engine).get_table_names()) == set(metadata.tables) | {
-            "alembic_version"}
+        names = set(sa.inspect(engine).get_table_names())
+        assert names - SEARCH_OBJECTS == set(metadata.tables) | {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_full_text_objects_exist_and_match_create_all(db_url: str) -> None:
+    """The archive's full-text index (FTS5 table and triggers on SQLite, GIN
+    index on PostgreSQL), which the comparison above leaves out, is created by
+    the migration exactly as metadata.create_all creates it."""
+    def search_objects(engine: sa.Engine) -> set[str]:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                rows = conn.exec_driver_sql(
+                    "SELECT name FROM sqlite_master WHERE name LIKE 'archive_fts%'")
+            else:
+                rows = conn.exec_driver_sql(
+                    "SELECT indexname FROM pg_indexes WHERE indexname = 'ix_archive_messages_fulltext'")
+            return {r[0] for r in rows}
+
+    migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        migrated = search_objects(engine)
+        if engine.dialect.name == "sqlite":
+            assert {"archive_fts", "archive_fts_state", "archive_fts_delete"} <= migrated
+        else:
+            assert migrated == {"ix_archive_messages_fulltext"}
+        with engine.begin() as conn:
+            metadata.drop_all(conn)
+            conn.exec_driver_sql("DROP TABLE alembic_version")
+        assert search_objects(engine) == set()
+        with engine.begin() as conn:
+            metadata.create_all(conn)
+        assert search_objects(engine) == migrated
     finally:
         engine.dispose()
 

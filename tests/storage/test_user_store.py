@@ -131,13 +131,20 @@ def test_set_password(stores: Stores, result_of: Any) -> None:
 
 
 def test_delete_cascades(stores: Stores, result_of: Any) -> None:
-    """Deleting an account removes its credentials, roster, requests and
-    offline messages, and nobody else's."""
+    """Deleting an account removes its credentials, roster, requests, offline
+    messages, archive and archive preferences, and nobody else's."""
+    from chatbx_server.storage.archive import ArchivePrefs
+
     result_of(stores.users.create_many([("alice@x.org", "p"), ("bob@x.org", "p")]))
     for user in ("alice@x.org", "bob@x.org"):
         result_of(stores.roster.set_item(user, RosterItem("carol@y.org")))
         result_of(stores.roster.add_request(user, "dave@y.org", None))
         result_of(stores.offline.store(user, "<message/>", 10))
+        ids = stores.archive.ids
+        stores.archive.append((user, ids.next_id(), ids.nonce(), "carol@y.org", None, "hi",
+                               "<message/>", False))
+        result_of(stores.archive.set_prefs(user, ArchivePrefs()))
+    result_of(stores.archive.flush())
     assert result_of(stores.users.delete("alice@x.org")) is True
     assert result_of(stores.users.delete("alice@x.org")) is False
 
@@ -151,6 +158,7 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         "uploads": 0,  # uploads are not tied to the account row (they expire)
         "muc_rooms": 0, "muc_affiliations": 0, "muc_archive": 0,
         "fast_tokens": 0, "push_registrations": 0,
+        "archive_messages": 1, "archive_prefs": 1,
     }
     assert result_of(stores.roster.get_roster("bob@x.org"))[1] == [RosterItem("carol@y.org")]
 

@@ -1,7 +1,7 @@
 """FAST tokens (XEP-0484) and push registrations (XEP-0357).
 
-Revision ID: 006
-Revises: 005
+Revision ID: 007
+Revises: 006
 Create Date: 2026-01-20
 
 ``fast_tokens``: per account and device (XEP-0388 user-agent id) two
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "006"
-down_revision = "005"
+revision = "007"
+down_revision = "006"
 branch_labels = None
 depends_on = None
 
