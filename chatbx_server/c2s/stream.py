@@ -422,6 +422,15 @@ class C2SStream(Protocol):
             self._held = []
             self.transport.pauseProducing()
 
+    def pause_input(self) -> None:
+        """Hold what the client sends until :meth:`resume_input` (a module
+        answering a nonza asynchronously, e.g. a resumption that waits)."""
+        self._hold()
+
+    def resume_input(self) -> None:
+        """Handle what was held, then go on reading."""
+        self._release()
+
     def _release(self, replay: bool = True) -> None:
         held, self._held = self._held, None
         if held is None:

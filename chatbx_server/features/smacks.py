@@ -43,6 +43,7 @@ from twisted.words.xish import domish
 from chatbx_server.c2s.smacks import (NS, HandledCountTooHigh, StreamManagement, parse_h,
                                       wire)
 from chatbx_server.c2s.session import ClientSession
+from chatbx_server.c2s import stream as c2s_stream
 from chatbx_server.c2s.stream import end_session
 from chatbx_server.events import OFFLINE, StanzaEvent
 from chatbx_server.logs import log_observer
@@ -142,6 +143,7 @@ class SmacksFeature(Feature):
         self.hook(f"bind2-inline/{NS}:enable", self.on_inline_enable)
         self.hook(f"unbound-element/{NS}:resume", self.on_resume)
         self.hook(f"sasl2-inline/{NS}:resume", self.on_inline_resume)
+        self.hook("sasl2-authenticated", self.on_sasl2_authenticated)
         self.hook("sasl2-features", self.on_sasl2_features)
         self.hook(f"unbound-element/{NS}:enable", self.on_early_enable)
         self.hook("session/hibernate", self.on_hibernate)
@@ -282,16 +284,48 @@ class SmacksFeature(Feature):
                  jid=session.jid.full, why=why, unacked=len(sm.queue))
         end_session(self.server, session)
 
+    def _unsettled(self, stream: Any, element: domish.Element) -> Optional[Any]:
+        """The ``settled()`` Deferred of the session ``<resume/>`` names when
+        some of its client's stanzas are still being committed: the 'h' of
+        ``<resumed/>`` waits for them, or the client would send them again."""
+        session = self._resumable.get(element.getAttribute("previd") or "")
+        if session is None or session.sm is None or session.bare != stream.user.bare:
+            return None
+        inbound = session.sm.inbound
+        return inbound.settled() if inbound.pending else None
+
     def on_resume(self, item: tuple[Any, domish.Element]) -> bool:
         """``<resume/>`` after SASL, before bind (§5)."""
         stream, element = item
+        waiting = self._unsettled(stream, element)
+        if waiting is not None:
+            stream.pause_input()
+
+            def settled(_: Any) -> None:
+                if stream.state != c2s_stream.CLOSED:
+                    self._resume(stream, element)
+                    stream.resume_input()
+
+            waiting.addCallback(settled)
+            return True
+        self._resume(stream, element)
+        return True
+
+    def on_sasl2_authenticated(self, outcome: Any) -> None:
+        """An inline ``<resume/>`` waits the same way, before ``<success/>``."""
+        element = outcome.request.extension(NS, "resume")
+        if element is not None:
+            waiting = self._unsettled(outcome.stream, element)
+            if waiting is not None:
+                outcome.wait(waiting)
+
+    def _resume(self, stream: Any, element: domish.Element) -> None:
         answer, session = self.take_over(stream, element)
         if answer is None:
-            return True  # the stream was closed
+            return  # the stream was closed
         stream.send_element(answer)
         if session is not None:
             self.replay(stream, session)
-        return True
 
     def on_inline_resume(self, item: tuple[Any, domish.Element, Any]) -> Optional[domish.Element]:
         """``<resume/>`` inside a SASL2 ``<authenticate/>`` (XEP-0198 with

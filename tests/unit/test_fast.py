@@ -324,3 +324,33 @@ def test_failed_inline_resume_goes_on_to_bind(server, factory):
     assert child(child(success, SM, "failed"), ns.STANZA_ERRORS, "item-not-found") is not None
     assert child(success, BIND2, "bound") is not None
     assert c.proto.state == c2s.BOUND
+
+
+def test_inline_resume_waits_for_stanzas_still_being_committed(server, factory):
+    """A message the phone sent just before losing its connection is still
+    being stored: the <success/> with <resumed/> waits for the commit and
+    its 'h' covers the message."""
+    from twisted.internet import defer
+
+    token, _ = get_token(factory)
+    c = connect(factory)
+    authenticate(c, "HT-SHA-256-NONE", ht(token), f"<fast xmlns='{FAST}'/>"
+                 f"<bind xmlns='{BIND2}'><tag>Phone</tag><enable xmlns='{SM}' resume='true'/></bind>")
+    previd = child(child(c.one(), BIND2, "bound"), SM, "enabled")["id"]
+    held: list = []
+
+    def store(*args: Any) -> Any:
+        d: Any = defer.Deferred()
+        held.append(d)
+        return d
+
+    server.stores.offline.store = store
+    c.send("<message to='bob@localhost' type='chat'><body>for bob</body></message>")
+    c.lose()
+    again = connect(factory)
+    authenticate(again, "HT-SHA-256-NONE", ht(token), f"<fast xmlns='{FAST}'/>"
+                 f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+    assert again.received() == []
+    held[0].callback(True)
+    success = again.received()[0]
+    assert child(success, SM, "resumed")["h"] == "1"
