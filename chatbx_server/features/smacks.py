@@ -19,6 +19,13 @@
   resume it. A timed-out or unknown id gets ``<failed/>`` with
   item-not-found, with the old session's 'h' when it is remembered (1.6:
   the client learns which of its stanzas arrived).
+- Acks also wait for writes a handler makes beside the stanza's own
+  result (the archive's batched rows: ``c2s.smacks.hold_ack``), and a
+  ``<resume/>`` whose session still has stanzas being committed is
+  answered once they are, so its 'h' covers them. ``<resume/>`` may also
+  come inside a SASL2 ``<authenticate/>`` (XEP-0388 inline feature
+  ``<sm/>``): ``<resumed/>`` or ``<failed/>`` then goes into
+  ``<success/>``. ``session/resumed`` fires after a resumption.
 - When a session with unacknowledged stanzas ends (timeout, clean close,
   queue overflow, replacement), those stanzas go where an undelivered
   stanza goes (§5: "treat unacknowledged stanzas in the same way that it
