@@ -22,6 +22,7 @@ from uuid import uuid4
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 log = Logger(observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
+#: what a bound stream keeps of the offered mechanisms (one shared empty list)
+_NO_MECHANISMS: list[str] = []
 #: stream errors after which a resumable session waits for its client:
 #: the peer vanished (keepalive), rather than being sent away
 HIBERNATE_CONDITIONS = frozenset(("connection-timeout",))
@@ -86,7 +89,7 @@ class C2SStream(Protocol):
         #: the XEP-0388 <authenticate/> being answered (None: RFC 6120 SASL)
         self.sasl2: Optional[sasl2.Authenticate] = None
         self.sasl_failures = 0
-        self.mechanisms: list[str] = []
+        self.mechanisms: list[str] = _NO_MECHANISMS
         self.user: Optional[JID] = None
         self.session: Optional[ClientSession] = None
         self.peer = ""
@@ -121,8 +124,15 @@ class C2SStream(Protocol):
         # we queue for it stays bounded.
         self.transport.registerProducer(self, True)
         # Bounded: a connection that never logs in does not stay forever.
+        # The same timer becomes the keepalive once bound (_attach).
         self._timeout = self.server.clock.callLater(
-            self.factory.limits.negotiation_timeout, self._negotiation_timed_out)
+            self.factory.limits.negotiation_timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        if self.state == BOUND:
+            self._keepalive()
+        else:
+            self._negotiation_timed_out()
 
     def _negotiation_timed_out(self) -> None:
         self._timeout = None
@@ -138,6 +148,8 @@ class C2SStream(Protocol):
         self.state = CLOSED
         self._cancel_timeout()
         self.factory.release(self)
+        if self.factory.reaper is not None:
+            self.factory.reaper.forget(self)
         # The connection went away without </stream:stream>: a resumable
         # session waits for its client to come back (XEP-0198 §5).
         self._end_session(hibernate=True)
@@ -173,6 +185,9 @@ class C2SStream(Protocol):
         # Any input shows the peer is alive (the keepalive re-checks this
         # when its timer fires instead of being rescheduled per read).
         self._last_input = self.server.clock.seconds()
+        reaper = self.factory.reaper
+        if reaper is not None:
+            reaper.young.add(self)
         parser = self.parser
         if parser is None:
             return
@@ -650,8 +665,25 @@ class C2SStream(Protocol):
     def _attach(self, session: ClientSession) -> None:
         self.session = session
         self.state = BOUND
-        self._cancel_timeout()
-        self._timeout = self.server.clock.callLater(self.factory.limits.c2s_idle_timeout, self._keepalive)
+        idle = self.factory.limits.c2s_idle_timeout
+        timeout = self._timeout
+        if timeout is not None and timeout.active():
+            # The negotiation timer turns into the keepalive: no second
+            # DelayedCall, no cancelled one left in the reactor's heap.
+            timeout.reset(idle)
+        else:
+            self._timeout = self.server.clock.callLater(idle, self._keepalive)
+        # What only negotiation needed (DESIGN: idle connections cost kilobytes).
+        self._cb_cache = None
+        self.mechanisms = _NO_MECHANISMS
+
+    def release_parser(self) -> bool:
+        """The connection went quiet: drop the expat parser if it is between
+        stanzas (c2s/parser.py); the next read builds a new one."""
+        parser = self.parser
+        if self.state != BOUND or parser is None or self._held is not None:
+            return False
+        return parser.suspend()
 
     def detach_session(self) -> Optional[ClientSession]:
         """Let go of the bound session without ending it (it is being
@@ -802,6 +834,49 @@ def _with_b64(element: domish.Element, data: Optional[bytes]) -> domish.Element:
     return element
 
 
+class ParserReaper:
+    """Drops the expat parsers of bound streams that went quiet.
+
+    One LoopingCall per listener and two generations of recently active
+    streams (a set insertion per read): at each sweep the streams that read
+    during the previous period but not during the last one release their
+    parser (``C2SStream.release_parser``). An idle connection then holds no
+    parser (~12 KiB) until it speaks again, which costs building one
+    (~10 µs). Work per sweep is proportional to the streams active lately,
+    not to all connections.
+    """
+
+    def __init__(self, clock: Any, period: float) -> None:
+        self.period = period
+        #: streams that read during this period / during the previous one
+        self.young: set[C2SStream] = set()
+        self.old: set[C2SStream] = set()
+        self._call = LoopingCall(self.sweep)
+        self._call.clock = clock
+
+    def start(self) -> None:
+        if not self._call.running:
+            self._call.start(self.period, now=False)
+
+    def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+
+    def forget(self, stream: C2SStream) -> None:
+        self.young.discard(stream)
+        self.old.discard(stream)
+
+    def sweep(self) -> int:
+        """Release the parsers of streams quiet for a whole period; returns how many."""
+        quiet = self.old - self.young
+        self.old, self.young = self.young, set()
+        released = 0
+        for stream in quiet:
+            if stream.release_parser():
+                released += 1
+        return released
+
+
 class C2SFactory(Factory):
     """Builds client streams for one listening port."""
 
@@ -821,6 +896,19 @@ class C2SFactory(Factory):
                              self.limits.auth_failure_max_delay), {})
         self.throttle: AuthThrottle = shared[0]
         self._per_ip: dict[str, int] = shared[1]
+        #: runs while the listener does (startFactory); None: parsers stay
+        self.reaper: Optional[ParserReaper] = None
+
+    def startFactory(self) -> None:
+        period = self.limits.c2s_parser_idle
+        if period > 0 and self.reaper is None:
+            self.reaper = ParserReaper(self.server.clock, period)
+            self.reaper.start()
+
+    def stopFactory(self) -> None:
+        reaper, self.reaper = self.reaper, None
+        if reaper is not None:
+            reaper.stop()
 
     def buildProtocol(self, addr: Any) -> C2SStream:
         return C2SStream(self)
