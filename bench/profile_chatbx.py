@@ -118,6 +118,9 @@ def main() -> int:
                     help="idle: run the server under heaptrack (C allocations by call stack) and "
                          "kill it with the connections still open: `heaptrack_print --print-leaks 1 "
                          "OUT.zst` lists what they hold")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="idle: seconds between the last login and the second report (25: after "
+                         "chatbx freed the parsers of quiet connections)")
     ap.add_argument("--sm", action="store_true",
                     help="clients enable XEP-0198 stream management (resumable) after bind")
     args = ap.parse_args()
@@ -142,7 +145,7 @@ def main() -> int:
     target = Target("chatbx", "127.0.0.1", handle.port, "localhost", server_pid=handle.pid)
     try:
         if args.scenario == "idle":
-            return profile_idle(handle, target, args.idle_count, bool(args.heaptrack))
+            return profile_idle(handle, target, args.idle_count, bool(args.heaptrack), args.settle)
         raw = os.path.join(workdir, f"pyspy-{args.scenario}.txt")
         spy = subprocess.Popen([py_spy, "record", "--pid", str(handle.pid), "--format", "raw", "--output", raw,
                                 "--rate", "250", "--nonblocking", "--duration", str(int(args.duration + 4))],
@@ -216,7 +219,7 @@ def profile_s2s(py_spy: str, duration: float, server_cpus: list[int], gen_cpus: 
 
 
 def profile_idle(handle: servers.ServerHandle, target: Target, count: int,
-                 kill_first: bool = False) -> int:
+                 kill_first: bool = False, settle: float = 2.0) -> int:
     """Object counts before and after `count` idle connections (memprobe reports, SIGUSR1)."""
     probe_dir = os.path.join(handle.workdir, "probe")
 
@@ -238,7 +241,7 @@ def profile_idle(handle: servers.ServerHandle, target: Target, count: int,
         os.kill(pid, signal.SIGUSR1)
         await asyncio.sleep(2.0)
         conns, errors = await scenarios.login_many(target, range(count), 100, 120.0)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(settle)
         os.kill(pid, signal.SIGUSR1)
         await asyncio.sleep(3.0)
         # A tracemalloc snapshot of a big heap takes a while: wait for the

@@ -126,9 +126,11 @@ class C2SStream(Protocol):
         # Bounded: a connection that never logs in does not stay forever.
         # The same timer becomes the keepalive once bound (_attach).
         self._timeout = self.server.clock.callLater(
-            self.factory.limits.negotiation_timeout, self._on_timer)
+            self.factory.limits.negotiation_timeout, self._keepalive_timer)
 
-    def _on_timer(self) -> None:
+    def _keepalive_timer(self) -> None:
+        """The connection's one timer: the negotiation deadline until the
+        stream is bound, then the keepalive."""
         if self.state == BOUND:
             self._keepalive()
         else:
