@@ -9,6 +9,9 @@ Everything is written through the c2s StreamSerializer, so stream-level
 elements carry the ``stream:`` prefix and stanzas no redundant namespace
 (RFC 6120 §4.8.5). A bound stream that goes silent is pinged (XEP-0199)
 and closed when the ping gets no answer, so dead peers do not stay online.
+A bound stream that goes quiet also frees its XML parser until it speaks
+again (``ParserReaper``, ``[limits] c2s_parser_idle``): idle connections
+should cost kilobytes.
 """
 
 from __future__ import annotations
