@@ -9,7 +9,7 @@ writes, routing/delivery, c2s stream, storage, reactor, other. Divided by the
 messages the scenario delivered, that is microseconds per message per stage.
 
     python3 bench/profile_chatbx.py --scenario throughput [--keep]
-    python3 bench/profile_chatbx.py --scenario idle --idle-count 2000   # object counts per connection
+    python3 bench/profile_chatbx.py --scenario idle --idle-count 2000 [--sm] [--tracemalloc]   # per connection
     python3 bench/profile_chatbx.py --scenario s2s    # two chatbx servers, users chatting across them
 """
 
@@ -76,7 +76,8 @@ def categorize(raw_path: str) -> tuple[Counter, int, Counter]:
 
 
 def start(workdir: str, users: int, fan: bool, cpus: list[int], memprobe: bool,
-          trace: bool = False, release_buffers: bool = False) -> servers.ServerHandle:
+          trace: bool = False, release_buffers: bool = False,
+          malloc_stats: bool = False, heaptrack: str = "") -> servers.ServerHandle:
     os.makedirs(workdir, exist_ok=True)
     port, tls_port = servers.free_port(), servers.free_port()
     cfg = servers.write_chatbx_config(workdir, "localhost", port, tls_port)
@@ -87,9 +88,11 @@ def start(workdir: str, users: int, fan: bool, cpus: list[int], memprobe: bool,
         return servers.start_chatbx(workdir, "localhost", cpus=cpus, cfg=cfg, port=port, tls_port=tls_port)
     log_path = os.path.join(workdir, "chatbx.log")
     twistd_args = ["-n", "--pidfile=", "--logfile", log_path, "chatbx", "--config", cfg]
-    proc = subprocess.Popen([sys.executable, "-m", "xmppload.memprobe", os.path.join(workdir, "probe"),
+    wrap = ["heaptrack", "-o", heaptrack] if heaptrack else []
+    proc = subprocess.Popen([*wrap, sys.executable, "-m", "xmppload.memprobe", os.path.join(workdir, "probe"),
                              *(["--tracemalloc"] if trace else []),
-                             *(["--release-buffers"] if release_buffers else []), "--", *twistd_args], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             *(["--release-buffers"] if release_buffers else []),
+                             *(["--malloc-stats"] if malloc_stats else []), "--", *twistd_args], cwd=os.path.dirname(os.path.abspath(__file__)),
                             stdout=open(log_path + ".out", "ab"), stderr=subprocess.STDOUT,
                             preexec_fn=(lambda: os.sched_setaffinity(0, set(cpus))) if cpus else None)
     handle = servers.ServerHandle("chatbx", proc, port, tls_port, "localhost", workdir, log_path, {"config": cfg})
@@ -109,7 +112,20 @@ def main() -> int:
     ap.add_argument("--tracemalloc", action="store_true", help="idle: also Python bytes by source line (slow)")
     ap.add_argument("--release-buffers", action="store_true",
                     help="idle what-if: patch pyOpenSSL contexts with SSL_MODE_RELEASE_BUFFERS")
+    ap.add_argument("--malloc-stats", action="store_true",
+                    help="idle: glibc malloc in use / free-but-held, and RSS after malloc_trim(0)")
+    ap.add_argument("--heaptrack", metavar="OUT", default="",
+                    help="idle: run the server under heaptrack (C allocations by call stack) and "
+                         "kill it with the connections still open: `heaptrack_print --print-leaks 1 "
+                         "OUT.zst` lists what they hold")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="idle: seconds between the last login and the second report (25: after "
+                         "chatbx freed the parsers of quiet connections)")
+    ap.add_argument("--sm", action="store_true",
+                    help="clients enable XEP-0198 stream management (resumable) after bind")
     args = ap.parse_args()
+    from xmppload import client as xmpp_client
+    xmpp_client.SM_ENABLED = args.sm
     py_spy = shutil.which("py-spy")
     if not py_spy and args.scenario != "idle":
         print("py-spy not found: pip install py-spy", file=sys.stderr)
@@ -122,13 +138,14 @@ def main() -> int:
         return profile_s2s(py_spy, args.duration, server_cpus, gen_cpus, args.keep)
     workdir = args.workdir or tempfile.mkdtemp(prefix="chatbx-profile-")
     handle = start(workdir, max(200, args.idle_count), False, server_cpus, memprobe=args.scenario == "idle",
-                   trace=args.tracemalloc, release_buffers=args.release_buffers)
+                   trace=args.tracemalloc, release_buffers=args.release_buffers,
+                   malloc_stats=args.malloc_stats, heaptrack=args.heaptrack)
     if gen_cpus:
         os.sched_setaffinity(0, set(gen_cpus))
     target = Target("chatbx", "127.0.0.1", handle.port, "localhost", server_pid=handle.pid)
     try:
         if args.scenario == "idle":
-            return profile_idle(handle, target, args.idle_count)
+            return profile_idle(handle, target, args.idle_count, bool(args.heaptrack), args.settle)
         raw = os.path.join(workdir, f"pyspy-{args.scenario}.txt")
         spy = subprocess.Popen([py_spy, "record", "--pid", str(handle.pid), "--format", "raw", "--output", raw,
                                 "--rate", "250", "--nonblocking", "--duration", str(int(args.duration + 4))],
@@ -201,19 +218,46 @@ def profile_s2s(py_spy: str, duration: float, server_cpus: list[int], gen_cpus: 
             shutil.rmtree(root, ignore_errors=True)
 
 
-def profile_idle(handle: servers.ServerHandle, target: Target, count: int) -> int:
+def profile_idle(handle: servers.ServerHandle, target: Target, count: int,
+                 kill_first: bool = False, settle: float = 2.0) -> int:
     """Object counts before and after `count` idle connections (memprobe reports, SIGUSR1)."""
     probe_dir = os.path.join(handle.workdir, "probe")
 
+    def probe_pid() -> int:
+        """The memprobe process (under heaptrack a child of its wrapper script)."""
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+                except OSError:
+                    continue
+                if cmdline[1:4] == [b"-m", b"xmppload.memprobe", probe_dir.encode()]:
+                    return int(entry)
+        return handle.proc.pid
+
     async def go() -> None:
         await asyncio.sleep(1.0)
-        handle.proc.send_signal(signal.SIGUSR1)
+        pid = probe_pid()
+        os.kill(pid, signal.SIGUSR1)
         await asyncio.sleep(2.0)
         conns, errors = await scenarios.login_many(target, range(count), 100, 120.0)
-        await asyncio.sleep(2.0)
-        handle.proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(settle)
+        os.kill(pid, signal.SIGUSR1)
         await asyncio.sleep(3.0)
+        # A tracemalloc snapshot of a big heap takes a while: wait for the
+        # report to be complete (bounded).
+        second = os.path.join(probe_dir, "probe-2.txt")
+        for _ in range(120):
+            if os.path.exists(second) and "gc objects" in open(second).read():
+                if "tracemalloc total" in open(second).read() or "--tracemalloc" not in sys.argv:
+                    break
+            await asyncio.sleep(1.0)
         print(f"{len(conns)} idle connections, {len(errors)} failures")
+        if kill_first:
+            # Under heaptrack: what the open connections hold must still be
+            # allocated when the trace ends.
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(1.0)
         scenarios.close_all(conns)
 
     asyncio.run(go())
@@ -225,12 +269,34 @@ def profile_idle(handle: servers.ServerHandle, target: Target, count: int) -> in
     for name, d in sorted(diffs.items(), key=lambda kv: -kv[1])[:30]:
         print(f"{name:60s} {d / count:9.2f}")
     print(f"gc-tracked objects per connection: {(after['_gc'] - before['_gc']) / count:.1f}")
+    for i in (1, 2):
+        for line in open(os.path.join(probe_dir, f"probe-{i}.txt")):
+            if line.startswith(("malloc in use", "VmRSS after", "timer ")):
+                print(f"probe {i}: {line.rstrip()}")
     if "_traced" in after:
         traced = after["_traced"] - before["_traced"]
         print(f"Python heap (tracemalloc) +{traced / count:.1f} KiB per connection; the rest of RSS "
               f"({(rss - traced) / count:.1f} KiB) is C: OpenSSL, expat, allocator slack")
-        print(open(os.path.join(probe_dir, "probe-2.txt")).read().split("tracemalloc total")[1][:3000])
+        grown = tracemalloc_growth(os.path.join(probe_dir, "probe-1.txt.lines"),
+                                   os.path.join(probe_dir, "probe-2.txt.lines"))
+        print(f"{'bytes/conn':>10s} {'allocs/conn':>11s}  where (growth between the two reports)")
+        for where, size, allocs in grown[:40]:
+            print(f"{size / count:10.0f} {allocs / count:11.2f}  {where}")
     return 0
+
+
+def tracemalloc_growth(before_path: str, after_path: str) -> list[tuple[str, int, int]]:
+    """(source line, bytes, allocations) that grew between two reports, largest first."""
+    def read(path: str) -> dict[str, tuple[int, int]]:
+        out = {}
+        for line in open(path):
+            size, allocs, where = line.rstrip("\n").split(" ", 2)
+            out[where] = (int(size), int(allocs))
+        return out
+    before, after = read(before_path), read(after_path)
+    grown = [(where, size - before.get(where, (0, 0))[0], allocs - before.get(where, (0, 0))[1])
+             for where, (size, allocs) in after.items()]
+    return sorted((g for g in grown if g[1] > 0), key=lambda g: -g[1])
 
 
 def parse_probe(path: str) -> dict:
@@ -238,7 +304,7 @@ def parse_probe(path: str) -> dict:
     for line in open(path):
         if line.startswith("tracemalloc total"):
             out["_traced"] = float(line.split()[2])
-        elif line.startswith("VmRSS"):
+        elif line.startswith("VmRSS:"):
             out["_rss"] = int(line.split()[1])
         elif line.startswith("gc objects"):
             out["_gc"] = int(line.split()[-1])

@@ -602,6 +602,45 @@ def cmd_room_destroy(ctx: _Context, args: argparse.Namespace) -> None:
     print(f"destroyed {jid}", file=ctx.out)
 
 
+def _utc(seconds: float) -> str:
+    import time as _time
+
+    return _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(seconds))
+
+
+def cmd_fast_list(ctx: _Context, args: argparse.Namespace) -> None:
+    """An account's FAST tokens (XEP-0484) by device; never the tokens themselves."""
+    import time as _time
+
+    from chatbx_server.storage.errors import UnknownUser
+
+    jid = _user_jid(args.jid, ctx.config)
+    try:
+        tokens = _result(ctx.stores().fast.list(jid))
+    except UnknownUser:
+        raise CLIError(f"unknown user {jid}") from None
+    for t in tokens:
+        state = "expired" if t.expires_at <= _time.time() else t.slot
+        print(f"{t.device}\t{state}\t{t.mechanism}\tissued {_utc(t.issued_at)} UTC\t"
+              f"expires {_utc(t.expires_at)} UTC\t{t.label or ''}", file=ctx.out)
+
+
+def cmd_fast_revoke(ctx: _Context, args: argparse.Namespace) -> None:
+    """Invalidate FAST tokens now: new logins and resumptions with them
+    fail; the device falls back to its password."""
+    from chatbx_server.storage.errors import UnknownUser
+
+    jid = _user_jid(args.jid, ctx.config)
+    try:
+        count = _result(ctx.stores().fast.revoke(jid, args.device))
+    except UnknownUser:
+        raise CLIError(f"unknown user {jid}") from None
+    if args.device is not None and not count:
+        raise CLIError(f"no FAST tokens for device {args.device!r} of {jid}")
+    what = f"device {args.device}" if args.device is not None else "all devices"
+    print(f"revoked {count} FAST tokens of {jid} ({what})", file=ctx.out)
+
+
 # --- argument parsing -----------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -698,6 +737,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(cluster, "status", cmd_cluster_status,
                 "list the nodes, whether they are live, their sessions and inbox backlog")
     p.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    fast = group("fast", "FAST login tokens (XEP-0484)")
+    p = command(fast, "list", cmd_fast_list, "list an account's FAST tokens per device")
+    p.add_argument("jid", metavar="JID")
+    p = command(fast, "revoke", cmd_fast_revoke,
+                "invalidate an account's FAST tokens (of one device with --device)")
+    p.add_argument("jid", metavar="JID")
+    p.add_argument("--device", metavar="ID", help="the device (user-agent id) 'fast list' shows")
 
     config = group("config", "configuration")
     command(config, "check", cmd_config_check,

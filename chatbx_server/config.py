@@ -211,6 +211,9 @@ class LimitsConfig:
     c2s_idle_timeout: float = 300.0
     #: seconds the pinged client has to send anything before it is dropped
     c2s_ping_timeout: float = 60.0
+    #: a bound client stream silent for this long (up to twice) frees its
+    #: XML parser until it speaks again (~12 KiB per idle connection); 0: never
+    c2s_parser_idle: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -636,7 +639,8 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
         limits = build_options(LimitsConfig, raw["limits"], "limits", path)
         for f in dataclasses.fields(LimitsConfig):
             value = getattr(limits, f.name)
-            minimum = 0 if f.name in ("auth_failure_delay", "auth_failure_max_delay") else 1
+            minimum = 0 if f.name in ("auth_failure_delay", "auth_failure_max_delay",
+                                      "c2s_parser_idle") else 1
             if value < minimum:
                 raise ConfigError(f"must be at least {minimum}", f"limits.{f.name}", path)
         if limits.auth_failure_max_delay < limits.auth_failure_delay:

@@ -34,6 +34,35 @@ import tracemalloc
 from collections import Counter
 
 
+#: also report glibc malloc's view (in use vs free-but-held) and the RSS a
+#: malloc_trim(0) gives back: how much of RSS is allocator slack
+MALLOC_STATS = False
+
+
+def malloc_report() -> str:
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = Mallinfo2
+    info = libc.mallinfo2()
+
+    def rss() -> int:
+        with open(f"/proc/{os.getpid()}/status") as st:
+            return int(next(line for line in st if line.startswith("VmRSS")).split()[1])
+
+    before = rss()
+    libc.malloc_trim(0)
+    after = rss()
+    return (f"malloc in use {info.uordblks // 1024} KiB, free held {info.fordblks // 1024} KiB, "
+            f"mmapped {info.hblkhd // 1024} KiB\n"
+            f"VmRSS after malloc_trim(0): {after} kB (was {before} kB)\n")
+
+
 def write_report(out_dir: str, seq: list[int]) -> None:
     seq[0] += 1
     path = os.path.join(out_dir, f"probe-{seq[0]}.txt")
@@ -50,6 +79,26 @@ def write_report(out_dir: str, seq: list[int]) -> None:
         fh.write(f"gc objects: {sum(counts.values())}\n")
         for name, n in counts.most_common(60):
             fh.write(f"{n:10d}  {name}\n")
+        # Timers by what they call: which feature keeps one per connection.
+        from twisted.internet.base import DelayedCall
+        timers: Counter = Counter()
+        for obj in gc.get_objects():
+            if isinstance(obj, DelayedCall):
+                func = getattr(obj, "func", None)  # gone once called or cancelled
+                timers[getattr(func, "__qualname__", repr(type(func))) if func else "(done)"] += 1
+        for name, n in timers.most_common(10):
+            fh.write(f"timer {n:10d}  {name}\n")
+        done = [o for o in gc.get_objects() if isinstance(o, DelayedCall) and not hasattr(o, "func")]
+        if done:
+            for ref in gc.get_referrers(done[-1])[:5]:
+                if isinstance(ref, dict):
+                    owners = [type(o).__qualname__ for o in gc.get_referrers(ref) if hasattr(o, "__dict__") and o.__dict__ is ref]
+                    keys = [k for k, v in ref.items() if v is done[-1]]
+                    fh.write(f"timer done held by dict of {owners} key {keys}\n")
+                else:
+                    fh.write(f"timer done held by {type(ref).__qualname__}\n")
+        if MALLOC_STATS:
+            fh.write(malloc_report())
         if tracemalloc.is_tracing():
             snap = tracemalloc.take_snapshot()
             stats = snap.statistics("lineno")
@@ -57,6 +106,11 @@ def write_report(out_dir: str, seq: list[int]) -> None:
             for stat in stats[:50]:
                 frame = stat.traceback[0]
                 fh.write(f"{stat.size / 1024:10.0f} KiB {stat.count:9d}  {frame.filename}:{frame.lineno}\n")
+            # Every line, for a before/after difference (profile_chatbx.py).
+            with open(path + ".lines", "w") as lines:
+                for stat in stats:
+                    frame = stat.traceback[0]
+                    lines.write(f"{stat.size} {stat.count} {frame.filename}:{frame.lineno}\n")
 
 
 class GcStats:
@@ -117,6 +171,8 @@ def main() -> None:
     for opt in args[: args.index("--")]:
         if opt.startswith("--gc-what-if="):
             _what_if(opt.split("=", 1)[1])
+    global MALLOC_STATS
+    MALLOC_STATS = "--malloc-stats" in args[: args.index("--")]
     if "--release-buffers" in args[: args.index("--")]:
         # What-if experiment: OpenSSL frees a connection's 2 x ~17 KiB record buffers while idle.
         from OpenSSL import SSL

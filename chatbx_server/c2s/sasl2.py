@@ -8,6 +8,22 @@ one exchange authenticates, binds a resource and enables what the client
 asks inline (stream management, CSI, carbons: each feature answers
 ``bind2-inline/{ns}:{name}`` events with what goes into ``<bound/>``).
 
+Other specifications plug into the exchange through named events (the
+stream fires them; see ``c2s/stream.py``):
+
+- ``sasl2-features`` (fire_all, ``(stream, children)``): elements to add to
+  ``<inline/>`` of ``<authentication/>`` (FAST's ``<fast/>``, SM's ``<sm/>``);
+- ``sasl2-mechanism/{name}`` (fire, ``(stream, request)``): an
+  :class:`Exchange` for a mechanism the stream does not run itself (FAST's
+  HT-*), or None;
+- ``sasl2-authenticated`` (fire_all, :class:`Outcome`): the client is
+  authenticated; handlers add children to ``<success/>`` and may make it
+  wait on a Deferred (a FAST token is stored before it is handed out);
+- ``sasl2-inline/{ns}:{name}`` (fire, ``(stream, element, outcome)``): an
+  inline request at the top of ``<authenticate/>`` (XEP-0198 ``<resume/>``),
+  answered inside ``<success/>``; a resumption sets ``outcome.resumed`` and
+  Bind2 is skipped.
+
 Resources: Bind2 resources are chosen by the server (XEP-0386 §3): the
 client's tag, a dot and a part derived from the account and the
 user-agent id, so a device gets the same full JID at every login, and a
@@ -19,8 +35,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Protocol
 
+from twisted.internet import defer
 from twisted.words.xish import domish
 
 from chatbx_server.c2s.sasl import SASLFailure, decode_payload
@@ -43,26 +60,35 @@ INLINE = (
 class Authenticate:
     """What an ``<authenticate/>`` asked for beyond the mechanism."""
 
-    __slots__ = ("mechanism", "initial", "user_agent", "bind", "tag", "inline")
+    __slots__ = ("mechanism", "initial", "user_agent", "user_agent_label", "bind", "tag",
+                 "inline", "extensions")
 
     def __init__(self, element: domish.Element) -> None:
         self.mechanism = element.getAttribute("mechanism", "")
         #: the initial response; None when the client sent none
         self.initial: Optional[bytes] = None
         self.user_agent: Optional[str] = None
+        #: "<software> on <device>" as the client names itself, for listings
+        self.user_agent_label: Optional[str] = None
         #: a Bind2 request was made
         self.bind = False
         self.tag: Optional[str] = None
         #: inline requests inside <bind/>, in order
         self.inline: list[domish.Element] = []
+        #: children of other namespaces (FAST, SM <resume/>), in order
+        self.extensions: list[domish.Element] = []
         for child in element.elements():
             if child.uri != NS and child.uri != BIND2:
+                self.extensions.append(child)
                 continue
             if child.name == "initial-response" and child.uri == NS:
                 self.initial = decode_payload(child)
             elif child.name == "user-agent" and child.uri == NS:
                 ua = (child.getAttribute("id") or "").strip()
                 self.user_agent = ua[:128] or None
+                names = [str(c).strip()[:100] for c in child.elements()
+                         if c.uri == NS and c.name in ("software", "device")]
+                self.user_agent_label = " on ".join(n for n in names if n)[:255] or None
             elif child.name == "bind" and child.uri == BIND2:
                 self.bind = True
                 for item in child.elements():
@@ -70,6 +96,59 @@ class Authenticate:
                         self.tag = clean_tag(str(item))
                     elif item.uri != BIND2:
                         self.inline.append(item)
+
+    def extension(self, uri: str, name: str) -> Optional[domish.Element]:
+        """The first top-level child ``{uri}name``, if the client sent one."""
+        for child in self.extensions:
+            if child.uri == uri and child.name == name:
+                return child
+        return None
+
+
+class Exchange(Protocol):
+    """A SASL mechanism run: what ``SASLExchange`` and FAST's exchange offer.
+
+    ``start``/``step`` fire with ``("challenge", data)`` or
+    ``("success", (jid, additional))``; a ``SASLFailure`` means failure.
+    """
+
+    def start(self, initial: bytes) -> defer.Deferred: ...
+
+    def step(self, data: bytes) -> defer.Deferred: ...
+
+
+class Outcome:
+    """A successful SASL2 authentication, while ``<success/>`` is prepared.
+
+    Handlers of ``sasl2-authenticated`` add children (``add``) and may make
+    the answer wait (``wait``); handlers of ``sasl2-inline/*`` answer inline
+    requests and, for a resumption, set ``resumed`` (the session taken over)
+    and queue what must follow the ``<success/>`` (``after``).
+    """
+
+    __slots__ = ("stream", "request", "jid", "exchange", "children", "pending", "resumed",
+                 "after")
+
+    def __init__(self, stream: Any, request: Authenticate, jid: Any, exchange: Any) -> None:
+        self.stream = stream
+        self.request = request
+        #: the authenticated (bare) JID
+        self.jid = jid
+        #: the mechanism run that succeeded (FAST's carries the token used)
+        self.exchange = exchange
+        self.children: list[domish.Element] = []
+        self.pending: list[defer.Deferred] = []
+        #: the session a <resume/> took over (no Bind2 then)
+        self.resumed: Any = None
+        self.after: list[Callable[[], None]] = []
+
+    def add(self, element: domish.Element) -> None:
+        self.children.append(element)
+
+    def wait(self, d: defer.Deferred) -> None:
+        """Send ``<success/>`` only once ``d`` has fired (its errors are the
+        handler's to handle: a failure here ends the stream)."""
+        self.pending.append(d)
 
 
 def clean_tag(text: str) -> Optional[str]:
@@ -88,8 +167,9 @@ def bind2_resource(user: str, tag: Optional[str], user_agent: Optional[str]) -> 
 
 
 def features_element(mechanisms: Iterable[str], inline_vars: Iterable[str],
-                     sm_inline: bool) -> domish.Element:
-    """``<authentication/>`` for the pre-authentication stream features."""
+                     extra: Iterable[domish.Element] = ()) -> domish.Element:
+    """``<authentication/>`` for the pre-authentication stream features;
+    ``extra``: more ``<inline/>`` children (XEP-0484 ``<fast/>``, XEP-0198 ``<sm/>``)."""
     auth = domish.Element((NS, "authentication"))
     for name in mechanisms:
         auth.addElement("mechanism", content=name)
@@ -98,8 +178,8 @@ def features_element(mechanisms: Iterable[str], inline_vars: Iterable[str],
     bind_inline = bind.addElement("inline")
     for var in sorted(set(inline_vars)):
         bind_inline.addElement("feature")["var"] = var
-    if sm_inline:
-        inline.addElement(("urn:xmpp:sm:3", "sm"))
+    for child in extra:
+        inline.addChild(child)
     return auth
 
 
@@ -130,5 +210,6 @@ def failure(condition: str, text: Optional[str] = None) -> domish.Element:
     return el
 
 
-__all__ = ["NS", "BIND2", "INLINE", "Authenticate", "bind2_resource", "features_element",
+__all__ = ["NS", "BIND2", "INLINE", "Authenticate", "Exchange", "Outcome", "bind2_resource",
+           "features_element",
            "challenge", "success", "failure", "SASLFailure"]

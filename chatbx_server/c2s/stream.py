@@ -9,6 +9,9 @@ Everything is written through the c2s StreamSerializer, so stream-level
 elements carry the ``stream:`` prefix and stanzas no redundant namespace
 (RFC 6120 §4.8.5). A bound stream that goes silent is pinged (XEP-0199)
 and closed when the ping gets no answer, so dead peers do not stay online.
+A bound stream that goes quiet also frees its XML parser until it speaks
+again (``ParserReaper``, ``[limits] c2s_parser_idle``): idle connections
+should cost kilobytes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from uuid import uuid4
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
@@ -45,6 +49,8 @@ if TYPE_CHECKING:
 log = Logger(observer=log_observer)
 
 STANZAS = frozenset(("message", "presence", "iq"))
+#: what a bound stream keeps of the offered mechanisms (one shared empty list)
+_NO_MECHANISMS: list[str] = []
 #: stream errors after which a resumable session waits for its client:
 #: the peer vanished (keepalive), rather than being sent away
 HIBERNATE_CONDITIONS = frozenset(("connection-timeout",))
@@ -85,14 +91,14 @@ class C2SStream(Protocol):
         #: the client's 'from' on the current stream header, echoed as our 'to'
         self.peer_from: Optional[str] = None
         self.parser: Optional[SafeElementStream] = None
-        self.sasl: Optional[SASLExchange] = None
+        self.sasl: Optional[sasl2.Exchange] = None
         #: the XEP-0388 <authenticate/> being answered (None: RFC 6120 SASL)
         self.sasl2: Optional[sasl2.Authenticate] = None
         self.sasl_failures = 0
         self.preauth_iqs = 0
         #: a XEP-0445 invite token this connection presented, for registration
         self.preauth_token: Optional[str] = None
-        self.mechanisms: list[str] = []
+        self.mechanisms: list[str] = _NO_MECHANISMS
         self.user: Optional[JID] = None
         self.session: Optional[ClientSession] = None
         self.peer = ""
@@ -127,8 +133,17 @@ class C2SStream(Protocol):
         # we queue for it stays bounded.
         self.transport.registerProducer(self, True)
         # Bounded: a connection that never logs in does not stay forever.
+        # The same timer becomes the keepalive once bound (_attach).
         self._timeout = self.server.clock.callLater(
-            self.factory.limits.negotiation_timeout, self._negotiation_timed_out)
+            self.factory.limits.negotiation_timeout, self._keepalive_timer)
+
+    def _keepalive_timer(self) -> None:
+        """The connection's one timer: the negotiation deadline until the
+        stream is bound, then the keepalive."""
+        if self.state == BOUND:
+            self._keepalive()
+        else:
+            self._negotiation_timed_out()
 
     def _negotiation_timed_out(self) -> None:
         self._timeout = None
@@ -144,6 +159,8 @@ class C2SStream(Protocol):
         self.state = CLOSED
         self._cancel_timeout()
         self.factory.release(self)
+        if self.factory.reaper is not None:
+            self.factory.reaper.forget(self)
         # The connection went away without </stream:stream>: a resumable
         # session waits for its client to come back (XEP-0198 §5).
         self._end_session(hibernate=True)
@@ -179,6 +196,9 @@ class C2SStream(Protocol):
         # Any input shows the peer is alive (the keepalive re-checks this
         # when its timer fires instead of being rescheduled per read).
         self._last_input = self.server.clock.seconds()
+        reaper = self.factory.reaper
+        if reaper is not None:
+            reaper.young.add(self)
         parser = self.parser
         if parser is None:
             return
@@ -330,10 +350,13 @@ class C2SStream(Protocol):
         return features
 
     def _sasl2_features(self) -> domish.Element:
-        """XEP-0388 §2.1 with the Bind2 inline features the modules answer."""
+        """XEP-0388 §2.1 with the Bind2 inline features the modules answer
+        and the SASL2 inline features they add (FAST, SM resumption)."""
         events = self.server.events
         inline = [var for uri, name, var in sasl2.INLINE if events.has(f"bind2-inline/{uri}:{name}")]
-        return sasl2.features_element(self.mechanisms, inline, False)
+        extra: list[domish.Element] = []
+        events.fire_all("sasl2-features", (self, extra))
+        return sasl2.features_element(self.mechanisms, inline, extra)
 
     def _on_stream_end(self) -> None:
         self.close_stream()
@@ -343,6 +366,10 @@ class C2SStream(Protocol):
         if self._cb_cache is None:
             self._cb_cache = self.factory.channel_bindings(self.transport)
         return self._cb_cache
+
+    def channel_bindings(self) -> dict[str, bytes]:
+        """Channel-binding data by type (for mechanisms run by modules)."""
+        return self._bindings()
 
     # -- elements --------------------------------------------------------
     def _on_element(self, element: domish.Element) -> None:
@@ -384,15 +411,21 @@ class C2SStream(Protocol):
             if element.name == "auth" or (is_sasl2 and element.name == "authenticate"):
                 if self.sasl is not None:
                     raise SASLFailure("malformed-request")
+                exchange: Optional[sasl2.Exchange] = None
                 if is_sasl2:
                     # XEP-0388 §2.3: the same mechanisms, another wrapper.
                     request = self.sasl2 = sasl2.Authenticate(element)
                     mechanism, initial = request.mechanism, request.initial or b""
+                    # Mechanisms a module runs (XEP-0484 HT-*).
+                    exchange = self.server.events.fire(f"sasl2-mechanism/{mechanism}",
+                                                       (self, request))
                 else:
                     mechanism, initial = element.getAttribute("mechanism", ""), decode_payload(element)
-                self.sasl = SASLExchange(self.server, self.host or "", mechanism,
-                                         self.mechanisms, self._bindings(), self.peer)
-                d = self.sasl.start(initial)
+                if exchange is None:
+                    exchange = SASLExchange(self.server, self.host or "", mechanism,
+                                            self.mechanisms, self._bindings(), self.peer)
+                self.sasl = exchange
+                d = exchange.start(initial)
             elif element.name == "response":
                 if self.sasl is None:
                     raise SASLFailure("malformed-request")
@@ -438,6 +471,15 @@ class C2SStream(Protocol):
         if self._held is None:
             self._held = []
             self.transport.pauseProducing()
+
+    def pause_input(self) -> None:
+        """Hold what the client sends until :meth:`resume_input` (a module
+        answering a nonza asynchronously, e.g. a resumption that waits)."""
+        self._hold()
+
+    def resume_input(self) -> None:
+        """Handle what was held, then go on reading."""
+        self._release()
 
     def _release(self, replay: bool = True) -> None:
         held, self._held = self._held, None
@@ -516,27 +558,71 @@ class C2SStream(Protocol):
             self.factory.throttle.delay_call(self.peer, answer, exc)
 
     def _sasl2_success(self, jid: JID, additional: Optional[bytes]) -> None:
-        """XEP-0388 §2.6.1: no stream restart; with a Bind2 request
-        (XEP-0386 §3) the resource is bound and the inline requests answered
-        in the same <success/>."""
-        request, self.sasl2 = self.sasl2, None
+        """XEP-0388 §2.6.1: no stream restart. Modules add to <success/>
+        (a FAST token, which is stored first), then an inline <resume/>
+        (XEP-0198) or a Bind2 request (XEP-0386 §3) makes the stream bound
+        in the same answer."""
+        request = self.sasl2
         assert request is not None
+        outcome = sasl2.Outcome(self, request, jid, self.sasl)
         self.sasl = None
         self.user = jid
         self.factory.throttle.succeeded(self.peer)
+        metrics.AUTH_SUCCESS.inc()
         log.info("c2s {peer} authenticated as {user} (SASL2)", peer=self.peer, user=jid.bare)
-        if not request.bind:
-            self.send_element(sasl2.success(additional, jid.bare))
+        self.server.events.fire_all("sasl2-authenticated", outcome)
+        if not outcome.pending:
+            self._sasl2_finish(outcome, additional)
+            return
+        self._hold()
+        d = defer.gatherResults(outcome.pending, consumeErrors=True)
+        d.addCallback(lambda _: self._sasl2_finish(outcome, additional))
+        d.addErrback(self._crash)
+
+    def _sasl2_finish(self, outcome: sasl2.Outcome, additional: Optional[bytes]) -> None:
+        if self.state != AUTH_NEEDED:
+            return  # the connection went away meanwhile
+        request = outcome.request
+        self.sasl2 = None
+        events = self.server.events
+        answers: list[domish.Element] = []
+        for item in request.extensions:
+            answer = events.fire(f"sasl2-inline/{item.uri}:{item.name}", (self, item, outcome))
+            if isinstance(answer, domish.Element):
+                answers.append(answer)
+            if self.state == CLOSED:
+                return  # e.g. a <resume/> acknowledging more than was sent
+        answers.extend(outcome.children)
+
+        def success(authzid: str) -> domish.Element:
+            element = sasl2.success(additional, authzid)
+            for child in answers:
+                element.addChild(child)
+            return element
+
+        if outcome.resumed is not None:
+            # XEP-0198 with XEP-0388: a resumed session needs no binding.
+            self.send_element(success(outcome.resumed.jid.full))
+        elif not request.bind:
+            self.send_element(success(outcome.jid.bare))
             self.state = BIND_NEEDED
             self.send_element(self._bind_features())
-            self._release()
-            return
-        resource = sasl2.bind2_resource(jid.bare, request.tag, request.user_agent)
-        full = JID.parse(f"{jid.bare}/{resource}")
+        else:
+            self._bind2(request, success)
+        for after in outcome.after:
+            after()
+        # Pipelined stanzas are in the same stream (no restart): handle them.
+        self._release()
+
+    def _bind2(self, request: sasl2.Authenticate,
+               success: Callable[[str], domish.Element]) -> None:
+        assert self.user is not None
+        resource = sasl2.bind2_resource(self.user.bare, request.tag, request.user_agent)
+        full = JID.parse(f"{self.user.bare}/{resource}")
         events = self.server.events
 
-        def success(session: ClientSession) -> domish.Element:
-            element = sasl2.success(additional, full.full)
+        def bound(session: ClientSession) -> domish.Element:
+            element = success(full.full)
             bound = element.addElement((sasl2.BIND2, "bound"))
             for item in request.inline:
                 answer = events.fire(f"bind2-inline/{item.uri}:{item.name}", (session, item))
@@ -544,9 +630,7 @@ class C2SStream(Protocol):
                     bound.addChild(answer)
             return element
 
-        self.bind_session(full, success)
-        # Pipelined stanzas are in the same stream (no restart): handle them.
-        self._release()
+        self.bind_session(full, bound)
 
     def _crash(self, failure: Failure) -> None:
         log.failure("c2s negotiation for {peer} failed", failure, peer=self.peer)
@@ -616,8 +700,25 @@ class C2SStream(Protocol):
     def _attach(self, session: ClientSession) -> None:
         self.session = session
         self.state = BOUND
-        self._cancel_timeout()
-        self._timeout = self.server.clock.callLater(self.factory.limits.c2s_idle_timeout, self._keepalive)
+        idle = self.factory.limits.c2s_idle_timeout
+        timeout = self._timeout
+        if timeout is not None and timeout.active():
+            # The negotiation timer turns into the keepalive: no second
+            # DelayedCall, no cancelled one left in the reactor's heap.
+            timeout.reset(idle)
+        else:
+            self._timeout = self.server.clock.callLater(idle, self._keepalive)
+        # What only negotiation needed (DESIGN: idle connections cost kilobytes).
+        self._cb_cache = None
+        self.mechanisms = _NO_MECHANISMS
+
+    def release_parser(self) -> bool:
+        """The connection went quiet: drop the expat parser if it is between
+        stanzas (c2s/parser.py); the next read builds a new one."""
+        parser = self.parser
+        if self.state != BOUND or parser is None or self._held is not None:
+            return False
+        return parser.suspend()
 
     def detach_session(self) -> Optional[ClientSession]:
         """Let go of the bound session without ending it (it is being
@@ -768,6 +869,49 @@ def _with_b64(element: domish.Element, data: Optional[bytes]) -> domish.Element:
     return element
 
 
+class ParserReaper:
+    """Drops the expat parsers of bound streams that went quiet.
+
+    One LoopingCall per listener and two generations of recently active
+    streams (a set insertion per read): at each sweep the streams that read
+    during the previous period but not during the last one release their
+    parser (``C2SStream.release_parser``). An idle connection then holds no
+    parser (~12 KiB) until it speaks again, which costs building one
+    (~10 µs). Work per sweep is proportional to the streams active lately,
+    not to all connections.
+    """
+
+    def __init__(self, clock: Any, period: float) -> None:
+        self.period = period
+        #: streams that read during this period / during the previous one
+        self.young: set[C2SStream] = set()
+        self.old: set[C2SStream] = set()
+        self._call = LoopingCall(self.sweep)
+        self._call.clock = clock
+
+    def start(self) -> None:
+        if not self._call.running:
+            self._call.start(self.period, now=False)
+
+    def stop(self) -> None:
+        if self._call.running:
+            self._call.stop()
+
+    def forget(self, stream: C2SStream) -> None:
+        self.young.discard(stream)
+        self.old.discard(stream)
+
+    def sweep(self) -> int:
+        """Release the parsers of streams quiet for a whole period; returns how many."""
+        quiet = self.old - self.young
+        self.old, self.young = self.young, set()
+        released = 0
+        for stream in quiet:
+            if stream.release_parser():
+                released += 1
+        return released
+
+
 class C2SFactory(Factory):
     """Builds client streams for one listening port."""
 
@@ -787,6 +931,19 @@ class C2SFactory(Factory):
                              self.limits.auth_failure_max_delay), {})
         self.throttle: AuthThrottle = shared[0]
         self._per_ip: dict[str, int] = shared[1]
+        #: runs while the listener does (startFactory); None: parsers stay
+        self.reaper: Optional[ParserReaper] = None
+
+    def startFactory(self) -> None:
+        period = self.limits.c2s_parser_idle
+        if period > 0 and self.reaper is None:
+            self.reaper = ParserReaper(self.server.clock, period)
+            self.reaper.start()
+
+    def stopFactory(self) -> None:
+        reaper, self.reaper = self.reaper, None
+        if reaper is not None:
+            reaper.stop()
 
     def buildProtocol(self, addr: Any) -> C2SStream:
         return C2SStream(self)

@@ -27,6 +27,8 @@ REGISTRY: dict[str, str] = {
     "upload": "chatbx_server.features.upload.UploadFeature",
     "smacks": "chatbx_server.features.smacks.SmacksFeature",
     "csi": "chatbx_server.features.csi.CSIFeature",
+    "fast": "chatbx_server.c2s.fast.FastFeature",
+    "push": "chatbx_server.features.push.PushFeature",
     "muc": "chatbx_server.muc.service.MucFeature",
     "caps": "chatbx_server.features.caps.CapsFeature",
     "pep": "chatbx_server.pubsub.pep.PEPFeature",
@@ -51,7 +53,7 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "version", "time", "last", "contact_info", "upload", "smacks", "csi",
     "muc", "caps", "pep", "vcard", "private", "bookmarks", "pubsub",
     "carbons", "blocking", "register", "adhoc", "antispam", "extdisco",
-    "outage_status", "proxy65", "rtbl",
+    "outage_status", "proxy65", "rtbl", "fast", "push",
 )
 
 

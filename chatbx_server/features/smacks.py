@@ -19,6 +19,13 @@
   resume it. A timed-out or unknown id gets ``<failed/>`` with
   item-not-found, with the old session's 'h' when it is remembered (1.6:
   the client learns which of its stanzas arrived).
+- Acks also wait for writes a handler makes beside the stanza's own
+  result (the archive's batched rows: ``c2s.smacks.hold_ack``), and a
+  ``<resume/>`` whose session still has stanzas being committed is
+  answered once they are, so its 'h' covers them. ``<resume/>`` may also
+  come inside a SASL2 ``<authenticate/>`` (XEP-0388 inline feature
+  ``<sm/>``): ``<resumed/>`` or ``<failed/>`` then goes into
+  ``<success/>``. ``session/resumed`` fires after a resumption.
 - When a session with unacknowledged stanzas ends (timeout, clean close,
   queue overflow, replacement), those stanzas go where an undelivered
   stanza goes (§5: "treat unacknowledged stanzas in the same way that it
@@ -43,6 +50,7 @@ from twisted.words.xish import domish
 from chatbx_server.c2s.smacks import (NS, HandledCountTooHigh, StreamManagement, parse_h,
                                       wire)
 from chatbx_server.c2s.session import ClientSession
+from chatbx_server.c2s import stream as c2s_stream
 from chatbx_server.c2s.stream import end_session
 from chatbx_server.events import OFFLINE, StanzaEvent
 from chatbx_server.logs import log_observer
@@ -141,6 +149,9 @@ class SmacksFeature(Feature):
             self.hook(f"stream-element/{NS}:{name}", handler)
         self.hook(f"bind2-inline/{NS}:enable", self.on_inline_enable)
         self.hook(f"unbound-element/{NS}:resume", self.on_resume)
+        self.hook(f"sasl2-inline/{NS}:resume", self.on_inline_resume)
+        self.hook("sasl2-authenticated", self.on_sasl2_authenticated)
+        self.hook("sasl2-features", self.on_sasl2_features)
         self.hook(f"unbound-element/{NS}:enable", self.on_early_enable)
         self.hook("session/hibernate", self.on_hibernate)
         # After presence has said unavailable: the stanzas go elsewhere.
@@ -280,27 +291,89 @@ class SmacksFeature(Feature):
                  jid=session.jid.full, why=why, unacked=len(sm.queue))
         end_session(self.server, session)
 
+    def _unsettled(self, stream: Any, element: domish.Element) -> Optional[Any]:
+        """The ``settled()`` Deferred of the session ``<resume/>`` names when
+        some of its client's stanzas are still being committed: the 'h' of
+        ``<resumed/>`` waits for them, or the client would send them again."""
+        session = self._resumable.get(element.getAttribute("previd") or "")
+        if session is None or session.sm is None or session.bare != stream.user.bare:
+            return None
+        inbound = session.sm.inbound
+        return inbound.settled() if inbound.pending else None
+
     def on_resume(self, item: tuple[Any, domish.Element]) -> bool:
+        """``<resume/>`` after SASL, before bind (§5)."""
         stream, element = item
+        waiting = self._unsettled(stream, element)
+        if waiting is not None:
+            stream.pause_input()
+
+            def settled(_: Any) -> None:
+                if stream.state != c2s_stream.CLOSED:
+                    self._resume(stream, element)
+                    stream.resume_input()
+
+            waiting.addCallback(settled)
+            return True
+        self._resume(stream, element)
+        return True
+
+    def on_sasl2_authenticated(self, outcome: Any) -> None:
+        """An inline ``<resume/>`` waits the same way, before ``<success/>``."""
+        element = outcome.request.extension(NS, "resume")
+        if element is not None:
+            waiting = self._unsettled(outcome.stream, element)
+            if waiting is not None:
+                outcome.wait(waiting)
+
+    def _resume(self, stream: Any, element: domish.Element) -> None:
+        answer, session = self.take_over(stream, element)
+        if answer is None:
+            return  # the stream was closed
+        stream.send_element(answer)
+        if session is not None:
+            self.replay(stream, session)
+
+    def on_inline_resume(self, item: tuple[Any, domish.Element, Any]) -> Optional[domish.Element]:
+        """``<resume/>`` inside a SASL2 ``<authenticate/>`` (XEP-0198 with
+        XEP-0388): the answer goes into ``<success/>``; after a resumption
+        Bind2 is skipped and the queue is sent again after ``<success/>``;
+        after ``<failed/>`` the login goes on (binding, if asked)."""
+        stream, element, outcome = item
+        answer, session = self.take_over(stream, element)
+        if session is not None:
+            outcome.resumed = session
+            outcome.after.append(lambda: self.replay(stream, session))
+        return answer
+
+    def on_sasl2_features(self, item: tuple[Any, list[domish.Element]]) -> None:
+        _, extra = item
+        extra.append(domish.Element((NS, "sm")))
+
+    def take_over(self, stream: Any, element: domish.Element
+                  ) -> tuple[Optional[domish.Element], Optional[ClientSession]]:
+        """Attach the session ``<resume/>`` names to ``stream``.
+
+        Returns the answer (``<resumed/>`` or ``<failed/>``; None when the
+        stream was closed for a bad 'h') and the session when resumed.
+        """
         previd = element.getAttribute("previd") or ""
         h = parse_h(element.getAttribute("h"))
         if h is None:
-            stream.send_element(failed("bad-request"))
-            return True
+            return failed("bad-request"), None
         user = stream.user.bare
         session = self._resumable.get(previd)
         if session is None or session.bare != user or session.closed or session.sm is None:
             ended = self._ended.get(previd)
             known = ended is not None and ended[0] == user
-            stream.send_element(failed("item-not-found", ended[1] if known and ended else None))
             log.info("c2s {peer}: resumption of an unknown or expired session", peer=stream.peer)
-            return True
+            return failed("item-not-found", ended[1] if known and ended else None), None
         sm: StreamManagement = session.sm
         try:
             sm.ack(h)
         except HandledCountTooHigh as exc:
             self._too_high(stream, exc)
-            return True
+            return None, None
         old = session.stream
         if sm.hibernated is not None:
             sm.hibernated.cancel()
@@ -314,7 +387,13 @@ class SmacksFeature(Feature):
         resumed = domish.Element((NS, "resumed"))
         resumed["previd"] = previd
         resumed["h"] = str(wire(sm.inbound.handled))
-        stream.send_element(resumed)
+        return resumed, session
+
+    def replay(self, stream: Any, session: ClientSession) -> None:
+        """Send the unacknowledged stanzas again on the new connection (§5)."""
+        sm = session.sm
+        if sm is None:
+            return
         log.info("c2s {jid} resumed from {peer}, {count} stanzas sent again",
                  jid=session.jid.full, peer=stream.peer, count=len(sm.queue))
         for stanza in list(sm.queue):
@@ -322,7 +401,7 @@ class SmacksFeature(Feature):
         if sm.queue:
             sm.request_outstanding = True
             stream.send_raw(f"<r xmlns='{NS}'/>")
-        return True
+        self.server.events.fire_all("session/resumed", session)
 
     # -- the end of a session: what it did not acknowledge -------------------
     def on_closed(self, session: ClientSession) -> None:

@@ -16,11 +16,13 @@ from chatbx_server.storage.archive import ArchiveStore
 from chatbx_server.storage.blocking import BlockingStore
 from chatbx_server.storage.database import Database, default_sqlite_url
 from chatbx_server.storage.errors import StorageError, UnknownUser, UserExists
+from chatbx_server.storage.fast import FastStore
 from chatbx_server.storage.invites import InviteStore
 from chatbx_server.storage.muc import MucStore
 from chatbx_server.storage.offline import OfflineStore
 from chatbx_server.storage.private import PrivateStore
 from chatbx_server.storage.pubsub import CapsStore, PubSubStore
+from chatbx_server.storage.push import PushStore
 from chatbx_server.storage.roster import RosterItem, RosterStore
 from chatbx_server.storage.upload import UploadStore
 from chatbx_server.storage.users import ScramCredentials, UserStore
@@ -32,12 +34,14 @@ __all__ = [
     "ArchiveStore",
     "BlockingStore",
     "Database",
+    "FastStore",
     "MucStore",
     "CapsStore",
     "OfflineStore",
     "PrivateStore",
     "PubSubStore",
     "VCardStore",
+    "PushStore",
     "RosterItem",
     "RosterStore",
     "ScramCredentials",
@@ -66,6 +70,8 @@ class Stores:
         self.offline = OfflineStore(db, clock)
         self.upload = UploadStore(db, clock)
         self.muc = MucStore(db, clock)
+        self.fast = FastStore(db, clock)
+        self.push = PushStore(db, clock)
         self.archive = ArchiveStore(db, clock)
         self.pubsub = PubSubStore(db, clock)
         self.caps = CapsStore(db, clock)

@@ -11,7 +11,8 @@ RFC 6121 (roster, subscriptions), XEP-0237 (roster versioning), XEP-0160
 XEP-0045 / XEP-0313 (group chat rooms, affiliations and their archive), XEP-0313 /
 XEP-0441 / XEP-0431 (message archives, their preferences, full-text search),
 XEP-0191 (block lists), XEP-0377 (spam reports), XEP-0401 (invites), XEP-0158
-(CAPTCHA challenges).
+(CAPTCHA challenges),
+XEP-0484 (FAST tokens), XEP-0357 (push registrations).
 
 The archive's full-text index is not a Table: an FTS5 virtual table, its
 progress row and a trigger on SQLite, a GIN expression index on PostgreSQL. They are created
@@ -28,6 +29,7 @@ __all__ = [
     "SEARCH_OBJECTS",
     "archive_messages",
     "archive_prefs",
+    "fast_tokens",
     "include_object",
     "blocklist_items",
     "metadata",
@@ -35,6 +37,7 @@ __all__ = [
     "muc_archive",
     "muc_rooms",
     "offline_messages",
+    "push_registrations",
     "roster_items",
     "roster_versions",
     "scram_credentials",
@@ -67,6 +70,8 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 # Bare JID: localpart (1023 bytes) + '@' + domainpart (1023 bytes), RFC 7622 §3.
 BARE_JID_LENGTH = 2047
+#: a full JID adds '/' + resourcepart (1023 bytes)
+FULL_JID_LENGTH = 3071
 PART_LENGTH = 1023
 # Full JID: bare JID + '/' + resourcepart (1023 bytes).
 FULL_JID_LENGTH = 3071
@@ -279,6 +284,48 @@ muc_archive = sa.Table(
     sa.UniqueConstraint("room_id", "stanza_id"),
     sa.Index("ix_muc_archive_room_id_created_at", "room_id", "created_at"),
     comment="group chat archive (XEP-0313 on the room JID)",
+)
+
+fast_tokens = sa.Table(
+    "fast_tokens",
+    metadata,
+    _user_fk(),
+    sa.Column("device", sa.String(128), nullable=False,
+              comment="the client's XEP-0388 user-agent id: tokens are per device"),
+    sa.Column("slot", sa.String(8), nullable=False,
+              comment="'new' (issued, not used yet) or 'current' (used); XEP-0484 §5.1"),
+    sa.Column("mechanism", sa.String(32), nullable=False,
+              comment="the HT-* mechanism the token is bound to (XEP-0484 §3.4)"),
+    sa.Column("nonce", sa.LargeBinary, nullable=False,
+              comment="random bytes the token is derived from with a key kept outside "
+                      "the database (c2s/fast.py): the token itself is not stored"),
+    sa.Column("label", sa.String(255), nullable=True,
+              comment="the user-agent's software and device names, for listing"),
+    sa.Column("issued_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.Column("expires_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.PrimaryKeyConstraint("user_id", "device", "slot"),
+    sa.CheckConstraint("slot IN ('new', 'current')", name="slot"),
+    comment="FAST authentication tokens (XEP-0484), two slots per account and device",
+)
+
+push_registrations = sa.Table(
+    "push_registrations",
+    metadata,
+    _user_fk(),
+    sa.Column("service", sa.String(FULL_JID_LENGTH), nullable=False,
+              comment="the XMPP Push Service's JID (XEP-0357 'jid')"),
+    sa.Column("node", sa.String(PART_LENGTH), nullable=False,
+              comment="the node on the push service ('' when the client gave none)"),
+    sa.Column("resource", sa.String(PART_LENGTH), nullable=True,
+              comment="resource of the session that enabled it: the device"),
+    sa.Column("publish_options", sa.Text, nullable=True,
+              comment="JSON [[var, [values]], ...] of the publish-options form, sent back "
+                      "with every publish (the app server's secret)"),
+    sa.Column("include_body", sa.Boolean, nullable=False, server_default=sa.false(),
+              comment="the client asked for message bodies in notifications"),
+    sa.Column("created_at", sa.Double, nullable=False, comment="Unix time, seconds"),
+    sa.PrimaryKeyConstraint("user_id", "service", "node"),
+    comment="push notification registrations (XEP-0357 §5)",
 )
 
 # -- message archives (XEP-0313) -------------------------------------------------

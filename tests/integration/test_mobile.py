@@ -195,10 +195,26 @@ def test_resume_timeout_puts_unacked_messages_into_offline_storage(chatbx_server
 
 # -- durability: an acknowledged message survives SIGKILL ---------------------------
 
+def archive_bodies(client: RawClient) -> list[str]:
+    """The bodies in the client's own archive (XEP-0313 query, one page)."""
+    client.send("<iq type='set' id='mamq'><query xmlns='urn:xmpp:mam:2' queryid='k'/></iq>")
+    bodies = []
+    while True:
+        elem = client.next()
+        if elem.tag == q(NS_CLIENT, "iq") and elem.get("id") == "mamq":
+            assert elem.get("type") == "result", ET.tostring(elem)
+            return bodies
+        result = elem.find("{urn:xmpp:mam:2}result")
+        if result is not None and result.get("queryid") == "k":
+            bodies.append(result.findtext(
+                "{urn:xmpp:forward:0}forwarded/{jabber:client}message/{jabber:client}body"))
+
+
 def test_acked_message_survives_sigkill(chatbx_server, backend):
     """Alice sends Bob (offline) a message and asks for an ack; the moment
     <a h='N'/> covers it the server is killed with SIGKILL. After a restart
-    Bob logs in and receives it."""
+    Bob logs in and receives it, and it is in both archives (XEP-0313): the
+    ack waited for the archive batch as well as the offline store."""
     server = chatbx_server(db_url=backend)
     alice, _ = sm_login(server, ALICE, "phone")  # sent one stanza: her presence
     alice.message(BOB, "durable")
@@ -217,7 +233,11 @@ def test_acked_message_survives_sigkill(chatbx_server, backend):
     bob = raw_login(server, BOB, "pc")
     bob.send("<presence/>")
     bob.wait_message("durable")
+    assert archive_bodies(bob) == ["durable"]
     bob.close()
+    alice = raw_login(server, ALICE, "pc")
+    assert archive_bodies(alice) == ["durable"]
+    alice.close()
 
 
 # -- client state indication -------------------------------------------------------

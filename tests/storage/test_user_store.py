@@ -168,6 +168,7 @@ def test_delete_cascades(stores: Stores, result_of: Any) -> None:
         "users": 1, "scram_credentials": 2, "roster_items": 1, "roster_versions": 1,
         "subscription_requests": 1, "offline_messages": 1, "server_secrets": 0,
         "muc_rooms": 0, "muc_affiliations": 0, "muc_archive": 0,
+        "fast_tokens": 0, "push_registrations": 0,
         "archive_messages": 1, "archive_prefs": 1,
         "pubsub_nodes": 1, "pubsub_items": 1, "pubsub_affiliations": 1, "pubsub_subscriptions": 1,
         "vcards": 1, "private_storage": 1, "entity_caps": 1,

@@ -12,6 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.words.xish import domish
 
+from chatbx_server.c2s import stream as c2s_state
 from chatbx_server.c2s.stream import C2SFactory
 from chatbx_server.xmpp import ns
 from tests.unit.fakes import create_user, make_server
@@ -914,3 +915,46 @@ def test_keepalive_settings_are_read_from_config():
     assert len(pings(c)) == 1
     srv.clock.advance(5)
     assert c.stream_error() == "connection-timeout"
+
+
+# -- idle connections: one timer, no parser -----------------------------------------
+
+def test_negotiation_timer_becomes_the_keepalive(server, client):
+    """Binding turns the negotiation timer into the keepalive: one DelayedCall
+    per connection, and no cancelled one left in the clock."""
+    (negotiation,) = [c for c in server.clock.getDelayedCalls()
+                      if getattr(c.func, "__self__", None) is client.proto]
+    client.login()
+    (mine,) = [c for c in server.clock.getDelayedCalls()
+               if getattr(c.func, "__self__", None) is client.proto]
+    assert mine is negotiation
+    assert mine.getTime() == server.clock.seconds() + server.config.limits.c2s_idle_timeout
+
+
+def test_quiet_bound_stream_drops_its_parser_and_reads_on(server, tls_factory):
+    """With the listener running, a bound stream silent for a whole
+    c2s_parser_idle period loses its parser; a stream that spoke keeps it;
+    the next stanza builds a new parser and is handled as usual."""
+    tls_factory.startFactory()
+    try:
+        quiet, busy = Client(tls_factory, "10.0.0.1"), Client(tls_factory, "10.0.0.2")
+        quiet.login()
+        busy.login(user="bob", password="secret")
+        period = server.config.limits.c2s_parser_idle
+        server.clock.advance(period)
+        busy.send("<presence/>")
+        server.clock.advance(period)
+        assert quiet.proto.parser.suspended and not busy.proto.parser.suspended
+        quiet.received()
+        quiet.send(f"<iq type='get' id='p1'><ping xmlns='{ns.PING}'/></iq>")
+        (pong,) = quiet.received()
+        assert pong["id"] == "p1"  # parsed and answered (the ping module is not loaded here)
+        assert not quiet.proto.parser.suspended
+        server.clock.advance(period)
+        server.clock.advance(period)
+        assert quiet.proto.parser.suspended
+        quiet.send("</stream:stream>")  # a clean close, read by a new parser
+        quiet.received()
+        assert quiet.ended == 1 and quiet.proto.state == c2s_state.CLOSED
+    finally:
+        tls_factory.stopFactory()

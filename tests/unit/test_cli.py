@@ -576,3 +576,36 @@ def test_invite_create_list_revoke(ctl, config: str) -> None:
     assert token in out and "admin name=newbie" in out and "contact of hugo@example.org" in out
     assert ctl("--config", config, "invite", "revoke", token) == (0, "revoked\n", "")
     assert ctl("--config", config, "invite", "revoke", token)[0] == 1
+# -- fast (XEP-0484 tokens) ---------------------------------------------------------
+
+def test_fast_list_and_revoke(ctl, config: str) -> None:
+    """fast list shows each device's tokens (slot, mechanism, label) and never
+    a token; revoke --device removes one device's, revoke all the rest; an
+    unknown device or account is an error."""
+    from chatbx_server.config import load_config
+    from chatbx_server.storage import Database, Stores
+
+    assert ctl("--config", config, "user", "add", "alice@localhost", "--password", "pw")[0] == 0
+    db = Database(load_config(config).database_url, threadless=True)
+    try:
+        stores = Stores(db)
+        for device in ("phone-id", "laptop-id"):
+            stores.fast.issue("alice@localhost", device, "App on Phone", "HT-SHA-256-NONE",
+                              b"n" * 16, 86400.0, 10)
+    finally:
+        db.stop()
+    code, out, _ = ctl("--config", config, "fast", "list", "alice@localhost")
+    assert code == 0
+    lines = sorted(out.splitlines())
+    assert [line.split("\t")[:3] for line in lines] == [
+        ["laptop-id", "new", "HT-SHA-256-NONE"], ["phone-id", "new", "HT-SHA-256-NONE"]]
+    assert lines[0].endswith("App on Phone")
+    code, out, _ = ctl("--config", config, "fast", "revoke", "alice@localhost", "--device", "phone-id")
+    assert code == 0 and "revoked 1" in out
+    code, _, err = ctl("--config", config, "fast", "revoke", "alice@localhost", "--device", "phone-id")
+    assert code == 1 and "no FAST tokens" in err
+    code, out, _ = ctl("--config", config, "fast", "revoke", "alice@localhost")
+    assert code == 0 and "revoked 1" in out
+    assert ctl("--config", config, "fast", "list", "alice@localhost")[1] == ""
+    code, _, err = ctl("--config", config, "fast", "list", "nobody@localhost")
+    assert code == 1 and "unknown user" in err

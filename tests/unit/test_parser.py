@@ -192,3 +192,58 @@ def test_oversized_self_closing_stanza_in_one_read():
         stream.parse(data)
     assert exc.value.condition == "policy-violation"
     assert got == []
+
+
+# -- suspending the parser of an idle stream ---------------------------------------
+
+def test_suspend_only_between_stanzas():
+    """The parser may be dropped only when it holds nothing half-read: not
+    before the first stanza, not inside a stanza or a start tag (even one
+    whose unfinished attribute value ends with '>'), yes after a whole stanza
+    and whitespace."""
+    rec = Recorder()
+    rec.feed(HEADER)
+    assert rec.parser.suspend() is False  # no stanza yet: the header is all there is
+    rec.feed(b"<presence/><message to='a@localhost'><body>x")
+    assert rec.parser.suspend() is False
+    rec.feed(b"</body></message>  ")
+    assert rec.parser.clean
+    rec.feed(b"<iq type='get' id='a>")  # '>' inside an unfinished attribute value
+    assert rec.parser.suspend() is False
+    rec.feed(b"b'><ping xmlns='urn:xmpp:ping'/></iq>\n")
+    assert rec.parser.clean
+    rec.feed(b"<r xmlns='urn:xmpp:sm:3'/><iq id='x/>")  # a new tag, unfinished, ending in '/>'
+    assert rec.parser.suspend() is False
+    rec.feed(b"'/>")
+    assert rec.parser.suspend() is True and rec.parser.suspended
+    assert [e.name for e in rec.elements] == ["presence", "message", "iq", "r", "iq"]
+    assert rec.elements[2]["id"] == "a>b" and rec.elements[4]["id"] == "x/>"
+
+
+def test_a_suspended_stream_parses_on_in_the_same_namespaces():
+    """After suspension the next bytes build a new parser primed with the
+    stream's namespaces: stanzas are jabber:client, a prefixed stream error
+    is understood, </stream:stream> ends the stream; no second stream
+    start is reported."""
+    rec = Recorder()
+    rec.feed(HEADER + b"<presence/>")
+    assert rec.parser.suspend()
+    rec.feed(b"<message type='chat'><body>after</body></message>")
+    msg = rec.elements[-1]
+    assert (msg.uri, msg.name, str(msg.body)) == ("jabber:client", "message", "after")
+    assert rec.parser.suspend()
+    rec.feed(b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+    assert (rec.elements[-1].uri, rec.elements[-1].name) == ("http://etherx.jabber.org/streams", "error")
+    assert rec.parser.suspend()
+    rec.feed(b"</stream:stream>")
+    assert rec.ended and len(rec.roots) == 1
+
+
+def test_limits_hold_after_revival():
+    """A revived parser enforces the same limits (stanza size here)."""
+    rec = Recorder(max_size=200)
+    rec.feed(HEADER + b"<presence/>")
+    assert rec.parser.suspend()
+    with pytest.raises(StreamError) as err:
+        rec.feed(b"<message><body>" + b"x" * 400 + b"</body></message>")
+    assert err.value.condition == "policy-violation"

@@ -81,8 +81,8 @@ def test_queue_bound():
 
 # -- helpers -------------------------------------------------------------------
 
-def setup(options: str = ""):
-    enabled = ", ".join(f'"{m}"' for m in MODULES)
+def setup(options: str = "", modules: tuple[str, ...] = MODULES):
+    enabled = ", ".join(f'"{m}"' for m in modules)
     server = make_server(config_text=f"[modules]\nenabled = [{enabled}]\n{options}")
     for user in ("alice", "bob", "carol"):
         create_user(server, f"{user}@localhost")
@@ -238,6 +238,30 @@ def test_ack_waits_for_the_offline_commit():
     assert [a["h"] for a in sm_elements(alice.take(), "a")] == ["1"]
 
 
+def test_ack_waits_for_the_archive_batch_commit():
+    """With the archive on, a message to an online contact is delivered at
+    once, but the sender's <a/> covers it only after the archive batch that
+    holds its rows (sender's and recipient's) committed; without SM nothing
+    waits (the row is only submitted)."""
+    server = setup(modules=MODULES + ("mam",))
+    alice, _ = enable(server, "alice@localhost/phone")
+    bob = bind(server, "bob@localhost/pc", available=True)
+    bob.take()
+    chat(server, alice, "bob@localhost", "archived")
+    assert [str(m.body) for m in messages(bob.take())] == ["archived"]  # delivery did not wait
+    send_raw(alice, f"<r xmlns='{NS}'/>")
+    assert [a["h"] for a in sm_elements(alice.take(), "a")] == ["0"]
+    server.clock.advance(1)  # the batch writer's delay: the batch commits
+    assert [a["h"] for a in sm_elements(alice.take(), "a")] == ["1"]
+    rows: list = []
+    server.stores.archive.flush()
+    for owner in ("alice@localhost", "bob@localhost"):
+        server.database.run("t", lambda conn, o=owner: conn.exec_driver_sql(
+            "SELECT count(*) FROM archive_messages JOIN users ON users.id = user_id "
+            "WHERE username = ?", (o.split("@")[0],)).scalar()).addCallback(rows.append)
+    assert rows == [1, 1]
+
+
 # -- hibernation and resumption -------------------------------------------------
 
 def test_lost_connection_hibernates_and_resumes_with_what_was_missed():
@@ -266,6 +290,33 @@ def test_lost_connection_hibernates_and_resumes_with_what_was_missed():
     # The resumed stream works as before.
     chat(server, bob, "alice@localhost", "after")
     assert str(messages(stream.sent)[-1].body) == "after"
+
+
+def test_resumption_waits_for_stanzas_still_being_committed():
+    """The connection drops while a message of the client is still being
+    stored: <resumed/> waits for the commit so its 'h' covers the message
+    (the client does not send it twice); what the client pipelined after
+    <resume/> is handled after it."""
+    server = setup()
+    alice, previd = enable(server, "alice@localhost/phone")
+    held: list[defer.Deferred] = []
+
+    def store(*args):
+        d: defer.Deferred = defer.Deferred()
+        held.append(d)
+        return d
+
+    server.stores.offline.store = store
+    chat(server, alice, "bob@localhost", "for bob")  # bob is offline: stored
+    disconnect(alice)
+    stream = FakeStream(server, JID.parse("alice@localhost"))
+    stream.dataReceived(f"<resume xmlns='{NS}' previd='{previd}' h='0'/><r xmlns='{NS}'/>".encode())
+    assert sm_elements(stream.sent, "resumed") == []
+    held[0].callback(True)
+    resumed = sm_elements(stream.sent, "resumed")
+    assert resumed and resumed[0]["h"] == "1"
+    assert sm_elements(stream.sent, "a")[-1]["h"] == "1"  # the pipelined <r/>, after it
+    assert stream.state == c2s.BOUND
 
 
 def test_resume_by_another_account_fails_and_leaves_the_session():

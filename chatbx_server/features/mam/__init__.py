@@ -17,7 +17,9 @@ Where messages are archived (the events and priorities of ``events.py``):
   ``<stanza-id by=RECIPIENT id=UID/>`` on the delivered stanza, so the
   copies made from it (carbons, the offline copy) carry it too. The handler
   returns None: delivery goes on, and never waits for the database (the
-  row goes through the store's batch writer). A message stored offline is
+  row goes through the store's batch writer). The sender's XEP-0198 ack
+  does wait for the commit of the rows its message made (sender's and
+  local recipient's archives; ``c2s.smacks.hold_ack``). A message stored offline is
   archived here once, when it arrives; its later delivery sends the stored
   copy straight to the session.
 - A message between two local accounts goes into both archives (the XML
@@ -51,6 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
+from chatbx_server.c2s.smacks import acks_wait, hold_ack
 from chatbx_server.events import ARCHIVE, COPY, DELIVER, StanzaEvent
 from chatbx_server.features.mam.policy import (SID, OutgoingCopy, StanzaId, archived_form,
                                                archiving_rule, examine, with_stanza_id)
@@ -234,7 +237,7 @@ class MamFeature(Feature):
         xml = archived_form(stanza, wire)
         if local:
             self._shared = (stanza, stanza.children, len(stanza.children), wire, xml, body)
-        archive_id, nonce = self._append(owner, to, body, xml, rule is None)
+        archive_id, nonce = self._append(owner, to, body, xml, rule is None, event.origin)
         if "carbons" in self.server.modules:
             event.stanza = OutgoingCopy(stanza, StanzaId(owner, encode_uid(archive_id, nonce)))
         return None
@@ -274,7 +277,7 @@ class MamFeature(Feature):
         if wire is None or xml is None:
             wire = CLIENT_STREAMS.serialize(stanza)
             xml = archived_form(stanza, wire)
-        archive_id, nonce = self._append(owner, sender, body, xml, rule is None)
+        archive_id, nonce = self._append(owner, sender, body, xml, rule is None, event.origin)
         stanza_id = StanzaId(owner, encode_uid(archive_id, nonce))
         stanza_id.parent = stanza
         stanza.children.append(stanza_id)
@@ -299,12 +302,17 @@ class MamFeature(Feature):
         return archiving_rule(prefs, default, target, roster)
 
     def _append(self, owner: str, other: JID, body: Optional[str], xml: str,
-                check_roster: bool) -> tuple[int, int]:
+                check_roster: bool, origin: Any = None) -> tuple[int, int]:
         ids = self.store.ids
         archive_id = ids.next_id()
         nonce = ids.nonce()
-        self.store.writer.submit((owner, archive_id, nonce, other.bare, other.resource, body, xml,
-                                  check_roster))
+        row = (owner, archive_id, nonce, other.bare, other.resource, body, xml, check_roster)
+        if acks_wait(origin):
+            # The sender's XEP-0198 ack promises the archive row too: it
+            # waits for the batch commit (delivery does not).
+            hold_ack(origin, self.store.append(row))
+        else:
+            self.store.writer.submit(row)
         return archive_id, nonce
 
     # -- queries ---------------------------------------------------------------
