@@ -167,7 +167,9 @@ password_hash = "SHA-256"
 c2s_require_encryption = true
 allow_registration = false
 log = {{ warn = "{workdir}/prosody.log" }}
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "pep"{more_modules} }}
+-- mod_mam: the message archive, on as chatbx's is by default (every chat message archived,
+-- Prosody's default_archive_policy = true, in its internal file store)
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "posix", "pep", "mam"{more_modules} }}
 modules_disabled = {{ {disabled} }}
 {s2s_settings}
 VirtualHost "{domain}"

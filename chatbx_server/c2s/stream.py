@@ -215,7 +215,7 @@ class C2SStream(Protocol):
     # -- output ----------------------------------------------------------
     def send_element(self, element: domish.Element) -> None:
         if self.state != CLOSED:
-            self._write(self.serializer.serialize(element).encode("utf-8"))
+            self._write(self.serializer.encode(element))
 
     def send_raw(self, data: str) -> None:
         if self.state != CLOSED:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import io
 import itertools
 import json
 import os
@@ -95,6 +96,7 @@ __all__ = [
 #: low bits of an id that count messages within one microsecond
 SEQ_BITS = 10
 _UID = struct.Struct(">qi")
+_NONCES = struct.Struct(">1024i")
 #: rows per IN (...) list, well below every backend's parameter limit
 _CHUNK = 500
 #: a full-text query uses at most this many words
@@ -123,9 +125,15 @@ def id_to_time(archive_id: int) -> float:
     return (archive_id >> SEQ_BITS) / 1_000_000
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def encode_uid(archive_id: int, nonce: int) -> str:
-    """The public archive id (XEP-0313 UID, XEP-0359 stanza-id)."""
-    return base64.urlsafe_b64encode(_UID.pack(archive_id, nonce)).decode("ascii")
+    """The public archive id (XEP-0313 UID, XEP-0359 stanza-id): URL-safe
+    base64 of 12 bytes (made for every archived message: binascii directly,
+    a third of ``base64.urlsafe_b64encode``'s time)."""
+    return binascii.b2a_base64(_UID.pack(archive_id, nonce), newline=False).translate(
+        _URLSAFE).decode("ascii")
 
 
 def decode_uid(uid: str) -> Optional[tuple[int, int]]:
@@ -161,8 +169,8 @@ class IdSource:
         self._now = now_function(clock)
         #: the last id handed out (or seen stored)
         self.last = 0
-        self._pool = b""
-        self._pos = 0
+        #: random nonces not handed out yet
+        self._pool: list[int] = []
 
     def next_id(self) -> int:
         candidate = int(self._now() * 1_000_000) << SEQ_BITS
@@ -177,13 +185,11 @@ class IdSource:
             self.last = archive_id
 
     def nonce(self) -> int:
-        """32 random bits (os.urandom, read 4 KiB at a time)."""
-        pos = self._pos
-        if pos + 4 > len(self._pool):
-            self._pool = os.urandom(4096)
-            pos = 0
-        self._pos = pos + 4
-        return int.from_bytes(self._pool[pos:pos + 4], "big", signed=True)
+        """32 random bits, signed (os.urandom, read 4 KiB at a time)."""
+        pool = self._pool
+        if not pool:
+            pool.extend(_NONCES.unpack(os.urandom(_NONCES.size)))
+        return pool.pop()
 
 
 # -- values ---------------------------------------------------------------------
@@ -310,19 +316,43 @@ def _sqlite_insert_txn(conn: Connection, values: list[tuple[Any, ...]]) -> None:
                              tuple(itertools.chain.from_iterable(chunk)))
 
 
-_POSTGRESQL_INSERT = (f"INSERT INTO archive_messages ({', '.join(_COLUMNS)}) VALUES %s "
-                      "ON CONFLICT (id) DO NOTHING")
+_COLUMN_LIST = ", ".join(_COLUMNS)
+#: rows are COPYed into a per-connection staging table, then moved with an
+#: INSERT that ignores ids already stored (COPY itself cannot: a batch
+#: retried after a lost commit must store nothing twice)
+_POSTGRESQL_STAGING = (f"CREATE TEMPORARY TABLE IF NOT EXISTS archive_staging "
+                       f"ON COMMIT DELETE ROWS AS SELECT {_COLUMN_LIST} FROM archive_messages "
+                       f"WITH NO DATA")
+_POSTGRESQL_COPY = f"COPY archive_staging ({_COLUMN_LIST}) FROM STDIN"
+_POSTGRESQL_MOVE = (f"INSERT INTO archive_messages ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} "
+                    f"FROM archive_staging ON CONFLICT (id) DO NOTHING")
+
+
+def _copy_field(value: Optional[str]) -> str:
+    """A text value in COPY's text format (PostgreSQL docs, COPY, "Text Format")."""
+    if value is None:
+        return "\\N"
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return (value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+                .replace("\r", "\\r"))
+    return value
 
 
 def _postgresql_insert_txn(conn: Connection, values: list[tuple[Any, ...]]) -> None:
-    """psycopg2's execute_values on the transaction's own DBAPI connection:
-    one statement per 1,000 rows, the rows quoted in C. (A Core insert with
-    a list of dicts cost 18 µs of Python per row on the reactor's core.)"""
-    from psycopg2.extras import execute_values  # type: ignore[import-untyped]
-
+    """COPY through a staging table, on the transaction's own DBAPI
+    connection: per row, one line of text built here (the quoting and
+    parsing happen in the server's process, not on the reactor's core).
+    execute_values cost ~6 µs of Python per row, a Core insert 18 µs."""
+    field = _copy_field
+    text = "".join([
+        f"{archive_id}\t{user_id}\t{nonce}\t{hash_}\t{field(with_jid)}\t{field(resource)}\t"
+        f"{field(body)}\t{field(stanza)}\n"
+        for archive_id, user_id, nonce, hash_, with_jid, resource, body, stanza in values])
     cursor = cast(Any, conn.connection.driver_connection).cursor()
     try:
-        execute_values(cursor, _POSTGRESQL_INSERT, values, page_size=1000)
+        cursor.execute(_POSTGRESQL_STAGING)
+        cursor.copy_expert(_POSTGRESQL_COPY, io.StringIO(text))
+        cursor.execute(_POSTGRESQL_MOVE)
     finally:
         cursor.close()
 

@@ -133,7 +133,15 @@ class BatchWriter(Generic[R]):
         """
         if self._closed:
             raise StorageError(f"{self.desc}: writer closed")
-        self._enqueue(row, None)
+        # _enqueue inlined: the archive submits two rows per message.
+        queue = self._queue
+        queue.append((row, None))
+        self._accepted += 1
+        if not self._running:
+            if len(queue) >= self.max_batch:
+                self._start()
+            elif self._timer is None:
+                self._timer = self.clock.callLater(self.delay, self._on_timer)
 
     def _enqueue(self, row: R, d: Optional[defer.Deferred[Any]]) -> None:
         self._queue.append((row, d))

@@ -162,6 +162,12 @@ def _install_sqlite_listeners(engine: Engine, *, foreign_keys: bool) -> None:
             if not memory:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
+            # Statement journals in memory: a multi-row INSERT that may abort
+            # (a foreign-key check can) has SQLite save every page it changes
+            # first, and past 64 KiB that went to a temp file: as many page
+            # writes again as the WAL got, for every archive batch. They only
+            # serve to undo one statement, so they need no file.
+            cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         finally:
             cur.close()

@@ -91,6 +91,31 @@ class StreamSerializer:
         out.append(">")
         return "".join(out)
 
+    def remember(self, element: domish.Element, text: str) -> None:
+        """Record ``text`` as ``element``'s serialization in this stream.
+
+        For a caller that built the text already (the archive serializes
+        every archived message once, and the delivered copy is that text
+        plus the ``<stanza-id/>``): :meth:`encode` then returns it without
+        walking the element again, for every resource and every resend
+        from the XEP-0198 queue. The cache is checked against the element's
+        attributes and its list of children, so a handler that changes
+        those later (adds a ``<delay/>``, rewrites 'to') gets a fresh
+        serialization; changes deeper down (inside a child) must not be
+        made to an element after this call.
+        """
+        element._wire = (self, text.encode("utf-8"), tuple(element.children),  # type: ignore[attr-defined]
+                         dict(element.attributes))
+
+    def encode(self, element: domish.Element) -> bytes:
+        """The element as written at the top level of this stream, UTF-8
+        (what :meth:`remember` recorded, when still valid)."""
+        cached = element.__dict__.get("_wire")
+        if (cached is not None and cached[0] is self and cached[3] == element.attributes
+                and cached[2] == tuple(element.children)):
+            return cached[1]
+        return self.serialize(element).encode("utf-8")
+
     def serialize(self, element: domish.Element) -> str:
         """The element as written at the top level of this stream."""
         out: list[str] = []

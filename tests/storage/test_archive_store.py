@@ -117,6 +117,21 @@ def test_appending_twice_stores_once(archive: Any, database: Any, result_of: Any
     assert page(archive, result_of).count == 1
 
 
+def test_rows_keep_tabs_newlines_and_backslashes(archive: Any, database: Any,
+                                                 result_of: Any) -> None:
+    """Text with the characters PostgreSQL's COPY text format escapes comes
+    back exactly, and a missing resource stays NULL (the with/resource
+    filter still matches)."""
+    ids = archive.ids
+    body = "a\tb\nc\r\nd \\N \\. \\\\ é ✓"
+    xml = f"<message xmlns='jabber:client'><body>{body}</body></message>"
+    rows = [(ALICE, ids.next_id(), ids.nonce(), BOB, None, body, xml, False),
+            (ALICE, ids.next_id(), ids.nonce(), BOB, "pc\t1", None, "<message/>", False)]
+    assert result_of(database.run("t", append_txn, rows)) == [True, True]
+    assert [m.stanza for m in page(archive, result_of).messages] == [xml, "<message/>"]
+    assert page(archive, result_of, with_jid=BOB, with_resource="pc\t1").count == 1
+
+
 def test_with_filter_bare_full_and_self(archive: Any, writer: Writer, result_of: Any) -> None:
     """'with' a bare JID matches every resource; a full JID only that resource; the
     account's own JID only messages to itself (XEP-0313 §4.1.1)."""

@@ -63,7 +63,8 @@ def test_default_sqlite_url(tmp_path: Path) -> None:
 
 
 def test_sqlite_file_creates_parent_and_sets_pragmas(tmp_path: Path, result_of: Any) -> None:
-    """A file database gets its folder created, WAL journaling and foreign keys."""
+    """A file database gets its folder created, WAL journaling, foreign keys and
+    temporary data (statement journals) in memory."""
     url = default_sqlite_url(tmp_path / "nested" / "data")
     db = Database(url, threadless=True)
     db.start()
@@ -71,8 +72,10 @@ def test_sqlite_file_creates_parent_and_sets_pragmas(tmp_path: Path, result_of: 
         assert (tmp_path / "nested" / "data").is_dir()
         mode = result_of(db.run("t", lambda c: c.exec_driver_sql("PRAGMA journal_mode").scalar()))
         fks = result_of(db.run("t", lambda c: c.exec_driver_sql("PRAGMA foreign_keys").scalar()))
+        temp = result_of(db.run("t", lambda c: c.exec_driver_sql("PRAGMA temp_store").scalar()))
         assert mode == "wal"
         assert fks == 1
+        assert temp == 2  # MEMORY: statement journals of batch inserts write no temp file
     finally:
         db.stop()
 

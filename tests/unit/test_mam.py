@@ -17,6 +17,7 @@ from chatbx_server.storage.archive import ArchivePrefs, ArchiveQuery
 from chatbx_server.storage.roster import RosterItem
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 from tests.unit.fakes import bind, create_user, make_server, stanza
 
 T0 = 1_700_000_000  # 2023-11-14T22:13:20Z
@@ -145,6 +146,35 @@ def test_delivered_message_carries_the_recipients_archive_id(pair: Any) -> None:
     alices = archive(server, ALICE)
     assert bodies(alices) == ["hello"] and alices.messages[0].uid != uid
     assert "stanza-id" not in alices.messages[0].stanza and "stanza-id" not in bobs.messages[0].stanza
+
+
+def test_delivered_bytes_and_archived_text_match_a_fresh_serialization(pair: Any) -> None:
+    """The delivered copy is written from the text serialized once for the
+    archive: the bytes on Bob's stream are exactly what the stream
+    serializer makes of the stamped stanza (escapes, xml:lang, payload
+    namespaces, an empty message), and both archives hold the message as
+    ``Element.toXml()`` writes it, in jabber:client."""
+    server, alice, bob = pair
+    delivered: list[Any] = []
+    server.events.on("message/full", lambda event: delivered.append(event.stanza), COPY)
+    for extra in ("<body>a &lt;b&gt; &amp; 'c' \"d\"</body>"
+                  "<x xmlns='jabber:x:oob'><url>http://e/?a=1&amp;b=2</url></x>",
+                  "<received xmlns='urn:xmpp:receipts' id='r&amp;1'/>"):
+        bob.stream.transport.clear()
+        send(server, alice, f"<message to='{BOB}/phone' type='chat' id='i&apos;1' "
+                            f"xml:lang='de'>{extra}</message>")
+        stanza_out = delivered[-1]
+        assert any(isinstance(c, StanzaId) for c in stanza_out.children)
+        assert bob.stream.transport.value() == CLIENT_STREAMS.serialize(stanza_out).encode()
+        children = stanza_out.children
+        stanza_out.children = [c for c in children if not isinstance(c, StanzaId)]
+        expected = stanza_out.toXml()
+        stanza_out.children = children
+        assert expected.startswith(f"<message xmlns='{ns.CLIENT}'")
+        for owner in (ALICE, BOB):
+            [stored] = archive(server, owner).messages[-1:]
+            assert stored.stanza == expected, owner
+    bob.take()
 
 
 def test_delivery_does_not_wait_for_the_archive(pair: Any) -> None:

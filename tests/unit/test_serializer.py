@@ -206,3 +206,30 @@ def test_header_escapes_and_declares_the_prefix():
     assert roots[0]["id"] == "abc" and roots[0]["version"] == "1.0"
     assert CLIENT_STREAMS.footer == "</stream:stream>"
     assert "to=" not in CLIENT_STREAMS.header("abc", "localhost")
+
+
+def test_remembered_text_is_written_while_the_element_is_unchanged():
+    """encode() returns the text remember() recorded (no second walk), and
+    serializes afresh once the attributes or the children list changed, or
+    for another stream type."""
+    msg = parse_stanza("<message to='bob@localhost' type='chat'><body>hi</body></message>")
+    CLIENT_STREAMS.remember(msg, "<message remembered='1'/>")
+    assert CLIENT_STREAMS.encode(msg) == b"<message remembered='1'/>"
+    assert SERVER_STREAMS.encode(msg).startswith(b"<message to='bob@localhost'")
+    msg["to"] = "carol@localhost"
+    assert CLIENT_STREAMS.encode(msg) == CLIENT_STREAMS.serialize(msg).encode()
+    CLIENT_STREAMS.remember(msg, "<message remembered='2'/>")
+    msg.addElement(("urn:xmpp:delay", "delay"))
+    assert b"urn:xmpp:delay" in CLIENT_STREAMS.encode(msg)
+    CLIENT_STREAMS.remember(msg, "<message remembered='3'/>")
+    body = msg.children[0]
+    msg.children[0] = domish.Element((None, "subject"))
+    assert b"<subject/>" in CLIENT_STREAMS.encode(msg)
+    msg.children[0] = body  # back to what was remembered
+    assert CLIENT_STREAMS.encode(msg) == b"<message remembered='3'/>"
+
+
+def test_unremembered_elements_are_serialized():
+    """encode() of an ordinary element is serialize() as UTF-8."""
+    msg = parse_stanza("<message to='bob@localhost'><body>é</body></message>")
+    assert CLIENT_STREAMS.encode(msg) == CLIENT_STREAMS.serialize(msg).encode("utf-8")

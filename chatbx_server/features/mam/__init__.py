@@ -55,8 +55,8 @@ from twisted.words.xish import domish
 
 from chatbx_server.c2s.smacks import acks_wait, hold_ack
 from chatbx_server.events import ARCHIVE, COPY, DELIVER, StanzaEvent
-from chatbx_server.features.mam.policy import (SID, OutgoingCopy, StanzaId, archiving_rule,
-                                               examine, serialize)
+from chatbx_server.features.mam.policy import (SID, OutgoingCopy, StanzaId, archived_form,
+                                               archiving_rule, examine, with_stanza_id)
 from chatbx_server.features.mam.query import (FULLTEXT, MAM, MAM_EXTENDED, POLICIES, fin,
                                               flip_page, form, metadata, parse_prefs, parse_query,
                                               prefs_element, result_message)
@@ -65,6 +65,7 @@ from chatbx_server.modules import Feature
 from chatbx_server.storage.archive import ArchivePrefs, UnknownArchiveId, encode_uid
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, parse_or_none
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 from chatbx_server.xmpp.stanzas import StanzaError
 
 __all__ = ["MamFeature", "MamOptions", "parse_duration", "RESTORE"]
@@ -173,9 +174,11 @@ class MamFeature(Feature):
         self._active = True
         self._expiry: Any = None
         self._indexer: Any = None
-        #: (stanza, its children list, their number, its XML) of the last
-        #: outgoing message, reused when it arrives for a local recipient
-        self._shared: Optional[tuple[domish.Element, list[Any], int, str]] = None
+        #: (stanza, its children list, their number, its client-stream XML,
+        #: the archived XML, the body) of the last outgoing message to a
+        #: local account, reused when it arrives there
+        self._shared: Optional[tuple[domish.Element, list[Any], int, str, str,
+                                     Optional[str]]] = None
         self.hook("pre-message/bare", self.on_outgoing, ARCHIVE)
         self.hook("pre-message/full", self.on_outgoing, ARCHIVE)
         self.hook("pre-message/bare", self.on_outgoing_routed, RESTORE)
@@ -218,21 +221,25 @@ class MamFeature(Feature):
         """A local client's message: into the sender's archive."""
         stanza = event.stanza
         owner = event.origin.bare
-        store, body, _ = examine(stanza, owner)
+        to = event.to
+        local = to.host in self.server.hosts
+        # For a local recipient, the stanza is examined (and forged ids of
+        # either archive removed) once for both archives: see on_incoming.
+        store, body, _ = examine(stanza, owner, to.bare if local else None)
         if not store:
             return None
-        to = event.to
         if to.bare == owner:
             return None  # to oneself: archived once, when it arrives
         rule = self._rule(owner, to)
         if rule is False:
             return None
-        xml = self._serialize(stanza)
-        if to.host in self.server.hosts:
-            self._shared = (stanza, stanza.children, len(stanza.children), xml)
-        uid = self._append(owner, to, body, xml, rule is None, event.origin)
+        wire = CLIENT_STREAMS.serialize(stanza)
+        xml = archived_form(stanza, wire)
+        if local:
+            self._shared = (stanza, stanza.children, len(stanza.children), wire, xml, body)
+        archive_id, nonce = self._append(owner, to, body, xml, rule is None, event.origin)
         if "carbons" in self.server.modules:
-            event.stanza = OutgoingCopy(stanza, StanzaId(owner, uid))
+            event.stanza = OutgoingCopy(stanza, StanzaId(owner, encode_uid(archive_id, nonce)))
         return None
 
     def on_outgoing_routed(self, event: StanzaEvent) -> None:
@@ -246,26 +253,39 @@ class MamFeature(Feature):
         """A message for a local account: into its archive, id stamped."""
         stanza = event.stanza
         owner = event.to.bare
-        store, body, archived = examine(stanza, owner)
-        if not store or archived:
-            return None
+        shared = self._shared
+        self._shared = None
+        if (shared is not None and shared[0] is stanza and shared[1] is stanza.children
+                and shared[2] == len(stanza.children)):
+            # The sender's copy, unchanged since: examined for this archive
+            # too (worth archiving, forged ids gone, none of ours: nothing
+            # added a child), and the same XML.
+            wire: Optional[str] = shared[3]
+            xml: Optional[str] = shared[4]
+            body = shared[5]
+        else:
+            store, body, archived = examine(stanza, owner)
+            if not store or archived:
+                return None
+            wire = xml = None
         sender = event.sender
         if sender is None:
             sender = parse_or_none(stanza.getAttribute("from")) or JID(None, event.to.host)
         rule = self._rule(owner, sender)
         if rule is False:
             return None
-        shared = self._shared
-        self._shared = None
-        if (shared is not None and shared[0] is stanza and shared[1] is stanza.children
-                and shared[2] == len(stanza.children)):
-            xml = shared[3]  # the sender's copy, unchanged since: same XML
-        else:
-            xml = self._serialize(stanza)
-        uid = self._append(owner, sender, body, xml, rule is None, event.origin)
-        stanza_id = StanzaId(owner, uid)
+        if wire is None or xml is None:
+            wire = CLIENT_STREAMS.serialize(stanza)
+            xml = archived_form(stanza, wire)
+        archive_id, nonce = self._append(owner, sender, body, xml, rule is None, event.origin)
+        stanza_id = StanzaId(owner, encode_uid(archive_id, nonce))
         stanza_id.parent = stanza
         stanza.children.append(stanza_id)
+        # The delivered copy is the same text with the id: the stream writes
+        # it without serializing the stanza again (for every resource).
+        delivered = with_stanza_id(wire, stanza_id)
+        if delivered is not None:
+            CLIENT_STREAMS.remember(stanza, delivered)
         return None
 
     def _rule(self, owner: str, target: JID) -> Optional[bool]:
@@ -281,16 +301,8 @@ class MamFeature(Feature):
                 roster = target.bare in state.items
         return archiving_rule(prefs, default, target, roster)
 
-    @staticmethod
-    def _serialize(stanza: domish.Element) -> str:
-        xml = serialize(stanza)
-        if stanza.uri == ns.SERVER:
-            # Results go to clients: what arrived over s2s is kept as jabber:client.
-            xml = xml.replace(f"xmlns='{ns.SERVER}'", f"xmlns='{ns.CLIENT}'", 1)
-        return xml
-
     def _append(self, owner: str, other: JID, body: Optional[str], xml: str,
-                check_roster: bool, origin: Any = None) -> str:
+                check_roster: bool, origin: Any = None) -> tuple[int, int]:
         ids = self.store.ids
         archive_id = ids.next_id()
         nonce = ids.nonce()
@@ -300,8 +312,8 @@ class MamFeature(Feature):
             # waits for the batch commit (delivery does not).
             hold_ack(origin, self.store.append(row))
         else:
-            self.store.submit(row)
-        return encode_uid(archive_id, nonce)
+            self.store.writer.submit(row)
+        return archive_id, nonce
 
     # -- queries ---------------------------------------------------------------
     @staticmethod

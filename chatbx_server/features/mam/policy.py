@@ -12,9 +12,12 @@ Pure functions over stanzas, run for every routed message (keep them lean):
   local client sent: the same stanza plus the sender's own stanza-id, which
   must not leave the server (XEP-0313 §3.5), as Prosody's mod_mam does.
 - :func:`archiving_rule` applies the XEP-0441 preferences.
+- :func:`archived_form` turns the stream's serialization of a message
+  (``StreamSerializer.serialize``, made once per message and shared with
+  the delivered copy) into the stored text, and :func:`with_stanza_id` the
+  delivered copy's text with the recipient's ``<stanza-id/>``.
 - :func:`serialize` is ``Element.toXml()`` for the common shape of a
-  stanza, about twice as fast: every archived message is serialized once
-  more than delivery needs.
+  stanza, about twice as fast (for stanzas not in a client stream's form).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from chatbx_server.storage.archive import ArchivePrefs
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, parse_or_none
 
-__all__ = ["OutgoingCopy", "StanzaId", "archiving_rule", "examine", "serialize", "SID", "HINTS"]
+__all__ = ["OutgoingCopy", "StanzaId", "archived_form", "archiving_rule", "examine", "serialize",
+           "with_stanza_id", "SID", "HINTS"]
 
 SID = "urn:xmpp:sid:0"
 HINTS = "urn:xmpp:hints"
@@ -94,10 +98,13 @@ def _names_archive(value: Optional[str], owner: str) -> bool:
     return jid is not None and jid.resource is None and jid.bare == owner
 
 
-def examine(stanza: domish.Element, owner: str) -> tuple[bool, Optional[str], bool]:
+def examine(stanza: domish.Element, owner: str,
+            other: Optional[str] = None) -> tuple[bool, Optional[str], bool]:
     """Look at a message once: (archive it?, its body text, already archived).
 
-    Removes every ``<stanza-id/>`` naming ``owner``'s archive that this
+    Removes every ``<stanza-id/>`` naming ``owner``'s archive (or
+    ``other``'s, when given: the local recipient of a local sender's
+    message, so the stanza is walked once for both archives) that this
     server did not add (XEP-0359 §4: the archive's ids must not be forged
     by senders). "Already archived" means this server added one for
     ``owner`` before (``message/full`` falling back to ``message/bare``).
@@ -130,7 +137,8 @@ def examine(stanza: domish.Element, owner: str) -> tuple[bool, Optional[str], bo
             if child.name == "stanza-id":
                 if isinstance(child, StanzaId):
                     archived = archived or child.by == owner
-                elif _names_archive(child.attributes.get("by"), owner):
+                elif (_names_archive(child.attributes.get("by"), owner)
+                      or (other is not None and _names_archive(child.attributes.get("by"), other))):
                     forged = forged or []
                     forged.append(child)
         elif uri == HINTS:
@@ -240,3 +248,40 @@ def serialize(stanza: domish.Element) -> str:
     if _serialize(stanza, "", out):
         return "".join(out)
     return stanza.toXml()
+
+
+_OPEN = "<message"
+_CLOSE = "</message>"
+_CLIENT_OPEN = f"<message xmlns='{ns.CLIENT}'"
+
+
+def archived_form(stanza: domish.Element, wire: str) -> str:
+    """The stored text of a message whose client-stream serialization is
+    ``wire``.
+
+    In a client stream the stanza carries no ``xmlns`` (the stream header
+    declares ``jabber:client``); stored, it stands alone, so the namespace
+    is added to the opening tag. What arrived over s2s is thereby kept as
+    ``jabber:client`` too: results go to clients (RFC 6120 §4.8.3).
+    """
+    if wire.startswith(_OPEN) and wire[8:9] in (" ", ">", "/"):
+        return _CLIENT_OPEN + wire[8:]
+    xml = serialize(stanza)  # not reached for a message; kept correct anyway
+    if stanza.uri == ns.SERVER:
+        xml = xml.replace(f"xmlns='{ns.SERVER}'", f"xmlns='{ns.CLIENT}'", 1)
+    return xml
+
+
+def with_stanza_id(wire: str, stanza_id: StanzaId) -> Optional[str]:
+    """``wire`` (a message in client-stream form) with ``stanza_id`` added
+    as its last child, as the stream serializer would write it; None when
+    ``wire`` does not end like a message."""
+    by, uid = stanza_id.attributes["by"], stanza_id.attributes["id"]
+    if _ATTR_SPECIAL.search(by) is not None:
+        by = domish.escapeToXml(by, 1)
+    tag = f"<stanza-id xmlns='{SID}' by='{by}' id='{uid}'/>"
+    if wire.endswith(_CLOSE):
+        return wire[:-10] + tag + _CLOSE
+    if wire.endswith("/>") and wire.startswith(_OPEN) and wire.find(">") == len(wire) - 1:
+        return wire[:-2] + ">" + tag + _CLOSE
+    return None
