@@ -112,6 +112,14 @@ class InboundCounter:
 
     def _completed(self, result: Any, seq: int) -> None:
         # The route's own errback has answered a failure already: swallow it.
+        # A handler that went on asynchronously (e.g. after loading a block
+        # list) may have called hold_ack from this Deferred's callbacks: those
+        # writes belong to this stanza too.
+        also, self._also = self._also, None
+        if also:
+            waiting = defer.DeferredList(also, consumeErrors=True)
+            waiting.addBoth(lambda _: self.complete(seq))
+            return
         self.complete(seq)
 
     def complete(self, seq: int) -> None:

@@ -474,3 +474,22 @@ def test_server_shutdown_ends_hibernated_sessions():
             session.close("system-shutdown")
     assert alice.closed
     assert offline_bodies(server) == ["late"]
+
+
+def test_hold_ack_from_an_asynchronous_continuation_is_waited_for() -> None:
+    """A stanza whose handling goes on asynchronously (a block list loaded
+    first) and holds its ack from that continuation (the archive row) is
+    counted only once the held write fired too."""
+    from twisted.internet import defer as _defer
+
+    from chatbx_server.c2s.smacks import InboundCounter
+
+    counter = InboundCounter()
+    route: _defer.Deferred = _defer.Deferred()
+    archive_row: _defer.Deferred = _defer.Deferred()
+    route.addCallback(lambda _: counter.also_wait(archive_row))  # the continuation holds the ack
+    counter.track(route)
+    route.callback(None)
+    assert counter.handled == 0  # the archive row is not committed yet
+    archive_row.callback(True)
+    assert counter.handled == 1
