@@ -26,6 +26,9 @@ from chatbx_server.storage.users import HashPool
 
 log = Logger(observer=log_observer)
 
+#: how long a stopping server waits for database calls still under way
+STOP_DRAIN_TIMEOUT = 5.0
+
 
 class Server:
     """One chatbx process serving ``config.domains``."""
@@ -111,6 +114,12 @@ class Server:
             # While the modules still run: what is left in this node's
             # inbox goes to offline storage.
             yield self.cluster.stop()
+        # Stanzas accepted before the stop may still be on their way to the
+        # database (a lookup first, then the write): let them get there.
+        idle = yield self.database.drain(self.clock, STOP_DRAIN_TIMEOUT)
+        if not idle:
+            log.warn("stopping with {count} database calls still running",
+                     count=self.database.in_flight)
         self.modules.unload_all()
         self.stores.users.hasher.stop()
         yield self.stores.close()

@@ -301,6 +301,7 @@ class Cluster:
             return
         limit = now - NODE_TTL * 1000
         self.live = {n for n, s in scores.items() if s >= limit} | {self.node}
+        self.rooms.seen_live(self.live)
         dead = {n for n, s in scores.items() if s < limit}
         for node in set(self.sessions.nodes()) - self.live:
             dead.add(node)

@@ -38,6 +38,8 @@ ROOMS = "chatbx:rooms"
 ROOM_TARGET = "#room"
 #: room owners remembered per node (a cache: the truth is in Redis)
 MAX_CACHED_OWNERS = 100000
+#: dead node names remembered (a node's name is its host's, or configured)
+MAX_BURIED = 1000
 
 
 def rendezvous(key: str, nodes: Iterable[str]) -> str:
@@ -58,6 +60,9 @@ class RoomOwnership:
         self.services: dict[str, Callable[[StanzaEvent], Any]] = {}
         #: the stored rooms being re-read after a node died
         self._reloading: Optional[defer.Deferred] = None
+        #: dead nodes whose rooms were given up already (every tick until the
+        #: reaper removes a node reports it dead again: one reload per death)
+        self._buried: set[str] = set()
 
     def install(self) -> None:
         """Put the ownership check in front of each MUC service domain."""
@@ -113,6 +118,12 @@ class RoomOwnership:
         self.owners[room] = owner
         return owner
 
+    def seen_live(self, nodes: Iterable[str]) -> None:
+        """``nodes`` have a current heartbeat: a node that comes back under a
+        dead one's name may die again, and is reloaded for again."""
+        if self._buried:
+            self._buried.difference_update(nodes)
+
     def deliver(self, stanza: Any) -> Any:
         """A room stanza forwarded to this node (its owner)."""
         from chatbx_server.xmpp.jid import JID, parse_or_none
@@ -131,6 +142,11 @@ class RoomOwnership:
         started (one query per death, whichever rooms move here)."""
         for room in [r for r, n in self.owners.items() if n == node]:
             del self.owners[room]
+        if node in self._buried:
+            return
+        if len(self._buried) >= MAX_BURIED:
+            self._buried.clear()
+        self._buried.add(node)
         muc = self.cluster.server.modules.get("muc")
         reload = getattr(muc, "reload_stored", None)
         if reload is None:

@@ -154,22 +154,27 @@ class MucFeature(Feature):
         """(Re)load the stored rooms; a room with occupants here is kept as
         it is (on a cluster, rooms another node owned until it died are
         taken over from the database: cluster/rooms.py)."""
+        from chatbx_server.muc.archive import load_history
+
         records = yield self.store.load_rooms(list(self.services))
         for rec in records:
+            config = RoomConfig.from_dict(rec.config)
+            rows: Any = ()
+            if config.history_length and self.options.history_size:
+                rows = yield self.store.recent(rec.jid, self.options.history_size)
+            # Checked after the last wait: a room someone joined meanwhile is
+            # live state and stays; an empty one is replaced whole, history
+            # included, in this one reactor turn.
             current = self.rooms.get(rec.jid)
-            if current is not None and current.occupants:
+            if current is not None and (current.occupants or current.by_jid):
                 continue
-            room = Room(self, rec.jid, RoomConfig.from_dict(rec.config), rec.creator)
+            room = Room(self, rec.jid, config, rec.creator)
             room.affiliations = dict(rec.affiliations)
             room.subject, room.subject_nick = rec.subject, rec.subject_nick
             room.vcard, room.avatar_hash = rec.vcard, rec.avatar_hash
             room.stored = True
+            load_history(room, rows)
             self.rooms[rec.jid] = room
-            if room.config.history_length and self.options.history_size:
-                rows = yield self.store.recent(rec.jid, self.options.history_size)
-                from chatbx_server.muc.archive import load_history
-
-                load_history(room, rows)
         return records
 
     # -- plumbing used by rooms ----------------------------------------------------

@@ -22,13 +22,16 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
 from chatbx_server.logs import log_observer
 from twisted.python.threadpool import ThreadPool
 
 from chatbx_server.storage.errors import StorageError
+
+#: how often a stopping server looks whether the database went idle
+DRAIN_POLL = 0.005
 
 __all__ = [
     "Database",
@@ -236,6 +239,8 @@ class Database:
         self.engine: Engine = make_engine(url, pool_size=pool_size)
         self._stopped = False
         self._reactor = reactor
+        #: transactions handed to the pool whose result is not delivered yet
+        self.in_flight = 0
         self._threadpool: ThreadPool | None = None
         if not threadless:
             if threadpool is None:
@@ -295,9 +300,38 @@ class Database:
         if reactor is None:
             from twisted.internet import reactor
         assert self._threadpool is not None
-        return threads.deferToThreadPool(
+        self.in_flight += 1
+        d = threads.deferToThreadPool(
             reactor, self._threadpool, self._run_txn, desc, fn, args, kwargs
         )
+        d.addBoth(self._delivered)
+        return d
+
+    def _delivered(self, result: Any) -> Any:
+        self.in_flight -= 1
+        return result
+
+    @defer.inlineCallbacks
+    def drain(self, clock: Any, timeout: float = 10.0) -> Any:
+        """Wait (at most ``timeout``) until no transaction is running or
+        queued, and the callbacks of the last ones started none: what a
+        stopping server accepted (an offline message whose recipient's
+        block list was still loading, a roster push) reaches the database
+        before :meth:`stop` refuses new work. Fires True when idle."""
+        if self.threadless:
+            return True
+        deadline = clock.seconds() + timeout
+        quiet = 0
+        while clock.seconds() < deadline:
+            if self.in_flight:
+                quiet = 0
+                yield task.deferLater(clock, DRAIN_POLL, lambda: None)
+                continue
+            quiet += 1
+            if quiet > 2:  # two whole reactor turns without new work
+                return True
+            yield task.deferLater(clock, 0, lambda: None)
+        return self.in_flight == 0
 
     def _run_txn(
         self, desc: str, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -57,3 +57,45 @@ def test_stores_on_thread_pool(db_url: str) -> None:
         assert version == 10 and len(items) == 10
     finally:
         db.stop()
+
+
+def test_drain_waits_for_work_chained_on_running_transactions(db_url: str) -> None:
+    """A stopping server drains the database: drain() fires only once no
+    transaction runs and the callbacks of the last one started none (here a
+    write chained on a read, as an offline message waits for a lookup)."""
+    from twisted.internet.task import Clock
+
+    from chatbx_server.storage.database import DRAIN_POLL
+
+    migrate.upgrade(db_url)
+    db = Database(db_url, ImmediateReactor(), pool_size=2)
+    db.start()
+    clock = Clock()
+    gate = threading.Event()
+    try:
+        stores = Stores(db)
+        wait_for(stores.users.create("bob@example.org", "p"))
+
+        def lookup(conn: Any) -> int:
+            assert gate.wait(30)
+            return 1
+
+        chained: list[Any] = []
+        first = db.run("test.lookup", lookup)
+        first.addCallback(lambda _: chained.append(
+            stores.offline.store("bob@example.org", "<m/>", 5)))
+        drained: list[bool] = []
+        db.drain(clock, timeout=60).addCallback(drained.append)
+        for _ in range(5):
+            clock.advance(DRAIN_POLL)
+        assert drained == [] and db.in_flight == 1
+        gate.set()
+        wait_for(first)
+        assert wait_for(chained[0]) is True
+        for _ in range(5):
+            clock.advance(DRAIN_POLL)
+        assert drained == [True]
+        assert wait_for(stores.offline.count("bob@example.org")) == 1
+    finally:
+        gate.set()
+        db.stop()

@@ -255,6 +255,30 @@ def test_room_stanza_goes_to_the_owning_node(fake_redis: FakeRedis) -> None:
     assert server.cluster.rooms.owners["team@conference.localhost"] == "n2"
 
 
+def test_a_dead_owner_costs_one_reload_of_the_stored_rooms(fake_redis: FakeRedis) -> None:
+    """Every tick reports a dead node again until the reaper removes it:
+    the stored rooms are re-read once per death, not once per tick (a
+    reload replaces the empty rooms that another node's occupants are
+    about to rejoin); a node that comes back and dies again is reloaded
+    for again."""
+    server = make_server(config_text='[modules]\nenabled = ["message", "muc"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode = "n1"\n')
+    muc = server.modules.get("muc")
+    reloads: list[int] = []
+    muc.reload_stored = lambda: reloads.append(1) or defer.succeed([])
+    fake_redis.replies["SET"] = None  # another node holds the reap lock
+    old = T0 * 1000 - int(cluster_node.NODE_TTL * 1000) - 1
+    fake_redis.replies["ZRANGE"] = ["n1", str(T0 * 1000), "n2", str(old)]
+    for _ in range(3):
+        server.clock.advance(cluster_node.HEARTBEAT)
+    assert len(reloads) == 1
+    fake_redis.replies["ZRANGE"] = ["n1", str(T0 * 1000), "n2", str(T0 * 1000)]
+    server.clock.advance(cluster_node.HEARTBEAT)
+    fake_redis.replies["ZRANGE"] = ["n1", str(T0 * 1000), "n2", str(old)]
+    server.clock.advance(cluster_node.HEARTBEAT)
+    assert len(reloads) == 2
+
+
 def test_caps_of_a_session_on_another_node_are_known(fake_redis: FakeRedis) -> None:
     """A remote session's presence carries caps (XEP-0115) whose features its
     node stored: caps.wants answers for it, so PEP notifications reach
