@@ -38,6 +38,8 @@ ROOMS = "chatbx:rooms"
 ROOM_TARGET = "#room"
 #: room owners remembered per node (a cache: the truth is in Redis)
 MAX_CACHED_OWNERS = 100000
+#: stanzas held per room while its owner is looked up in Redis
+MAX_WAITING = 1000
 #: dead node names remembered (a node's name is its host's, or configured)
 MAX_BURIED = 1000
 
@@ -60,6 +62,8 @@ class RoomOwnership:
         self.services: dict[str, Callable[[StanzaEvent], Any]] = {}
         #: the stored rooms being re-read after a node died
         self._reloading: Optional[defer.Deferred] = None
+        #: rooms whose owner is being looked up -> their stanzas, in order
+        self._claiming: dict[str, list[tuple[StanzaEvent, defer.Deferred]]] = {}
         #: dead nodes whose rooms were given up already (every tick until the
         #: reaper removes a node reports it dead again: one reload per death)
         self._buried: set[str] = set()
@@ -82,12 +86,39 @@ class RoomOwnership:
         if event.to.user is None:
             return handler(event)  # the service itself (disco, room list): any node
         room = event.to.bare
-        owner = self.owners.get(room)
-        if owner is not None and owner in self.cluster.live:
-            return self._to_owner(owner, handler, event)
-        d = self._claim(room)
-        d.addCallback(self._to_owner, handler, event)
-        return d
+        waiting = self._claiming.get(room)
+        if waiting is None:
+            owner = self.owners.get(room)
+            if owner is not None and owner in self.cluster.live:
+                return self._to_owner(owner, handler, event)
+        elif len(waiting) >= MAX_WAITING:
+            return self.cluster.server.router.bounce(event.stanza, "resource-constraint",
+                                                     "the room is moving; try again")
+        # A room's stanzas keep their order while its owner is looked up: a
+        # leave overtaken by the rejoin that follows it would leave the
+        # occupant out of the room it just joined.
+        done: defer.Deferred = defer.Deferred()
+        if waiting is not None:
+            waiting.append((event, done))
+            return done
+        self._claiming[room] = [(event, done)]
+        self._claim(room).addBoth(self._claimed, room)
+        return done
+
+    def _claimed(self, outcome: Any, room: str) -> None:
+        from twisted.python.failure import Failure
+
+        waiting = self._claiming.pop(room, [])
+        if isinstance(outcome, Failure):
+            log.failure("cluster: cannot find the owner of {room}", outcome, room=room)
+        for event, done in waiting:
+            if isinstance(outcome, Failure):
+                self.cluster.server.router.bounce(event.stanza, "internal-server-error")
+                done.callback(True)
+                continue
+            handler = self.services[event.to.host]
+            result = defer.maybeDeferred(self._to_owner, outcome, handler, event)
+            result.chainDeferred(done)
 
     def _to_owner(self, owner: str, handler: Callable[[StanzaEvent], Any], event: StanzaEvent) -> Any:
         if owner == self.cluster.node:

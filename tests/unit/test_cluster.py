@@ -255,6 +255,34 @@ def test_room_stanza_goes_to_the_owning_node(fake_redis: FakeRedis) -> None:
     assert server.cluster.rooms.owners["team@conference.localhost"] == "n2"
 
 
+def test_room_stanzas_keep_their_order_while_the_owner_is_looked_up(fake_redis: FakeRedis) -> None:
+    """A leave and the rejoin right after it, both sent while the room's
+    owner is unknown here: the rejoin must not overtake the leave even when
+    its own lookup would answer first (the leave would then take the
+    occupant out of the room it just rejoined)."""
+    server = make_server(config_text='[modules]\nenabled = ["message", "muc"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode = "n1"\n')
+    create_user(server, "alice@localhost")
+    rooms = server.cluster.rooms
+    seen: list[str] = []
+    rooms.services["conference.localhost"] = lambda event: seen.append(
+        event.stanza.getAttribute("type") or "available")
+    slow: defer.Deferred = defer.Deferred()
+    answers = iter([slow])
+    fake_redis.replies["HGET"] = lambda: next(answers, "n1")
+    alice = bind(server, "alice@localhost/a", available=True)
+    for kind in ("unavailable", None):
+        pres = stanza("<presence to='team@conference.localhost/Alice'/>")
+        if kind:
+            pres["type"] = kind
+        pres["from"] = alice.jid.full
+        server.router.route(pres, alice)
+    assert seen == []
+    slow.callback("n1")
+    assert seen == ["unavailable", "available"]
+    assert rooms.owners["team@conference.localhost"] == "n1"
+
+
 def test_a_dead_owner_costs_one_reload_of_the_stored_rooms(fake_redis: FakeRedis) -> None:
     """Every tick reports a dead node again until the reaper removes it:
     the stored rooms are re-read once per death, not once per tick (a
