@@ -13,7 +13,7 @@ anybody wait; rows are kept (never dropped) until their batch commits.
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -29,6 +29,7 @@ from chatbx_server.storage.users import now_function
 __all__ = ["ArchiveRow", "ArchiveWriter", "MucStore", "RoomRecord"]
 
 log = Logger(observer=log_observer)
+T = TypeVar("T")
 
 _r = muc_rooms.c
 _a = muc_affiliations.c
@@ -336,6 +337,37 @@ class MucStore:
         if clock is None:
             from twisted.internet import reactor as clock
         self.writer = ArchiveWriter(db, clock)
+        #: room -> fires when the last write queued for it has finished
+        self._tails: dict[str, defer.Deferred[None]] = {}
+
+    def _in_order(self, room: str, desc: str, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """Run a write for ``room`` after the previous one for it finished.
+
+        PostgreSQL's pool runs transactions side by side: two saves of one
+        room (password set, then cleared) could commit in either order and
+        leave the older state in the database for the next start."""
+        previous = self._tails.get(room)
+        d: defer.Deferred[T]
+        if previous is None:
+            d = self.db.run(desc, fn, *args)
+        else:
+            d = defer.Deferred()
+
+            def start(_: Any) -> None:
+                self.db.run(desc, fn, *args).chainDeferred(d)
+
+            previous.addCallback(start)
+        done: defer.Deferred[None] = defer.Deferred()
+        self._tails[room] = done
+
+        def finished(result: Any) -> Any:
+            if self._tails.get(room) is done:
+                del self._tails[room]
+            done.callback(None)
+            return result
+
+        d.addBoth(finished)
+        return d
 
     def load_rooms(self, services: list[str]) -> defer.Deferred[list[RoomRecord]]:
         return self.db.run("muc.load", load_rooms_txn, list(services))
@@ -345,20 +377,20 @@ class MucStore:
                   affiliations: dict[str, tuple[str, Optional[str], Optional[str]]]
                   ) -> defer.Deferred[int]:
         """Store a room as it is now (made persistent, or reconfigured)."""
-        return self.db.run("muc.save", save_room_txn, jid, dict(config), subject, subject_nick,
-                           creator, dict(affiliations), self._now())
+        return self._in_order(jid, "muc.save", save_room_txn, jid, dict(config), subject,
+                              subject_nick, creator, dict(affiliations), self._now())
 
     def update_room(self, jid: str, **values: Any) -> defer.Deferred[bool]:
-        return self.db.run("muc.update", update_room_txn, jid, values)
+        return self._in_order(jid, "muc.update", update_room_txn, jid, values)
 
     def set_affiliation(self, jid: str, who: str, affiliation: Optional[str],
                         nick: Optional[str] = None, reason: Optional[str] = None
                         ) -> defer.Deferred[bool]:
-        return self.db.run("muc.affiliation", set_affiliation_txn, jid, who, affiliation, nick,
-                           reason)
+        return self._in_order(jid, "muc.affiliation", set_affiliation_txn, jid, who, affiliation,
+                              nick, reason)
 
     def delete_room(self, jid: str) -> defer.Deferred[bool]:
-        return self.db.run("muc.delete", delete_room_txn, jid)
+        return self._in_order(jid, "muc.delete", delete_room_txn, jid)
 
     def rooms_created_by(self, creator: str) -> defer.Deferred[int]:
         return self.db.run("muc.count", rooms_created_by_txn, creator)

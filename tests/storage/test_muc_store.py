@@ -96,3 +96,42 @@ def test_writer_groups_rows(stores: Any, result_of: Any, db_clock: Any) -> None:
     assert runs.count("muc.archive.insert") == 1
     rows, _, count = result_of(stores.muc.query(ROOM, limit=10))
     assert count == 3
+
+
+def test_writes_for_one_room_run_one_after_another() -> None:
+    """Two saves of a room (password set, then cleared) never run side by
+    side: on PostgreSQL's pool they could commit in either order and the
+    next start would load the older one. Another room's write is not held."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from chatbx_server.storage.muc import MucStore
+
+    class PendingDatabase:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any]] = []
+
+        def run(self, desc: str, fn: Any, *args: Any) -> Any:
+            d: Any = defer.Deferred()
+            self.calls.append((desc, args, d))
+            return d
+
+    db = PendingDatabase()
+    store = MucStore(db, Clock())  # type: ignore[arg-type]
+    owners = {"alice@localhost": ("owner", None, None)}
+    first = store.save_room(ROOM, {"password": "pw"}, None, None, "alice@localhost", owners)
+    second = store.save_room(ROOM, {"password": ""}, None, None, "alice@localhost", owners)
+    third = store.set_affiliation(ROOM, "bob@localhost", "member")
+    other = store.update_room("other@conference.localhost", subject="hi")
+    assert [(c[0], c[1][0]) for c in db.calls] == [("muc.save", ROOM),
+                                                   ("muc.update", "other@conference.localhost")]
+    db.calls[0][2].callback(1)
+    assert [c[1][1] for c in db.calls if c[0] == "muc.save"] == [{"password": "pw"}, {"password": ""}]
+    db.calls[2][2].callback(1)
+    assert db.calls[3][0] == "muc.affiliation"
+    db.calls[3][2].callback(True)
+    db.calls[1][2].callback(True)
+    got: list[Any] = []
+    defer.gatherResults([first, second, third, other]).addCallback(got.append)
+    assert got == [[1, 1, True, True]]
+    assert store._tails == {}
