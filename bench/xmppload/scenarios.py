@@ -197,6 +197,8 @@ class MessageRun:
         self.latencies: list[int] = []
         self.in_window = 0
         self.stray = 0
+        #: the first error replies, described (condition, text, to whom)
+        self.error_samples: list[str] = []
 
     def on_stanza(self, conn: XmppConnection, el: El) -> None:
         if el.tag != T_MESSAGE:
@@ -206,6 +208,8 @@ class MessageRun:
         flow: Flow = conn.user_data  # type: ignore[assignment]
         if el.attrs.get("type") == "error":
             flow.errors += 1
+            if len(self.error_samples) < 3:
+                self.error_samples.append(_describe_error(el))
             return
         mid = el.attrs.get("id", "")
         try:
@@ -223,6 +227,15 @@ class MessageRun:
             self.latencies.append(now - sent_ns)
         if self.closed_loop and self.sending:
             flow.send_one()
+
+
+def _describe_error(el: El) -> str:
+    """'condition: text (from -> to)' of an error stanza, for the result line."""
+    error = next((c for c in el.children if c.tag.endswith(" error")), None)
+    parts = [c for c in (error.children if error else []) if not c.tag.endswith(" text")]
+    text = next((c.text for c in (error.children if error else []) if c.tag.endswith(" text")), "")
+    condition = parts[0].tag.rpartition(" ")[2] if parts else "?"
+    return f"{condition}: {text} ({el.attrs.get('from')} -> {el.attrs.get('to')})"
 
 
 def _reply_iq(conn: XmppConnection, el: El) -> None:
@@ -269,6 +282,7 @@ def _message_result(name: str, target: Target, run: MessageRun, flows: list[Flow
                   p50_ms=round(percentile(lat_ms, 50), 3), p99_ms=round(percentile(lat_ms, 99), 3),
                   sent=sent, received=received, lost=sent - received,
                   error_replies=sum(f.errors for f in flows), misrouted=sum(f.misrouted for f in flows),
+                  error_samples=run.error_samples,
                   login_failures=len(errors),
                   connections=len(flows), **extra)
 

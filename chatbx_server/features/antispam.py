@@ -36,6 +36,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
@@ -51,6 +52,8 @@ WINDOW = 60.0
 REPORT_WINDOW = 3600.0
 #: new accounts whose room count is remembered (oldest forgotten first)
 MAX_ROOM_COUNTS = 10000
+#: stanzas of one account held while its age is read (past it: resource-constraint)
+MAX_WAITING = 100
 #: longest reporter's text quoted in a notice (characters)
 MAX_NOTICE_TEXT = 1000
 
@@ -100,6 +103,8 @@ class AntispamFeature(Feature):
             self.options = self.Options()
         #: bare JID -> creation time (None: being read), while it has sessions
         self._created: dict[str, Optional[float]] = {}
+        #: bare JID whose age is being read -> stanzas waiting for it
+        self._reading: dict[str, list[defer.Deferred]] = {}
         #: (bare JID, kind) -> send times within the window
         self._sent: dict[tuple[str, str], deque[float]] = {}
         #: new account -> rooms it created (kept past its sessions, bounded)
@@ -122,6 +127,7 @@ class AntispamFeature(Feature):
         if user in self._created:
             return
         self._created[user] = None
+        self._reading[user] = []
 
         def got(info: Any) -> None:
             if user in self._created:
@@ -129,8 +135,29 @@ class AntispamFeature(Feature):
                 self._created[user] = (info.created_at if info is not None
                                        and info.self_registered else float("-inf"))
 
-        self.server.stores.accounts.info(user).addCallbacks(
-            got, lambda f: log.failure("antispam: reading {user} failed", f, user=user))
+        def release(_: Any) -> None:
+            for waiter in self._reading.pop(user, []):
+                waiter.callback(None)
+
+        d = self.server.stores.accounts.info(user)
+        d.addCallbacks(got, lambda f: log.failure("antispam: reading {user} failed", f, user=user))
+        d.addBoth(release)
+
+    def _after_read(self, user: str, event: StanzaEvent) -> Optional[Any]:
+        """While the account's age is being read, its stanzas to strangers
+        wait for it (then they are routed again, in order): an unknown age
+        would refuse an old account's burst or let a new one's through."""
+        waiters = self._reading.get(user)
+        if waiters is None:
+            return None
+        if len(waiters) >= MAX_WAITING:
+            self.server.router.bounce(event.stanza, "resource-constraint", "try again shortly")
+            return True
+        stanza, origin = event.stanza, event.origin
+        d: defer.Deferred = defer.Deferred()
+        d.addCallback(lambda _: self.server.router.route(stanza, origin))
+        waiters.append(d)
+        return d
 
     def on_closed(self, session: Any) -> None:
         user = session.bare
@@ -180,6 +207,9 @@ class AntispamFeature(Feature):
         user = origin.bare
         if not self.is_new(user) or not self._stranger(user, event.to.bare):
             return None
+        waiting = self._after_read(user, event)
+        if waiting is not None:
+            return waiting
         if self._over(user, "message", self.config.new_account_messages_per_minute):
             return self._refuse(event, "messages to strangers")
         return None
@@ -191,6 +221,9 @@ class AntispamFeature(Feature):
         user = origin.bare
         if not self.is_new(user):
             return None
+        waiting = self._after_read(user, event)
+        if waiting is not None:
+            return waiting
         if self._over(user, "subscribe", self.config.new_account_subscriptions_per_minute):
             return self._refuse(event, "subscription requests")
         return None

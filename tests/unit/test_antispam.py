@@ -199,3 +199,42 @@ def test_report_to_overrides_contact_info_and_none_configured_sends_nothing() ->
     alice = bind(plain, "alice@localhost/a")
     _report(alice, "spam@evil.example")
     assert [s.getAttribute("type") for s in alice.take() if s.name == "iq"] == ["result"]
+
+
+def test_messages_sent_while_the_account_age_is_read_wait_for_it() -> None:
+    """The account's age is read at bind; messages to strangers sent before
+    it is known wait for it and are then judged and routed in order: an old
+    account's burst is delivered whole (not refused as a new account's), a
+    new account's is still limited."""
+    from twisted.internet import defer
+
+    server = make_server(config_text=CONFIG)
+    _self_registered(server, "spammer@localhost")
+    create_user(server, "bob@localhost")
+    create_user(server, "oper@localhost")
+    bob = bind(server, "bob@localhost/b", available=True)
+    bob.take()
+    real_info = server.stores.accounts.info
+    reads: dict[str, Any] = {}
+
+    def slow_info(user: str) -> Any:
+        reads[user] = (defer.Deferred(), real_info(user))
+        return reads[user][0]
+
+    server.stores.accounts.info = slow_info
+    for user in ("oper", "spammer"):
+        session = bind(server, f"{user}@localhost/x")
+        for i in range(4):
+            _send(session, f"<message to='bob@localhost' type='chat'><body>{user} {i}</body>"
+                           "</message>")
+        assert _errors(session) == []
+        assert [m for m in bob.take() if m.name == "message"] == []
+        pending, result = reads[f"{user}@localhost"]
+        result.chainDeferred(pending)
+        bodies = [str([c for c in m.elements() if c.name == "body"][0]) for m in bob.take()
+                  if m.name == "message"]
+        if user == "oper":
+            assert bodies == [f"oper {i}" for i in range(4)] and _errors(session) == []
+        else:
+            assert bodies == ["spammer 0", "spammer 1"]
+            assert _errors(session) == ["policy-violation", "policy-violation"]
