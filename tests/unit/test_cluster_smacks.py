@@ -264,3 +264,53 @@ def test_reaper_forgets_the_resumption_ids_of_a_dead_node(bus: Bus) -> None:
     n2.clock.advance(cluster_node.HEARTBEAT)
     assert f"chatbx:sm:{previd}" not in bus.keys
     assert not bus.keys.get("chatbx:smids:n1")
+
+
+def test_resume_elsewhere_replaces_an_old_connection_still_open(bus: Bus) -> None:
+    """n1 has not noticed that Alice's connection is dead: the handover
+    closes it with conflict (§5) and she goes on on n2, still available."""
+    n1, n2 = bus.servers["n1"], bus.servers["n2"]
+    alice = bind(n1, ALICE, available=True)
+    bob = bind(n1, "bob@localhost/pc", available=True)
+    send(alice, f"<enable xmlns='{SM}' resume='true'/>")
+    previd = [e for e in alice.sent if e.name == "enabled"][0]["id"]
+    bus.pump()
+    bob.take()
+    old = alice.stream
+    stream = FakeStream(n2, ALICE_BARE)
+    send(stream, f"<resume xmlns='{SM}' previd='{previd}' h='0'/>")
+    bus.pump()
+    assert old.closed_with is not None and old.closed_with[0] == "conflict"
+    assert [e.name for e in stream.sent][:1] == ["resumed"]
+    assert stream.session.available
+    assert not [p for p in bob.take() if p.name == "presence"]
+
+
+def test_handover_waits_for_the_clients_stanzas_still_being_committed(bus: Bus) -> None:
+    """Alice's last message is still being stored on n1 when she resumes on
+    n2: n1 hands over once it is committed, so n2's 'h' covers it (she does
+    not send it twice); her pipelined <r/> is answered after <resumed/>."""
+    n1, n2 = bus.servers["n1"], bus.servers["n2"]
+    alice = bind(n1, ALICE, available=True)
+    send(alice, f"<enable xmlns='{SM}' resume='true'/>")
+    previd = [e for e in alice.sent if e.name == "enabled"][0]["id"]
+    held: list[defer.Deferred] = []
+
+    def store(*args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        held.append(d)
+        return d
+
+    n1.stores.offline.store = store
+    send(alice, "<message to='bob@localhost' type='chat'><body>for bob</body></message>")
+    disconnect(alice)
+    bus.pump()
+    stream = FakeStream(n2, ALICE_BARE)
+    send(stream, f"<resume xmlns='{SM}' previd='{previd}' h='0'/><r xmlns='{SM}'/>")
+    bus.pump()
+    assert not [e for e in stream.sent if e.name == "resumed"]
+    held[0].callback(True)
+    bus.pump()
+    names = [e.name for e in stream.sent if e.uri == SM]
+    assert names[0] == "resumed" and stream.sent[0]["h"] == "1"
+    assert [e["h"] for e in stream.sent if e.uri == SM and e.name == "a"][-1] == "1"
