@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
+from chatbx_server.cluster.handover import SM_TARGET, Handover
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
 from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
@@ -104,6 +105,8 @@ class Cluster:
         self._pending: set[defer.Deferred] = set()
         #: group chat rooms: which node owns which (cluster/rooms.py)
         self.rooms = RoomOwnership(self)
+        #: stream management sessions moving between nodes (cluster/handover.py)
+        self.handover = Handover(self, PREFIX)
 
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:
@@ -173,6 +176,7 @@ class Cluster:
         await self.redis.execute_command("DEL", _sessions_key(self.node))
         await self.redis.publish(CHANNEL, json.dumps({"n": self.node, "gone": True}))
         await self._drain(self.node)
+        await self.handover.forget_node(self.node)
 
     # -- local sessions -> directory ----------------------------------------------
     def session_added(self, session: Any) -> None:
@@ -183,7 +187,17 @@ class Cluster:
             return
         full = session.jid.full
         self.redis.execute_command("HDEL", _sessions_key(self.node), full).addErrback(self._failed)
-        self.redis.publish(CHANNEL, json.dumps({"n": self.node, "f": full})).addErrback(self._failed)
+        moved = session.data.get("moved") if session.data else None
+        if moved is not None:
+            # Handed over to another node (cluster/handover.py): the session
+            # goes on there. Every node's directory says so now, without
+            # a gap in which it would look ended.
+            node, state = moved
+            self.sessions.put_remote(node, full, state)
+            note = {"n": node, "f": full, "s": state}
+        else:
+            note = {"n": self.node, "f": full}
+        self.redis.publish(CHANNEL, json.dumps(note)).addErrback(self._failed)
 
     def _publish_session(self, session: Any) -> None:
         if not self._running or session.closed:
@@ -332,6 +346,7 @@ class Cluster:
             # unavailable to the contacts (RFC 6121 §4.5.2), caps forgets it.
             self.server.events.fire_all("session/closed", stub)
         yield self._drain(node)
+        yield self.handover.forget_node(node)
         yield self.redis.execute_command("DEL", _sessions_key(node))
         yield self.redis.execute_command("ZREM", NODES, node)
 
@@ -355,8 +370,13 @@ class Cluster:
         """Queue ``element`` for ``full`` on ``node``; sent with everything
         else for that node at the end of this reactor turn (one stream entry
         per node per fan-out)."""
+        self.forward_raw(node, full, element.toXml())
+
+    def forward_raw(self, node: str, full: str, payload: str) -> None:
+        """:meth:`forward` for what is already serialized (or a special
+        target's payload: ``#room``, ``#sm``)."""
         batch = self._outbox.setdefault(node, [])
-        batch.append((full, element.toXml()))
+        batch.append((full, payload))
         if len(batch) >= MAX_BATCH:
             self._send_batch(node, self._outbox.pop(node))
         elif self._flush_call is None:
@@ -460,6 +480,8 @@ class Cluster:
         return d
 
     def _deliver_one(self, full: str, xml: str) -> Any:
+        if full == SM_TARGET:
+            return self.handover.deliver(xml)
         stanza = parse_stanza(xml)
         if full == ROOM_TARGET:
             return self.rooms.deliver(stanza)
@@ -467,6 +489,12 @@ class Cluster:
         session = self.sessions.local(jid.bare, jid.resource)
         if session is not None and not session.closed:
             session.send(stanza)
+            return None
+        moved = self.handover.moved_to(full)
+        if moved is not None and moved in self.live:
+            # Sent by a node that did not know yet that the session moved:
+            # after the state, in the new node's inbox, so in order.
+            self.forward(moved, full, stanza)
             return None
         return self._undelivered(stanza, jid)
 
@@ -492,6 +520,8 @@ class Cluster:
         return defer.DeferredList(results, consumeErrors=True)
 
     def _undelivered_item(self, full: str, xml: str) -> Any:
+        if full == SM_TARGET:
+            return self.handover.undelivered(xml)
         stanza = parse_stanza(xml)
         if full == ROOM_TARGET:
             # The room's owner is gone: to the room's next owner.

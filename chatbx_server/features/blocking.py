@@ -209,6 +209,9 @@ class BlockingFeature(Feature):
             self.hook(f"iq/{kind}", self.on_inbound_iq, FILTER)
         self.hook("session/bound", self.on_session_bound)
         self.hook("session/closed", self.on_session_closed)
+        # A session moving to another node (features/smacks_cluster.py).
+        self.hook("session/export", self.on_export)
+        self.hook("session/import", self.on_import)
 
     def teardown(self) -> None:
         super().teardown()
@@ -293,6 +296,17 @@ class BlockingFeature(Feature):
             items = self._online.pop(user, None)
             if items is not None:
                 self._install(user, items)
+
+    def on_export(self, item: tuple[Any, dict[str, Any]]) -> None:
+        session, state = item
+        if self._interested.get(session.bare, {}).get(session.resource) is session:
+            state["blocklist"] = True
+
+    def on_import(self, item: tuple[Any, dict[str, Any]]) -> None:
+        """The moved session asked for the block list: it hears of changes (§3.2)."""
+        session, state = item
+        if state.get("blocklist"):
+            self._interested.setdefault(session.bare, {})[session.resource] = session
 
     # -- filters -----------------------------------------------------------------
     def on_outbound(self, event: StanzaEvent) -> Any:

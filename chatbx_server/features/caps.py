@@ -154,6 +154,7 @@ class CapsFeature(Feature):
         self.hook("presence/bare", self.on_inbound, CHECK)
         self.hook("presence/full", self.on_inbound, CHECK)
         self.hook("session/closed", self.on_session_closed, DELIVER)
+        self.hook("session/import", self.on_import)
 
     # -- queries --------------------------------------------------------------
     def features(self, full_jid: str) -> Optional[frozenset[str]]:
@@ -222,6 +223,12 @@ class CapsFeature(Feature):
             while len(self._remote) > self.options.max_remote:
                 self._remote.popitem(last=False)
         return None
+
+    def on_import(self, item: tuple[Any, dict[str, Any]]) -> None:
+        """A session taken over from another node: its caps as announced."""
+        session, _ = item
+        if session.presence is not None:
+            self._seen(session.jid, session.presence, self._local)
 
     def on_session_closed(self, session: Any) -> None:
         jid = getattr(session, "jid", None)

@@ -157,6 +157,9 @@ class CarbonsFeature(Feature):
         self.hook("message/bare", self.on_received_bare, COPY)
         self.hook("message/full", self.on_received_full, COPY)
         self.hook("session/closed", self.on_session_closed)
+        # A session moving to another node (features/smacks_cluster.py).
+        self.hook("session/export", self.on_export)
+        self.hook("session/import", self.on_import)
 
     def teardown(self) -> None:
         super().teardown()
@@ -194,6 +197,16 @@ class CarbonsFeature(Feature):
 
     def on_session_closed(self, session: Any) -> None:
         self._forget(session)
+
+    def on_export(self, item: tuple[Any, dict[str, Any]]) -> None:
+        session, state = item
+        if self.enabled(session):
+            state["carbons"] = True
+
+    def on_import(self, item: tuple[Any, dict[str, Any]]) -> None:
+        session, state = item
+        if state.get("carbons"):
+            self._enabled.setdefault(session.bare, {})[session.resource] = session
 
     # -- sent (§8) ---------------------------------------------------------------
     def on_sent(self, event: StanzaEvent) -> None:

@@ -152,6 +152,9 @@ class CSIFeature(Feature):
         # XEP-0386 §4: a Bind2 request may set the state at login.
         self.hook(f"bind2-inline/{NS}:inactive", self.on_inline)
         self.hook(f"bind2-inline/{NS}:active", self.on_inline)
+        # A session moving to another node (features/smacks_cluster.py).
+        self.hook("session/export", self.on_export)
+        self.hook("session/import", self.on_import)
 
     def stream_features(self, stream: Any) -> list[domish.Element]:
         return [domish.Element((NS, "csi"))]
@@ -176,6 +179,20 @@ class CSIFeature(Feature):
         if buffer is not None:
             buffer.flush(session, "active")
         return True
+
+    def on_export(self, item: tuple[Any, dict[str, Any]]) -> None:
+        """What is held goes into the SM queue, which moves; the new node
+        keeps holding for the still inactive client."""
+        session, state = item
+        buffer, session.csi = session.csi, None
+        if buffer is not None:
+            buffer.flush(session, "moved")
+            state["csi"] = True
+
+    def on_import(self, item: tuple[Any, dict[str, Any]]) -> None:
+        session, state = item
+        if state.get("csi"):
+            session.csi = CSIBuffer(self.options.max_buffered)
 
 
 __all__ = ["CSIFeature", "CSIBuffer", "classify"]

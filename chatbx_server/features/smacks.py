@@ -26,6 +26,10 @@
   come inside a SASL2 ``<authenticate/>`` (XEP-0388 inline feature
   ``<sm/>``): ``<resumed/>`` or ``<failed/>`` then goes into
   ``<success/>``. ``session/resumed`` fires after a resumption.
+- In a cluster the session may hibernate on another node: ``<resume/>``
+  then waits (at most ``handover_timeout``) for that node to hand it over
+  (cluster/handover.py, features/smacks_cluster.py), and goes on as above;
+  when the holder is dead or silent the answer is item-not-found.
 - When a session with unacknowledged stanzas ends (timeout, clean close,
   queue overflow, replacement), those stanzas go where an undelivered
   stanza goes (§5: "treat unacknowledged stanzas in the same way that it
@@ -44,6 +48,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
@@ -53,6 +58,7 @@ from chatbx_server.c2s.session import ClientSession
 from chatbx_server.c2s import stream as c2s_stream
 from chatbx_server.c2s.stream import end_session
 from chatbx_server.events import OFFLINE, StanzaEvent
+from chatbx_server.features import smacks_cluster
 from chatbx_server.logs import log_observer
 from chatbx_server.modules import Feature
 from chatbx_server.xmpp import ns
@@ -130,6 +136,9 @@ class SmacksFeature(Feature):
         max_unacked: int = 500
         #: ids of ended sessions remembered to answer a late <resume/> with their 'h'
         max_remembered: int = 10000
+        #: seconds a <resume/> waits for the node holding the session to
+        #: hand it over (cluster only); then item-not-found
+        handover_timeout: float = 5.0
 
         def __post_init__(self) -> None:
             if self.resume_timeout < 0:
@@ -138,6 +147,8 @@ class SmacksFeature(Feature):
                 raise ValueError("max_unacked must be at least 1")
             if self.max_remembered < 0:
                 raise ValueError("max_remembered must not be negative")
+            if self.handover_timeout <= 0:
+                raise ValueError("handover_timeout must be positive")
 
     def setup(self) -> None:
         #: resumption id -> session (attached or hibernating)
@@ -156,13 +167,45 @@ class SmacksFeature(Feature):
         self.hook("session/hibernate", self.on_hibernate)
         # After presence has said unavailable: the stanzas go elsewhere.
         self.hook("session/closed", self.on_closed, OFFLINE)
+        cluster = self.server.cluster
+        if cluster is not None:
+            cluster.handover.export = lambda request: smacks_cluster.export(self, request)
+            cluster.handover.adopt = lambda state: smacks_cluster.adopt(self, state)
 
     def teardown(self) -> None:
         for session in list(self._resumable.values()):
             sm = session.sm
             if sm is not None and sm.hibernated is not None:
                 sm.hibernated.cancel()
+        cluster = self.server.cluster
+        if cluster is not None:
+            cluster.handover.export = cluster.handover.adopt = None
         super().teardown()
+
+    # -- the table of resumable sessions (also for smacks_cluster) -----------
+    def resumable(self, resume_id: str) -> Optional[ClientSession]:
+        return self._resumable.get(resume_id)
+
+    def add_resumable(self, resume_id: str, session: ClientSession) -> None:
+        self._resumable[resume_id] = session
+        cluster = self.server.cluster
+        if cluster is not None:
+            cluster.handover.claim(resume_id)
+
+    def forget_resumable(self, resume_id: str) -> None:
+        """The session moved to another node (which claims the id)."""
+        self._resumable.pop(resume_id, None)
+
+    def remember_ended(self, resume_id: str, user: str, handled: int) -> None:
+        if self.options.max_remembered:
+            self._ended[resume_id] = (user, handled)
+            while len(self._ended) > self.options.max_remembered:
+                self._ended.popitem(last=False)
+
+    def ended_h(self, resume_id: str, user: str) -> Optional[int]:
+        """The handled count of ``user``'s ended session ``resume_id``, if remembered."""
+        ended = self._ended.get(resume_id)
+        return ended[1] if ended is not None and ended[0] == user else None
 
     def stream_features(self, stream: Any) -> list[domish.Element]:
         return [domish.Element((NS, "sm"))]
@@ -188,7 +231,7 @@ class SmacksFeature(Feature):
         session.sm = StreamManagement(options.max_unacked, resume_id, timeout)
         enabled = domish.Element((NS, "enabled"))
         if resume_id is not None:
-            self._resumable[resume_id] = session
+            self.add_resumable(resume_id, session)
             enabled["id"] = resume_id
             enabled["resume"] = "true"
             enabled["max"] = str(int(timeout))
@@ -301,9 +344,45 @@ class SmacksFeature(Feature):
         inbound = session.sm.inbound
         return inbound.settled() if inbound.pending else None
 
+    def _remote(self, stream: Any, element: domish.Element) -> Optional[defer.Deferred]:
+        """In a cluster, when ``<resume/>`` names a session this node does
+        not hold: a Deferred that fires once another node handed it over
+        (it is then in ``_resumable``) or could not (the answer is then
+        ``<failed/>``, with the 'h' the holder remembered)."""
+        cluster = self.server.cluster
+        previd = element.getAttribute("previd") or ""
+        if cluster is None or not previd or previd in self._resumable:
+            return None
+        if parse_h(element.getAttribute("h")) is None:
+            return None  # bad-request, here
+        user = stream.user.bare
+        d = cluster.handover.fetch(previd, user, self.options.handover_timeout)
+
+        def fetched(result: tuple[bool, Optional[int]]) -> None:
+            found, h = result
+            if not found and h is not None:
+                self.remember_ended(previd, user, int(h))
+
+        d.addCallback(fetched)
+        d.addErrback(lambda f: log.failure("smacks: resumption on another node failed", f))
+        return d
+
     def on_resume(self, item: tuple[Any, domish.Element]) -> bool:
         """``<resume/>`` after SASL, before bind (§5)."""
         stream, element = item
+        remote = self._remote(stream, element)
+        if remote is not None:
+            stream.pause_input()
+
+            def fetched(_: Any) -> None:
+                # Not waiting for the client's stanzas to settle: the old
+                # node did before it answered.
+                if stream.state != c2s_stream.CLOSED:
+                    self._resume(stream, element)
+                    stream.resume_input()
+
+            remote.addCallback(fetched)
+            return True
         waiting = self._unsettled(stream, element)
         if waiting is not None:
             stream.pause_input()
@@ -322,6 +401,10 @@ class SmacksFeature(Feature):
         """An inline ``<resume/>`` waits the same way, before ``<success/>``."""
         element = outcome.request.extension(NS, "resume")
         if element is not None:
+            remote = self._remote(outcome.stream, element)
+            if remote is not None:
+                outcome.wait(remote)
+                return
             waiting = self._unsettled(outcome.stream, element)
             if waiting is not None:
                 outcome.wait(waiting)
@@ -414,10 +497,10 @@ class SmacksFeature(Feature):
         resume_id = sm.resume_id
         if resume_id is not None and self._resumable.get(resume_id) is session:
             del self._resumable[resume_id]
-            if self.options.max_remembered:
-                self._ended[resume_id] = (session.bare, sm.inbound.handled)
-                while len(self._ended) > self.options.max_remembered:
-                    self._ended.popitem(last=False)
+            self.remember_ended(resume_id, session.bare, sm.inbound.handled)
+            cluster = self.server.cluster
+            if cluster is not None:
+                cluster.handover.release(resume_id)
         unacked = sm.take_unacked()
         session.sm = None
         if unacked:

@@ -5,7 +5,10 @@ the system one), stopped by PID, and two twistd chatbx nodes on the same
 throwaway PostgreSQL database. Users on different nodes subscribe, see each
 other's presence and chat; a node killed with SIGKILL: its users' contacts
 see them go offline within the heartbeat bound, and messages to them (also
-one already on its way to the dead node) go to offline storage.
+one already on its way to the dead node) go to offline storage. A client
+(slixmpp, XEP-0198) resumes on another node the session that hibernates on
+the first; when that node was killed, it binds anew and gets what was sent
+meanwhile from offline storage.
 """
 
 from __future__ import annotations
@@ -277,3 +280,114 @@ def _redis_cli(url: str, *args: str) -> str:
     port = url.rsplit(":", 1)[1].split("/")[0]
     return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
                           timeout=10, check=True).stdout.strip()
+
+
+async def _sm_client(node: Any, jid: str, password: str) -> tuple[Any, dict[str, Any]]:
+    """slixmpp with XEP-0198 (resumable), logged in on ``node``, SM enabled;
+    ``events`` counts session starts and signals resumption/disconnection."""
+    from conftest import CLIENT_TIMEOUT, make_slix
+
+    client = make_slix(jid, password)
+    client.register_plugin("xep_0198")
+    client.enable_starttls, client.enable_direct_tls = True, False
+    manual_subscriptions(client)
+    events: dict[str, Any] = {"starts": 0, "started": asyncio.Event(), "enabled": asyncio.Event(),
+                              "resumed": asyncio.Event(), "disconnected": asyncio.Event(),
+                              "failed": asyncio.Event()}
+
+    def started(_: Any) -> None:
+        events["starts"] += 1
+        events["started"].set()
+
+    client.add_event_handler("session_start", started)
+    client.add_event_handler("sm_enabled", lambda _: events["enabled"].set())
+    client.add_event_handler("session_resumed", lambda _: events["resumed"].set())
+    client.add_event_handler("sm_failed", lambda _: events["failed"].set())
+    client.add_event_handler("disconnected", lambda _: events["disconnected"].set())
+    client.connect("127.0.0.1", node.c2s_port)
+    await asyncio.wait_for(events["started"].wait(), CLIENT_TIMEOUT)
+    await asyncio.wait_for(events["enabled"].wait(), CLIENT_TIMEOUT)
+    return client, events
+
+
+def test_session_resumes_on_another_node(redis_url, postgres_url, chatbx_server):
+    """Alice (slixmpp, XEP-0198) is on node0, her contact Bob on node1. Her
+    connection is cut; Bob writes to her; she reconnects to node1 and
+    resumes (no new session): node0 hands her session over, she gets the
+    message, and Bob never sees her go unavailable."""
+    from conftest import CLIENT_TIMEOUT
+
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        alice, events = await _sm_client(node0, f"{ALICE}/phone", node0.users[ALICE])
+        a_pres, a_msgs = Inbox(alice, "presence"), Inbox(alice, "message")
+        await alice.get_roster()
+        alice.send_presence()
+        bob, b_pres, b_msgs = await _online(node1, f"{BOB}/pc")
+        try:
+            await _visible(bob, alice, a_msgs)
+            await subscribe_mutually(alice, a_pres, bob, b_pres)
+            await b_pres.wait(_available_from(f"{ALICE}/phone"), what="alice's presence at bob")
+            alice.abort()
+            await asyncio.wait_for(events["disconnected"].wait(), CLIENT_TIMEOUT)
+            bob.send_message(mto=f"{ALICE}/phone", mbody="while away", mtype="chat")
+            alice.connect("127.0.0.1", node1.c2s_port)
+            await asyncio.wait_for(events["resumed"].wait(), CLIENT_TIMEOUT)
+            await a_msgs.wait(lambda m: m["body"] == "while away", what="the message sent while away")
+            assert events["starts"] == 1, "resumed, not a new session"
+            # She goes on from node1; Bob (on node1) gets her reply, and never
+            # saw an unavailable from her resource.
+            alice.send_message(mto=f"{BOB}/pc", mbody="back", mtype="chat")
+            await b_msgs.wait(lambda m: m["body"] == "back", what="alice's reply")
+            flaps = [p for p in b_pres.items
+                     if p["type"] == "unavailable" and p["from"].full == f"{ALICE}/phone"]
+            assert not flaps, "bob saw alice go unavailable"
+            status = node0.ctl("cluster", "status").stdout
+            assert "node0  live  sessions=0" in status and "node1  live  sessions=2" in status, status
+        finally:
+            await slix_close(bob)
+            await slix_close(alice)
+
+    run(main(), timeout=90)
+
+
+def test_resume_after_the_holder_was_killed_binds_anew_and_gets_offline(
+        redis_url, postgres_url, chatbx_server):
+    """Alice's session hibernates on node0, which is then killed (SIGKILL).
+    Bob writes to her; she reconnects to node1: resumption fails with
+    item-not-found, slixmpp binds a new session and she gets Bob's message
+    from offline storage."""
+    from conftest import CLIENT_TIMEOUT
+
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        alice, events = await _sm_client(node0, f"{ALICE}/phone", node0.users[ALICE])
+        a_msgs = Inbox(alice, "message")
+        alice.send_presence()
+        bob = await slix_login(node1, f"{BOB}/pc")
+        try:
+            await _visible(bob, alice, a_msgs)
+            alice.abort()
+            await asyncio.wait_for(events["disconnected"].wait(), CLIENT_TIMEOUT)
+            proc = node0.proc
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            node0.proc = None
+            bob.send_message(mto=f"{ALICE}/phone", mbody="to the dead node", mtype="chat")
+            events["started"].clear()
+            alice.connect("127.0.0.1", node1.c2s_port)
+            # node1 may still count node0 as live: it waits handover_timeout
+            # (5 s) for an answer first.
+            await asyncio.wait_for(events["failed"].wait(), CLIENT_TIMEOUT + 10)
+            await asyncio.wait_for(events["started"].wait(), CLIENT_TIMEOUT)
+            assert events["starts"] == 2 and not events["resumed"].is_set()
+            alice.send_presence()
+            await a_msgs.wait(lambda m: m["body"] == "to the dead node", timeout=OFFLINE_WITHIN,
+                              what="the message, from offline storage")
+        finally:
+            await slix_close(bob)
+            await slix_close(alice)
+
+    run(main(), timeout=90)
