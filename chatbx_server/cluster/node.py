@@ -488,6 +488,12 @@ class Cluster:
         jid = JID.parse(full)
         session = self.sessions.local(jid.bare, jid.resource)
         if session is not None and not session.closed:
+            if _changes_roster(stanza):
+                # The sending node changed this account's roster before it
+                # sent this (RFC 6121 §3: subscription states, roster
+                # pushes); the directory's notice of it may come later than
+                # the stanza, and the client's answer must see the change.
+                self._forget_roster(jid.bare)
             session.send(stanza)
             return None
         moved = self.handover.moved_to(full)
@@ -560,6 +566,19 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if tonumber(score) < now - tonumber(ARGV[2]) then return false end
 return redis.call('XADD', KEYS[2], '*', 'b', ARGV[3])
 """
+
+
+_SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))
+
+
+def _changes_roster(stanza: domish.Element) -> bool:
+    """A subscription presence or a roster push: sent after a roster change."""
+    if stanza.name == "presence":
+        return stanza.getAttribute("type") in _SUBSCRIPTION_TYPES
+    if stanza.name == "iq" and stanza.getAttribute("type") == "set":
+        child = stanza.firstChildElement()
+        return child is not None and child.uri == "jabber:iq:roster"
+    return False
 
 
 def _pairs(raw: Any) -> dict[str, Any]:

@@ -173,6 +173,29 @@ def test_inbox_entry_reaches_local_session(fake_redis: FakeRedis) -> None:
     assert [str(e.body) for e in bob.take() if e.name == "message"] == ["hi"]
 
 
+def test_forwarded_subscription_drops_the_cached_roster_first(fake_redis: FakeRedis) -> None:
+    """Another node changed Bob's roster (Alice's subscription request set
+    pending-in) and forwards the request to Bob's session here: the cached
+    roster is dropped before Bob sees it, so his approval is judged on the
+    stored state, whenever the directory's notice of the change arrives. A
+    chat message keeps the cache."""
+    server = cluster_server()
+    roster = server.modules.get("roster")
+    bob = bind(server, "bob@localhost/b", available=True)
+    bob.take()
+    roster.load("bob@localhost")
+    assert roster.cached("bob@localhost") is not None
+    chat = "<message xmlns='jabber:client' from='alice@localhost/a' to='bob@localhost/b' " \
+           "type='chat'><body>hi</body></message>"
+    server.cluster._deliver_entry("2-0", ["b", json.dumps([["bob@localhost/b", chat]])])
+    assert roster.cached("bob@localhost") is not None
+    sub = "<presence xmlns='jabber:client' from='alice@localhost' to='bob@localhost' " \
+          "type='subscribe'/>"
+    server.cluster._deliver_entry("3-0", ["b", json.dumps([["bob@localhost/b", sub]])])
+    assert roster.cached("bob@localhost") is None
+    assert [e.getAttribute("type") for e in bob.take() if e.name == "presence"] == ["subscribe"]
+
+
 def test_dead_node_sessions_vanish_and_inbox_is_reaped(fake_redis: FakeRedis) -> None:
     """When n2's heartbeat is older than NODE_TTL, its sessions leave the
     view, session/closed fires for them (presence tells their contacts), and
