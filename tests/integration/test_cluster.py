@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -277,3 +278,100 @@ def _redis_cli(url: str, *args: str) -> str:
     port = url.rsplit(":", 1)[1].split("/")[0]
     return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
                           timeout=10, check=True).stdout.strip()
+
+
+# -- [cluster] workers = N: one twistd, N worker processes ----------------------------------
+
+def _children(pid: int) -> set[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _session_nodes(redis_url: str, nodes: list[str]) -> dict[str, str]:
+    """full JID -> the worker node holding its session (Redis directory)."""
+    held = {}
+    for node in nodes:
+        raw = _redis_cli(redis_url, "HKEYS", f"chatbx:sessions:{node}")
+        held.update({full: node for full in raw.split()})
+    return held
+
+
+def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url, chatbx_server):
+    """``[cluster] workers = 2``: one ``twistd chatbx`` binds the ports once
+    and runs two worker processes (nodes ``wk-w0``, ``wk-w1``) that accept
+    on them. Clients logging in land on both workers (``chatbxctl cluster
+    status`` lists two nodes with sessions, the PIDs are the parent's
+    children); two users on different workers chat. SIGTERM to the parent
+    stops both workers, which leave the cluster cleanly."""
+    server = chatbx_server(db_url=postgres_url, extra_config=(
+        f'[cluster]\nredis = "{redis_url}"\nnode = "wk"\nworkers = 2\n'))
+    parent = server.proc.pid
+    workers = ["wk-w0", "wk-w1"]
+    deadline = time.monotonic() + 30
+    while set(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != set(workers):
+        assert time.monotonic() < deadline, f"workers did not join:\n{server.log_text()[-3000:]}"
+        time.sleep(0.1)  # polling Redis, bounded by the deadline
+    started = dict(re.findall(r"worker (wk-w\d) started, pid (\d+)", server.log_text()))
+    pids = {int(started[w]) for w in workers}
+    assert pids == _children(parent), (started, _children(parent))
+
+    async def main() -> None:
+        clients: dict[str, Any] = {}
+        users = [ALICE, BOB, "carol@localhost"]
+        try:
+            pair = None
+            for i in range(18):
+                full = f"{users[i % 3]}/r{i}"
+                clients[full] = await slix_login(server, full)
+                held = _session_nodes(redis_url, workers)
+                on = {w: {f.split("/")[0] for f, n in held.items() if n == w} for w in workers}
+                pair = next(((a, b) for a in on["wk-w0"] for b in on["wk-w1"] if a != b), None)
+                if pair is not None:
+                    break
+            assert pair is not None, f"sessions never on both workers: {held}"
+            status = server.ctl("cluster", "status").stdout
+            counts = dict(re.findall(r"(wk-w\d)\s+live\s+sessions=(\d+)", status))
+            assert set(counts) == set(workers) and all(int(c) > 0 for c in counts.values()), status
+            sender = next(c for f, c in clients.items() if held.get(f) == "wk-w0" and f.startswith(pair[0] + "/"))
+            receiver = next(c for f, c in clients.items() if held.get(f) == "wk-w1" and f.startswith(pair[1] + "/"))
+            s_msgs, r_msgs = Inbox(sender, "message"), Inbox(receiver, "message")
+            sender.send_message(mto=receiver.boundjid.full, mbody="across workers", mtype="chat")
+            got = await r_msgs.wait(lambda m: m["body"] == "across workers", what="the message from w0")
+            assert got["from"].full == sender.boundjid.full
+            receiver.send_message(mto=sender.boundjid.full, mbody="and back", mtype="chat")
+            await s_msgs.wait(lambda m: m["body"] == "and back", what="the answer from w1")
+        finally:
+            for client in clients.values():
+                await slix_close(client)
+
+    run(main(), timeout=90)
+
+    proc, server.proc = server.proc, None
+    proc.send_signal(signal.SIGTERM)
+    # twistd ends by re-raising the signal that stopped it.
+    assert proc.wait(40) in (0, -signal.SIGTERM), server.log_text()[-3000:]
+    assert not [p for p in pids if _alive(p)], "a worker outlived its parent"
+    assert _redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1") == "", "a worker did not leave"
+    log = server.log_text()
+    for worker in workers:
+        assert re.search(rf"worker {worker} \(pid \d+\) exited", log), log[-3000:]
