@@ -321,8 +321,9 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
     and runs two worker processes (nodes ``wk-w0``, ``wk-w1``) that accept
     on them. Clients logging in land on both workers (``chatbxctl cluster
     status`` lists two nodes with sessions, the PIDs are the parent's
-    children); two users on different workers chat. SIGTERM to the parent
-    stops both workers, which leave the cluster cleanly."""
+    children); two users on different workers chat. A worker killed with
+    SIGKILL is replaced (``wk-w1-r1``) and the dead one reaped. SIGTERM to
+    the parent stops both workers, which leave the cluster cleanly."""
     server = chatbx_server(db_url=postgres_url, extra_config=(
         f'[cluster]\nredis = "{redis_url}"\nnode = "wk"\nworkers = 2\n'))
     parent = server.proc.pid
@@ -365,6 +366,18 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
                 await slix_close(client)
 
     run(main(), timeout=90)
+
+    # A worker killed with SIGKILL is restarted under a new name; the dead
+    # incarnation is reaped by the other worker like any dead node.
+    os.kill(int(started["wk-w1"]), signal.SIGKILL)
+    workers = ["wk-w0", "wk-w1-r1"]
+    deadline = time.monotonic() + 30
+    while set(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != set(workers):
+        assert time.monotonic() < deadline, f"w1 not replaced:\n{server.log_text()[-3000:]}"
+        time.sleep(0.2)  # polling Redis, bounded by the deadline
+    restarted = dict(re.findall(r"worker (wk-w\d-r1) started, pid (\d+)", server.log_text()))
+    pids = {int(started["wk-w0"]), int(restarted["wk-w1-r1"])}
+    assert pids == _children(parent)
 
     proc, server.proc = server.proc, None
     proc.send_signal(signal.SIGTERM)
