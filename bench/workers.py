@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from typing import Any, Optional
@@ -103,7 +104,7 @@ def server_cpu(pids: list[int]) -> float:
 
 
 def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port: int, workers: int,
-              index: int) -> list[dict[str, Any]]:
+              index: int, redis_pid: int) -> list[dict[str, Any]]:
     cfg = os.path.join(workdir, f"chatbx-{index}.toml")
     node = f"b{index}"
     with open(cfg_base) as fh:
@@ -125,6 +126,7 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             time.sleep(0.1)
         pids = [proc.pid] + children(proc.pid)
         cpu0, t0 = server_cpu(pids), time.monotonic()
+        redis0 = server_cpu([redis_pid])
         cmd = [sys.executable, os.path.join(HERE, "loadgen.py"), "--port", str(args.port_of[cfg_base]),
                "--domain", "localhost", "--server-name", f"workers={workers}",
                "--scenarios", *args.scenarios]
@@ -132,14 +134,37 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             cmd += ["--cpu", *map(str, args.loadgen_cpus)]
         if args.quick:
             cmd.append("--quick")
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        peak: dict[str, int] = {}
+        done = threading.Event()
+
+        def sample() -> None:
+            # the most sessions each worker held at once: how the kernel
+            # spread the connections over the workers accepting on one socket
+            while not done.wait(0.5):
+                for name in redis_cli(redis_port, "ZRANGE", "chatbx:nodes", "0", "-1").split():
+                    count = int(redis_cli(redis_port, "HLEN", f"chatbx:sessions:{name}") or 0)
+                    peak[name] = max(peak.get(name, 0), count)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        finally:
+            done.set()
+            sampler.join(10)
         elapsed = time.monotonic() - t0
         cpu = server_cpu(pids) - cpu0
+        redis_cpu = server_cpu([redis_pid]) - redis0
         results = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
         for r in results:
             r["workers"] = workers
             r["round"] = index
             r["server_cpu_pct_whole_run"] = round(100 * cpu / elapsed, 1)
+            r["redis_cpu_pct_whole_run"] = round(100 * redis_cpu / elapsed, 1)
+            r["peak_sessions_per_worker"] = sorted(peak.values(), reverse=True)
+            if r.get("scenario") == "throughput" and len(args.scenarios) == 1 and r.get("received"):
+                # CPU of chatbx and Redis over the whole run (logins included) per message
+                r["cpu_us_per_msg"] = round(1e6 * (cpu + redis_cpu) / r["received"], 1)
             print(json.dumps(r), flush=True)
         if res.returncode != 0:
             print(res.stdout[-2000:], res.stderr[-2000:], file=sys.stderr)
@@ -180,14 +205,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         results: list[dict[str, Any]] = []
         for i in range(args.rounds):
             for j, workers in enumerate((1, 2)):
-                results += one_round(args, workdir, cfg, redis_port, workers, 2 * i + j)
+                results += one_round(args, workdir, cfg, redis_port, workers, 2 * i + j, redis.pid)
         print()
         print(f"{'scenario':28} {'workers':>7} {'value':>10} {'unit':10} {'p50_ms':>8} {'p99_ms':>8} "
-              f"{'lost':>5} {'srv cpu%':>8}")
+              f"{'lost':>5} {'srv cpu%':>8} {'redis%':>6} {'us/msg':>7}  peak sessions per worker")
         for r in results:
             print(f"{r.get('scenario', '?'):28} {r['workers']:>7} {r.get('value', 0):>10} "
                   f"{r.get('unit', ''):10} {r.get('p50_ms', ''):>8} {r.get('p99_ms', ''):>8} "
-                  f"{r.get('lost', ''):>5} {r['server_cpu_pct_whole_run']:>8}")
+                  f"{r.get('lost', ''):>5} {r['server_cpu_pct_whole_run']:>8} {r['redis_cpu_pct_whole_run']:>6} "
+                  f"{r.get('cpu_us_per_msg', ''):>7}  {r['peak_sessions_per_worker']}")
     finally:
         redis.terminate()
         redis.wait(10)
