@@ -388,3 +388,27 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
     log = server.log_text()
     for worker in workers:
         assert re.search(rf"worker {worker} \(pid \d+\) exited", log), log[-3000:]
+
+
+def test_workers_stop_when_the_parent_is_killed(redis_url, postgres_url, chatbx_server):
+    """The parent killed with SIGKILL (it cannot stop its workers): each
+    worker notices its parent is gone and stops by itself, leaving the
+    cluster cleanly, instead of holding the ports unsupervised."""
+    server = chatbx_server(db_url=postgres_url, users={}, extra_config=(
+        f'[cluster]\nredis = "{redis_url}"\nnode = "wk"\nworkers = 2\n'))
+    deadline = time.monotonic() + 30
+    while len(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != 2:
+        assert time.monotonic() < deadline, f"workers did not join:\n{server.log_text()[-3000:]}"
+        time.sleep(0.1)  # polling Redis, bounded by the deadline
+    pids = _children(server.proc.pid)
+    assert len(pids) == 2
+    os.kill(server.proc.pid, signal.SIGKILL)  # the parent only, not its group
+    server.proc.wait(10)
+    server.proc = None
+    deadline = time.monotonic() + 30
+    while [p for p in pids if _alive(p)] or _redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1"):
+        assert time.monotonic() < deadline, (
+            f"workers outlived the parent: {[p for p in pids if _alive(p)]} "
+            f"{_redis_cli(redis_url, 'ZRANGE', 'chatbx:nodes', '0', '-1')}\n{server.log_text()[-3000:]}")
+        time.sleep(0.2)  # polling /proc and Redis, bounded by the deadline
+    assert "parent" in server.log_text() and "is gone, stopping" in server.log_text()
