@@ -103,6 +103,19 @@ def server_cpu(pids: list[int]) -> float:
     return total
 
 
+def offline_count(url: str) -> int:
+    """Messages waiting in offline storage (the bench users are all online:
+    any is a message that went there instead of to its recipient)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT count(*) FROM offline_messages")).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
 def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port: int, workers: int,
               index: int, redis_pid: int) -> list[dict[str, Any]]:
     cfg = os.path.join(workdir, f"chatbx-{index}.toml")
@@ -154,12 +167,14 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             sampler.join(10)
         elapsed = time.monotonic() - t0
         cpu = server_cpu(pids) - cpu0
+        offline = offline_count(args.database_url)
         redis_cpu = server_cpu([redis_pid]) - redis0
         results = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
         for r in results:
             r["workers"] = workers
             r["round"] = index
             r["server_cpu_pct_whole_run"] = round(100 * cpu / elapsed, 1)
+            r["offline_after"] = offline
             r["redis_cpu_pct_whole_run"] = round(100 * redis_cpu / elapsed, 1)
             r["peak_sessions_per_worker"] = sorted(peak.values(), reverse=True)
             if r.get("scenario") == "throughput" and len(args.scenarios) == 1 and r.get("received"):
@@ -199,6 +214,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         port, tls_port = servers.free_port(), servers.free_port()
         cfg = servers.write_chatbx_config(workdir, "localhost", port, tls_port, database_url=url)
         args.port_of = {cfg: port}
+        args.database_url = url
         servers.upgrade_chatbx_database(cfg)
         users = [f"bench{n}" for n in range(300)]
         servers.provision_chatbx(cfg, "localhost", users, "secret", workdir)
