@@ -5,6 +5,11 @@ check the configuration, make the data folder and any missing self-signed
 certificate, and bring the database schema up to date (SQLite) or refuse
 to start on one that is behind or ahead (PostgreSQL). Each failure is one
 line naming what to do.
+
+With ``[cluster] workers`` above 1 this process becomes the parent of the
+workers (chatbx_server/cluster/workers.py): it binds the listening sockets
+and runs no XMPP; each worker is ``twistd chatbx`` again with
+``--worker-node`` and ``--inherit`` and adopts those sockets (``Listeners``).
 """
 
 from __future__ import annotations
