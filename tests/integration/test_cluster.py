@@ -344,6 +344,7 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
             for i in range(18):
                 full = f"{users[i % 3]}/r{i}"
                 clients[full] = await slix_login(server, full)
+                clients[full].send_presence()
                 held = _session_nodes(redis_url, workers)
                 on = {w: {f.split("/")[0] for f, n in held.items() if n == w} for w in workers}
                 pair = next(((a, b) for a in on["wk-w0"] for b in on["wk-w1"] if a != b), None)
@@ -356,6 +357,10 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
             sender = next(c for f, c in clients.items() if held.get(f) == "wk-w0" and f.startswith(pair[0] + "/"))
             receiver = next(c for f, c in clients.items() if held.get(f) == "wk-w1" and f.startswith(pair[1] + "/"))
             s_msgs, r_msgs = Inbox(sender, "message"), Inbox(receiver, "message")
+            # Each worker's directory learns of the other's new sessions
+            # within milliseconds (eventually consistent, see _visible).
+            await _visible(sender, receiver, r_msgs)
+            await _visible(receiver, sender, s_msgs)
             sender.send_message(mto=receiver.boundjid.full, mbody="across workers", mtype="chat")
             got = await r_msgs.wait(lambda m: m["body"] == "across workers", what="the message from w0")
             assert got["from"].full == sender.boundjid.full
