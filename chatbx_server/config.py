@@ -314,6 +314,10 @@ class ClusterConfig:
     redis: str = "redis://127.0.0.1:6379/0"
     #: this node's name, unique in the cluster; "" = host name + pid
     node: str = ""
+    #: processes ``twistd chatbx`` runs on this machine; above 1 the parent
+    #: holds the listening sockets and runs N workers, each a node named
+    #: ``<node>-w<i>`` (chatbx_server/cluster/workers.py)
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -666,8 +670,35 @@ def _parse(raw: Mapping[str, Any], path: str | None) -> Config:
 
     if "cluster" in raw:
         kwargs["cluster"] = _parse_cluster(raw["cluster"], path)
+        _check_workers(kwargs, raw["cluster"], path)
 
     return Config(**kwargs)
+
+
+#: at most this many worker processes (a sanity bound: one per core)
+MAX_WORKERS = 64
+
+
+def _check_workers(kwargs: dict[str, Any], raw: Mapping[str, Any], path: str | None) -> None:
+    """Several workers are several writers and several nodes: they need a
+    Redis named on purpose (not the default) and PostgreSQL (SQLite takes
+    one writing process at a time)."""
+    workers = kwargs["cluster"].workers
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"must be between 1 and {MAX_WORKERS}", "cluster.workers", path)
+    if workers == 1:
+        return
+    if "redis" not in raw:
+        raise ConfigError("several workers share a Redis: set cluster.redis as well",
+                          "cluster.workers", path)
+    if kwargs.get("listen", ListenConfig()).proxy is not None:
+        raise ConfigError("the SOCKS5 proxy (listen.proxy) runs in one process: not with several workers",
+                          "cluster.workers", path)
+    database = kwargs.get("database")
+    url = database.url if database is not None else None
+    if not url or url.split(":", 1)[0].split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ConfigError("several workers need PostgreSQL ([database] url = \"postgresql://...\"); "
+                          "SQLite takes one writing process", "cluster.workers", path)
 
 
 def _parse_cluster(value: Any, path: str | None) -> ClusterConfig:

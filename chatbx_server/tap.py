@@ -5,6 +5,11 @@ check the configuration, make the data folder and any missing self-signed
 certificate, and bring the database schema up to date (SQLite) or refuse
 to start on one that is behind or ahead (PostgreSQL). Each failure is one
 line naming what to do.
+
+With ``[cluster] workers`` above 1 this process becomes the parent of the
+workers (chatbx_server/cluster/workers.py): it binds the listening sockets
+and runs no XMPP; each worker is ``twistd chatbx`` again with
+``--worker-node`` and ``--inherit`` and adopts those sockets (``Listeners``).
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ log = Logger(observer=log_observer)
 class Options(usage.Options):
     """Command-line options of ``twistd chatbx``."""
 
-    optParameters = [["config", "c", None, "Path to a TOML configuration file."]]
+    optParameters = [
+        ["config", "c", None, "Path to a TOML configuration file."],
+        # Set by the parent of [cluster] workers (chatbx_server/cluster/workers.py).
+        ["worker-node", None, None, "Internal: run as the worker node of this name."],
+        ["inherit", None, None, "Internal: listener=fd,... sockets inherited from the parent."],
+    ]
+
+    def postOptions(self) -> None:
+        if (self["worker-node"] is None) != (self["inherit"] is None):
+            raise usage.UsageError("--worker-node and --inherit go together")
 
 
 class ChatbxService(service.MultiService):
@@ -150,6 +164,38 @@ def _endpoint(reactor: Any, address: Any, tls_factory: Any = None) -> Any:
     return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
 
 
+class Listeners:
+    """Makes the service of each listener: on its configured address (one
+    process), or on the socket a worker inherited from its parent.
+
+    Args:
+        reactor: the reactor.
+        inherited: None for one process; a worker's listener name -> fd
+            (a listener it was not given is served by another worker).
+    """
+
+    def __init__(self, reactor: Any, inherited: dict[str, int] | None = None) -> None:
+        self.reactor = reactor
+        self.inherited = inherited
+
+    def add(self, parent: Any, name: str, address: Any, factory: Any, tls_factory: Any = None) -> None:
+        if self.inherited is None:
+            internet.StreamServerEndpointService(
+                _endpoint(self.reactor, address, tls_factory), factory).setServiceParent(parent)
+            return
+        fd = self.inherited.get(name)
+        if fd is None:
+            return
+        from chatbx_server.cluster.workers import AdoptedPortService
+
+        if tls_factory is not None:
+            # What SSL4ServerEndpoint does on a socket it binds itself.
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
+            factory = TLSMemoryBIOFactory(tls_factory, False, factory)
+        AdoptedPortService(self.reactor, name, fd, factory).setServiceParent(parent)
+
+
 class S2SService(service.Service):
     """Starts and stops federation (chatbx_server.s2s.manager)."""
 
@@ -165,10 +211,9 @@ class S2SService(service.Service):
         return super().stopService()
 
 
-def _federation(server: Any, certificates: dict[str, tuple[str, str]], listen: Any) -> service.IService:
+def _federation(server: Any, certificates: dict[str, tuple[str, str]], listen: Any,
+                listeners: Listeners) -> service.IService:
     """Federation is on when an s2s port is: dialback needs remotes to reach us."""
-    from twisted.internet import reactor
-
     from chatbx_server.s2s.incoming import S2SInFactory
     from chatbx_server.s2s.manager import S2SManager
 
@@ -178,14 +223,39 @@ def _federation(server: Any, certificates: dict[str, tuple[str, str]], listen: A
     parent = service.MultiService()
     S2SService(manager).setServiceParent(parent)
     if listen.s2s is not None:
-        internet.StreamServerEndpointService(
-            _endpoint(reactor, listen.s2s), S2SInFactory(manager)).setServiceParent(parent)
+        listeners.add(parent, "s2s", listen.s2s, S2SInFactory(manager))
     if listen.s2s_tls is not None:
         # XEP-0368: TLS from the first byte; the peer's certificate is requested.
-        endpoint = _endpoint(reactor, listen.s2s_tls, manager.server_tls())
-        internet.StreamServerEndpointService(
-            endpoint, S2SInFactory(manager, direct_tls=True)).setServiceParent(parent)
+        listeners.add(parent, "s2s_tls", listen.s2s_tls, S2SInFactory(manager, direct_tls=True),
+                      manager.server_tls())
     return cast(service.IService, parent)
+
+
+def _supervisor(reactor: Any, config: Any, config_path: str) -> service.IService:
+    """The parent of ``[cluster] workers``: binds the sockets now (before
+    twistd drops privileges), runs no XMPP itself."""
+    from chatbx_server.cluster.workers import bind_listeners, make_supervisor
+
+    try:
+        sockets = bind_listeners(config.listen)
+    except OSError as exc:
+        _fail(f"cannot listen on {exc.filename}: {exc.strerror or exc}")
+    return cast(service.IService, make_supervisor(reactor, config, os.path.abspath(config_path), sockets))
+
+
+def _as_worker(config: Any, node: str, spec: str) -> tuple[Any, dict[str, int]]:
+    """A worker's config (its own node name) and the sockets it inherited."""
+    import dataclasses
+
+    from chatbx_server.cluster.workers import parse_inherit
+
+    if config.cluster is None:
+        _fail("--worker-node needs a [cluster] section")
+    try:
+        inherited = parse_inherit(spec)
+    except ValueError as exc:
+        _fail(str(exc))
+    return dataclasses.replace(config, cluster=dataclasses.replace(config.cluster, node=node)), inherited
 
 
 def makeService(options: Options) -> service.IService:
@@ -210,20 +280,35 @@ def makeService(options: Options) -> service.IService:
     set_level(config.log.level)
     url = config.database_url
     prepare_database(url)
+    workers = config.cluster.workers if config.cluster is not None else 1
+    if workers > 1 and options["worker-node"] is None:
+        return _supervisor(reactor, config, options["config"])
+    inherited = None
+    if options["worker-node"] is not None:
+        config, inherited = _as_worker(config, options["worker-node"], options["inherit"])
+    listeners = Listeners(reactor, inherited)
     tls = TLSContexts(certificates)
     server = Server(config, reactor)
     top = ChatbxService(server, tls, reactor)
+    if inherited is not None:
+        from chatbx_server.cluster.workers import ParentWatch
+
+        running = cast(Any, reactor)
+
+        def stop() -> None:
+            if running.running:
+                running.stop()
+
+        ParentWatch(reactor, stop).setServiceParent(top)
     listen = config.listen
     if listen.c2s is not None:
-        factory = C2SFactory(server, tls, direct_tls=False)
-        internet.StreamServerEndpointService(_endpoint(reactor, listen.c2s), factory).setServiceParent(top)
+        listeners.add(top, "c2s", listen.c2s, C2SFactory(server, tls, direct_tls=False))
     if listen.c2s_tls is not None:
         # XEP-0368: TLS from the first byte on its own port.
-        factory = C2SFactory(server, tls, direct_tls=True)
-        endpoint = _endpoint(reactor, listen.c2s_tls, tls.server_context_factory())
-        internet.StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        listeners.add(top, "c2s_tls", listen.c2s_tls, C2SFactory(server, tls, direct_tls=True),
+                      tls.server_context_factory())
     if listen.s2s is not None or listen.s2s_tls is not None:
-        cast(service.MultiService, _federation(server, certificates, listen)).setServiceParent(top)
+        cast(service.MultiService, _federation(server, certificates, listen, listeners)).setServiceParent(top)
     if listen.http is not None:
         from chatbx_server.http.server import build_site
 
@@ -231,14 +316,12 @@ def makeService(options: Options) -> service.IService:
         # plain HTTP only behind a reverse proxy ([http] tls = false).
         site = build_site(server, reactor)
         context = tls.server_context_factory() if config.http.tls else None
-        endpoint = _endpoint(reactor, listen.http, context)
-        internet.StreamServerEndpointService(endpoint, site).setServiceParent(top)
+        listeners.add(top, "http", listen.http, site, context)
     if listen.proxy is not None:
         from chatbx_server.proxy.socks5 import Socks5Factory
 
         # XEP-0065 SOCKS5 relay; the proxy65 module answers for proxy.DOMAIN.
-        internet.StreamServerEndpointService(_endpoint(reactor, listen.proxy),
-                                             Socks5Factory(server)).setServiceParent(top)
+        listeners.add(top, "proxy", listen.proxy, Socks5Factory(server))
 
     # Once the reactor runs: the server is started and listening by then.
     reactor.callWhenRunning(freeze_heap)

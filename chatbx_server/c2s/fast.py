@@ -111,14 +111,24 @@ def derive_token(key: bytes, nonce: bytes, account: str, device: str, mechanism:
 
 
 def load_key(path: str) -> bytes:
-    """Read the token key, creating it (mode 0600) if it does not exist."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(os.urandom(KEY_LENGTH))
+    """Read the token key, creating it (mode 0600) if it does not exist.
+
+    The key is written to a private temporary file and linked into place,
+    so that processes sharing data_dir (``[cluster] workers``) creating it
+    at once agree on one key and none reads a file still being written.
+    """
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(KEY_LENGTH))
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process was first: its key is the key
+        finally:
+            os.unlink(tmp)
     with open(path, "rb") as fh:
         key = fh.read()
     if len(key) < KEY_LENGTH:

@@ -307,6 +307,8 @@ class Cluster:
             return
         try:
             now = yield self._now_ms()
+            if not self._running:
+                return  # stopped meanwhile: its ZREM went out, no ZADD after it
             yield self.redis.execute_command("ZADD", NODES, str(now), self.node)
             raw = yield self.redis.execute_command("ZRANGE", NODES, "0", "-1", "WITHSCORES")
             scores = {n: float(s) for n, s in _pairs(raw).items()}

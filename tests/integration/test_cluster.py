@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -391,3 +392,142 @@ def test_resume_after_the_holder_was_killed_binds_anew_and_gets_offline(
             await slix_close(alice)
 
     run(main(), timeout=90)
+
+
+# -- [cluster] workers = N: one twistd, N worker processes ----------------------------------
+
+def _children(pid: int) -> set[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _session_nodes(redis_url: str, nodes: list[str]) -> dict[str, str]:
+    """full JID -> the worker node holding its session (Redis directory)."""
+    held = {}
+    for node in nodes:
+        raw = _redis_cli(redis_url, "HKEYS", f"chatbx:sessions:{node}")
+        held.update({full: node for full in raw.split()})
+    return held
+
+
+def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url, chatbx_server):
+    """``[cluster] workers = 2``: one ``twistd chatbx`` binds the ports once
+    and runs two worker processes (nodes ``wk-w0``, ``wk-w1``) that accept
+    on them. Clients logging in land on both workers (``chatbxctl cluster
+    status`` lists two nodes with sessions, the PIDs are the parent's
+    children); two users on different workers chat. A worker killed with
+    SIGKILL is replaced (``wk-w1-r1``) and the dead one reaped. SIGTERM to
+    the parent stops both workers, which leave the cluster cleanly."""
+    server = chatbx_server(db_url=postgres_url, extra_config=(
+        f'[cluster]\nredis = "{redis_url}"\nnode = "wk"\nworkers = 2\n'))
+    parent = server.proc.pid
+    workers = ["wk-w0", "wk-w1"]
+    deadline = time.monotonic() + 30
+    while set(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != set(workers):
+        assert time.monotonic() < deadline, f"workers did not join:\n{server.log_text()[-3000:]}"
+        time.sleep(0.1)  # polling Redis, bounded by the deadline
+    started = dict(re.findall(r"worker (wk-w\d) started, pid (\d+)", server.log_text()))
+    pids = {int(started[w]) for w in workers}
+    assert pids == _children(parent), (started, _children(parent))
+
+    async def main() -> None:
+        clients: dict[str, Any] = {}
+        users = [ALICE, BOB, "carol@localhost"]
+        try:
+            pair = None
+            for i in range(18):
+                full = f"{users[i % 3]}/r{i}"
+                clients[full] = await slix_login(server, full)
+                clients[full].send_presence()
+                held = _session_nodes(redis_url, workers)
+                on = {w: {f.split("/")[0] for f, n in held.items() if n == w} for w in workers}
+                pair = next(((a, b) for a in on["wk-w0"] for b in on["wk-w1"] if a != b), None)
+                if pair is not None:
+                    break
+            assert pair is not None, f"sessions never on both workers: {held}"
+            status = server.ctl("cluster", "status").stdout
+            counts = dict(re.findall(r"(wk-w\d)\s+live\s+sessions=(\d+)", status))
+            assert set(counts) == set(workers) and all(int(c) > 0 for c in counts.values()), status
+            sender = next(c for f, c in clients.items() if held.get(f) == "wk-w0" and f.startswith(pair[0] + "/"))
+            receiver = next(c for f, c in clients.items() if held.get(f) == "wk-w1" and f.startswith(pair[1] + "/"))
+            s_msgs, r_msgs = Inbox(sender, "message"), Inbox(receiver, "message")
+            # Each worker's directory learns of the other's new sessions
+            # within milliseconds (eventually consistent, see _visible).
+            await _visible(sender, receiver, r_msgs)
+            await _visible(receiver, sender, s_msgs)
+            sender.send_message(mto=receiver.boundjid.full, mbody="across workers", mtype="chat")
+            got = await r_msgs.wait(lambda m: m["body"] == "across workers", what="the message from w0")
+            assert got["from"].full == sender.boundjid.full
+            receiver.send_message(mto=sender.boundjid.full, mbody="and back", mtype="chat")
+            await s_msgs.wait(lambda m: m["body"] == "and back", what="the answer from w1")
+        finally:
+            for client in clients.values():
+                await slix_close(client)
+
+    run(main(), timeout=90)
+
+    # A worker killed with SIGKILL is restarted under a new name; the dead
+    # incarnation is reaped by the other worker like any dead node.
+    os.kill(int(started["wk-w1"]), signal.SIGKILL)
+    workers = ["wk-w0", "wk-w1-r1"]
+    deadline = time.monotonic() + 30
+    while set(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != set(workers):
+        assert time.monotonic() < deadline, f"w1 not replaced:\n{server.log_text()[-3000:]}"
+        time.sleep(0.2)  # polling Redis, bounded by the deadline
+    restarted = dict(re.findall(r"worker (wk-w\d-r1) started, pid (\d+)", server.log_text()))
+    pids = {int(started["wk-w0"]), int(restarted["wk-w1-r1"])}
+    assert pids == _children(parent)
+
+    proc, server.proc = server.proc, None
+    proc.send_signal(signal.SIGTERM)
+    # twistd ends by re-raising the signal that stopped it.
+    assert proc.wait(40) in (0, -signal.SIGTERM), server.log_text()[-3000:]
+    assert not [p for p in pids if _alive(p)], "a worker outlived its parent"
+    assert _redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1") == "", "a worker did not leave"
+    log = server.log_text()
+    for worker in workers:
+        assert re.search(rf"worker {worker} \(pid \d+\) exited", log), log[-3000:]
+
+
+def test_workers_stop_when_the_parent_is_killed(redis_url, postgres_url, chatbx_server):
+    """The parent killed with SIGKILL (it cannot stop its workers): each
+    worker notices its parent is gone and stops by itself, leaving the
+    cluster cleanly, instead of holding the ports unsupervised."""
+    server = chatbx_server(db_url=postgres_url, users={}, extra_config=(
+        f'[cluster]\nredis = "{redis_url}"\nnode = "wk"\nworkers = 2\n'))
+    deadline = time.monotonic() + 30
+    while len(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != 2:
+        assert time.monotonic() < deadline, f"workers did not join:\n{server.log_text()[-3000:]}"
+        time.sleep(0.1)  # polling Redis, bounded by the deadline
+    pids = _children(server.proc.pid)
+    assert len(pids) == 2
+    os.kill(server.proc.pid, signal.SIGKILL)  # the parent only, not its group
+    server.proc.wait(10)
+    server.proc = None
+    deadline = time.monotonic() + 30
+    while [p for p in pids if _alive(p)] or _redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1"):
+        assert time.monotonic() < deadline, (
+            f"workers outlived the parent: {[p for p in pids if _alive(p)]} "
+            f"{_redis_cli(redis_url, 'ZRANGE', 'chatbx:nodes', '0', '-1')}\n{server.log_text()[-3000:]}")
+        time.sleep(0.2)  # polling /proc and Redis, bounded by the deadline
+    assert "parent" in server.log_text() and "is gone, stopping" in server.log_text()

@@ -399,3 +399,19 @@ def test_roster_of_an_account_only_on_other_nodes_is_not_cached(fake_redis: Fake
     bind(server, "bob@localhost/here")
     roster.load("bob@localhost")
     assert roster.cached("bob@localhost") is not None
+
+
+def test_a_heartbeat_in_flight_when_the_node_stops_does_not_list_it_again(fake_redis: FakeRedis) -> None:
+    """The node stops while a heartbeat waits for Redis's TIME: the
+    heartbeat's ZADD must not follow the leaving ZREM (the node would stay
+    listed, as dead, after a clean stop)."""
+    server = cluster_server()
+    server.cluster.start()
+    pending: defer.Deferred = defer.Deferred()
+    times = iter([pending])
+    fake_redis.replies["TIME"] = lambda: next(times, [str(T0), "0"])
+    server.cluster._tick()
+    server.cluster.stop()
+    pending.callback([str(T0), "0"])
+    names = [c[0] for c in fake_redis.commands if c[0] in ("ZADD", "ZREM")]
+    assert names[-1] == "ZREM", names

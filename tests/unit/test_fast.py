@@ -134,6 +134,23 @@ def test_token_derivation_needs_the_key(tmp_path):
     assert token != derive_token(key, b"n" * 16, "a@x", "dev2", "HT-SHA-256-NONE")
 
 
+def test_key_created_at_once_by_two_processes_is_one_key(tmp_path, monkeypatch):
+    """Workers sharing data_dir may create the key at the same moment: the
+    one that links its file first wins, the other reads that key (never a
+    half-written file) and leaves no temporary file behind."""
+    path = tmp_path / "k"
+    other = os.urandom(32)
+    link = os.link
+
+    def racing_link(src, dst):
+        path.write_bytes(other)  # the other process got there in between
+        return link(src, dst)
+
+    monkeypatch.setattr(os, "link", racing_link)
+    assert load_key(str(path)) == other
+    assert os.listdir(tmp_path) == ["k"]
+
+
 # -- the stream -----------------------------------------------------------------------
 
 def test_fast_and_sm_are_advertised_inline(factory):
