@@ -199,10 +199,21 @@ class Cluster:
             note = {"n": self.node, "f": full}
         self.redis.publish(CHANNEL, json.dumps(note)).addErrback(self._failed)
 
+    def state_of(self, session: Any) -> dict[str, Any]:
+        """What the directory says of a local ``session`` (``session_state``)."""
+        carbons = self.server.modules.get("carbons")
+        enabled = getattr(carbons, "enabled", None)
+        return session_state(session, carbons=bool(enabled is not None and enabled(session)))
+
+    def session_changed(self, session: Any) -> None:
+        """A feature changed what the directory publishes of a local session."""
+        if self.sessions.local(session.bare, session.resource) is session:
+            self._publish_session(session)
+
     def _publish_session(self, session: Any) -> None:
         if not self._running or session.closed:
             return
-        state = session_state(session)
+        state = self.state_of(session)
         data = session.data
         if data is None:
             data = session.data = {}
