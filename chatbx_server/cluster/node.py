@@ -38,6 +38,7 @@ from twisted.words.xish import domish
 
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
 from chatbx_server.cluster.handover import SM_TARGET, Handover
+from chatbx_server.cluster.locks import ClusterLocks
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
 from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
@@ -107,6 +108,12 @@ class Cluster:
         self.rooms = RoomOwnership(self)
         #: stream management sessions moving between nodes (cluster/handover.py)
         self.handover = Handover(self, PREFIX)
+        #: per-account locks shared by the nodes (cluster/locks.py)
+        self.locks = ClusterLocks(self, PREFIX)
+
+    @property
+    def running(self) -> bool:
+        return self._running
 
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:

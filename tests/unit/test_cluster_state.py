@@ -1,13 +1,20 @@
 """Per-account state shared across the nodes of a cluster, with the fake
 Redis of test_cluster.py on the fake reactor: Message Carbons (XEP-0280)
-for resources held by other nodes."""
+for resources held by other nodes; the Redis locks around a user's roster
+changes and offline delivery (cluster/locks.py)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
+from twisted.internet import defer
+
+from chatbx_server.cluster import node as cluster_node
+from chatbx_server.cluster.locks import RETRY_MAX
 from chatbx_server.features.carbons import NS_CARBONS
+from chatbx_server.features.roster import ROSTER_LOCK_WAIT
 from tests.unit.fakes import bind, stanza
 from tests.unit.test_cluster import FakeRedis, cluster_server, fake_redis  # noqa: F401
 
@@ -94,3 +101,136 @@ def test_remote_resource_turning_carbons_off_gets_no_more_copies(fake_redis: Fak
     assert forwarded(fake_redis, "n2") == []
     carbons = server.modules.get("carbons")
     assert carbons.enabled(server.sessions.get("alice@localhost", "r")) is False
+
+
+class LockingRedis(FakeRedis):
+    """FakeRedis whose SET NX and the release script act on kept keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: dict[str, str] = {}
+        self.replies["SET"] = None  # answered by execute_command below
+        #: SET of a lock: "keep" (Redis semantics), "fail", or "silent"
+        self.mode = "keep"
+
+    def execute_command(self, *args: str) -> Any:
+        if args[0] == "SET" and args[1].startswith("chatbx:lock:"):
+            self.commands.append(tuple(args))
+            if self.mode == "fail":
+                return defer.fail(ConnectionError("redis gone"))
+            if self.mode == "silent":
+                return defer.Deferred()
+            assert args[3:5] == ("NX", "PX")
+            if args[1] in self.keys:
+                return defer.succeed(None)
+            self.keys[args[1]] = args[2]
+            return defer.succeed("OK")
+        return super().execute_command(*args)
+
+    def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
+        if keys and keys[0].startswith("chatbx:lock:"):
+            self.commands.append(("EVAL", *keys, *args))
+            if self.keys.get(keys[0]) == args[0]:
+                del self.keys[keys[0]]
+                return defer.succeed(1)
+            return defer.succeed(0)
+        return super().eval(script, keys, args)
+
+
+@pytest.fixture
+def locking_redis(monkeypatch: pytest.MonkeyPatch) -> LockingRedis:
+    redis = LockingRedis()
+    monkeypatch.setattr(cluster_node, "command_connection", lambda address: redis)
+
+    class Sub:
+        handler = redis
+
+        def stopTrying(self) -> None:
+            pass
+
+    monkeypatch.setattr(cluster_node, "subscriber", lambda *a: Sub())
+    return redis
+
+
+ROSTER_KEY = "chatbx:lock:roster:alice@localhost"
+
+
+def test_roster_change_waits_for_the_lock_held_on_another_node(locking_redis: LockingRedis) -> None:
+    """Alice's roster lock is held by n2: a change here runs only once n2
+    releases it (retried on the reactor clock, nothing blocks), under a lock
+    of its own that it releases by its token; a second change here waits
+    for the first."""
+    server = cluster_server()
+    server.clock.advance(0)
+    roster = server.modules.get("roster")
+    locking_redis.keys[ROSTER_KEY] = "n2:7"
+    ran: list[str] = []
+
+    def change(name: str) -> Any:
+        def fn() -> None:
+            ran.append(name)
+            assert locking_redis.keys.get(ROSTER_KEY, "").startswith("n1:")
+        return fn
+
+    first = roster.run_locked("alice@localhost", change("first"))
+    second = roster.run_locked("alice@localhost", change("second"))
+    server.clock.advance(1.0)
+    assert ran == []
+    del locking_redis.keys[ROSTER_KEY]  # n2 is done
+    server.clock.advance(RETRY_MAX)
+    assert ran == ["first", "second"]
+    assert first.called and second.called
+    assert ROSTER_KEY not in locking_redis.keys
+    releases = [c for c in locking_redis.named("EVAL") if c[1] == ROSTER_KEY]
+    assert len(releases) == 2 and all(c[2].startswith("n1:") for c in releases)
+
+
+def test_roster_lock_gives_up_after_the_wait(locking_redis: LockingRedis) -> None:
+    """A lock that stays held (or a silent Redis) delays a change by at most
+    ROSTER_LOCK_WAIT; then it runs under the local lock only. n2's lock is
+    not released by us."""
+    server = cluster_server()
+    server.clock.advance(0)
+    roster = server.modules.get("roster")
+    locking_redis.keys[ROSTER_KEY] = "n2:7"
+    ran: list[int] = []
+    roster.run_locked("alice@localhost", lambda: ran.append(1))
+    server.clock.advance(ROSTER_LOCK_WAIT - 0.5)
+    assert ran == []
+    server.clock.advance(1.0)
+    assert ran == [1]
+    assert locking_redis.keys[ROSTER_KEY] == "n2:7"
+    locking_redis.mode = "silent"
+    roster.run_locked("alice@localhost", lambda: ran.append(2))
+    server.clock.advance(ROSTER_LOCK_WAIT + 0.1)
+    assert ran == [1, 2]
+
+
+def test_roster_lock_redis_failure_goes_on_locally(locking_redis: LockingRedis) -> None:
+    """Redis refusing the SET: the change runs at once (local lock only)."""
+    server = cluster_server()
+    server.clock.advance(0)
+    locking_redis.mode = "fail"
+    ran: list[int] = []
+    d = server.modules.get("roster").run_locked("alice@localhost", lambda: ran.append(1))
+    assert ran == [1] and d.called
+
+
+def test_roster_subscription_under_the_cluster_lock(locking_redis: LockingRedis) -> None:
+    """A roster set (RFC 6121 §2.3) from Alice's session waits for n2's lock
+    on her roster, then is stored and answered."""
+    server = cluster_server()
+    alice = bind(server, "alice@localhost/a", available=True)
+    server.clock.advance(0)
+    alice.take()
+    locking_redis.keys[ROSTER_KEY] = "n2:1"
+    iq = stanza("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'>"
+                "<item jid='bob@localhost'/></query></iq>")
+    iq["from"] = alice.jid.full
+    server.router.route(iq, alice)
+    server.clock.advance(0.5)
+    assert [e for e in alice.take() if e.name == "iq" and e.getAttribute("id") == "r1"] == []
+    del locking_redis.keys[ROSTER_KEY]
+    server.clock.advance(RETRY_MAX)
+    replies = [e for e in alice.take() if e.name == "iq" and e.getAttribute("id") == "r1"]
+    assert [e["type"] for e in replies] == ["result"]
