@@ -234,3 +234,79 @@ def test_roster_subscription_under_the_cluster_lock(locking_redis: LockingRedis)
     server.clock.advance(RETRY_MAX)
     replies = [e for e in alice.take() if e.name == "iq" and e.getAttribute("id") == "r1"]
     assert [e["type"] for e in replies] == ["result"]
+
+
+OFFLINE_KEY = "chatbx:lock:offline:alice@localhost"
+
+
+def offline_server(redis: LockingRedis) -> tuple[Any, Any]:
+    """Two messages stored for Alice; her session 'a' bound, not yet available."""
+    server = cluster_server()
+    for n in (1, 2):
+        xml = f"<message xmlns='jabber:client' from='bob@localhost/b' to='alice@localhost' " \
+              f"type='chat'><body>stored {n}</body></message>"
+        server.stores.offline.store("alice@localhost", xml, 100, 100_000)
+    alice = bind(server, "alice@localhost/a")
+    server.clock.advance(0)
+    alice.take()
+    return server, alice
+
+
+def come_online(server: Any, session: Any) -> None:
+    presence = stanza("<presence/>")
+    presence["from"] = session.jid.full
+    server.router.route(presence, session)
+
+
+def stored_bodies(session: Any) -> list[str]:
+    return [str(e.body) for e in session.take() if e.name == "message" and e.body]
+
+
+def offline_count(server: Any) -> int:
+    result: list[int] = []
+    server.stores.offline.count("alice@localhost").addCallback(result.append)
+    return result[0]
+
+
+def test_offline_delivery_waits_for_the_one_on_another_node(locking_redis: LockingRedis) -> None:
+    """Alice logs in on n2 and here at once; n2 holds the offline lock and
+    delivers both stored messages there: this node delivers nothing of them
+    (XEP-0160: to one resource), and releases its own lock after."""
+    server, alice = offline_server(locking_redis)
+    locking_redis.keys[OFFLINE_KEY] = "n2:1"
+    come_online(server, alice)
+    server.clock.advance(1.0)
+    assert stored_bodies(alice) == []
+    # n2 handed them to its session and deleted them, then released
+    fetched: list[Any] = []
+    server.stores.offline.fetch("alice@localhost", after=0, max_messages=10,
+                                max_bytes=100_000).addCallback(fetched.append)
+    server.stores.offline.delete("alice@localhost", [m.id for m in fetched[0]])
+    del locking_redis.keys[OFFLINE_KEY]
+    server.clock.advance(RETRY_MAX)
+    assert stored_bodies(alice) == []
+    assert OFFLINE_KEY not in locking_redis.keys
+    assert [c[1] for c in locking_redis.named("EVAL")].count(OFFLINE_KEY) == 1
+
+
+def test_offline_delivery_after_the_other_node_released(locking_redis: LockingRedis) -> None:
+    """The lock held elsewhere is released with the messages still stored (that
+    session went away): this node delivers them once the lock is its own."""
+    server, alice = offline_server(locking_redis)
+    locking_redis.keys[OFFLINE_KEY] = "n2:1"
+    come_online(server, alice)
+    server.clock.advance(1.0)
+    assert stored_bodies(alice) == []
+    del locking_redis.keys[OFFLINE_KEY]
+    server.clock.advance(RETRY_MAX)
+    assert stored_bodies(alice) == ["stored 1", "stored 2"]
+    assert offline_count(server) == 0
+    assert OFFLINE_KEY not in locking_redis.keys
+
+
+def test_offline_delivery_without_redis_goes_on(locking_redis: LockingRedis) -> None:
+    """Redis failing: the stored messages are delivered at once (local lock only)."""
+    server, alice = offline_server(locking_redis)
+    locking_redis.mode = "fail"
+    come_online(server, alice)
+    assert stored_bodies(alice) == ["stored 1", "stored 2"]
