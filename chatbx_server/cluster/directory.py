@@ -32,7 +32,7 @@ class RemoteSession:
     """What features see of a session bound on another node."""
 
     __slots__ = ("node", "jid", "bare_jid", "bare", "resource", "host", "priority",
-                 "presence", "roster_requested", "directed", "closed", "cluster")
+                 "presence", "roster_requested", "directed", "closed", "cluster", "carbons")
 
     #: never a stream, SM or CSI state here: the owning node has them
     sm = None
@@ -52,6 +52,8 @@ class RemoteSession:
         self.roster_requested = False
         self.directed: Optional[set[str]] = None
         self.closed = False
+        #: Message Carbons (XEP-0280) enabled on it: it gets the copies
+        self.carbons = False
 
     @property
     def available(self) -> bool:
@@ -63,6 +65,7 @@ class RemoteSession:
         xml = state.get("x")
         self.presence = parse_stanza(xml) if xml else None
         self.roster_requested = bool(state.get("r"))
+        self.carbons = bool(state.get("c"))
 
     def send(self, element: domish.Element) -> None:
         if not self.closed:
@@ -75,12 +78,16 @@ class RemoteSession:
         return f"<RemoteSession {self.jid} on {self.node}>"
 
 
-def session_state(session: Any) -> dict[str, Any]:
+def session_state(session: Any, carbons: bool = False) -> dict[str, Any]:
     """What other nodes need of a local session for delivery decisions
-    (RFC 6121 §8.5.2: availability and priority; probes: the presence)."""
+    (RFC 6121 §8.5.2: availability and priority; probes: the presence;
+    XEP-0280 §7, §8: whether it gets carbon copies)."""
     presence = session.presence
     return {"p": session.priority, "x": presence.toXml() if presence is not None else None,
-            "r": bool(session.roster_requested)}
+            "r": bool(session.roster_requested), "c": carbons}
+
+
+_NONE: dict[str, RemoteSession] = {}
 
 
 class ClusterSessions(SessionManager):
@@ -140,6 +147,11 @@ class ClusterSessions(SessionManager):
         if remote:
             result.extend(s for s in remote.values() if s.roster_requested)
         return result
+
+    def remote(self, bare: str) -> dict[str, RemoteSession]:
+        """The cached sessions of ``bare`` on other nodes (resource -> stub);
+        not to be changed by the caller."""
+        return self._remote.get(bare) or _NONE
 
     # -- the remote cache --------------------------------------------------------
     def remote_count(self) -> int:

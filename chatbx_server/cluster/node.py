@@ -38,6 +38,7 @@ from twisted.words.xish import domish
 
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
 from chatbx_server.cluster.handover import SM_TARGET, Handover
+from chatbx_server.cluster.locks import ClusterLocks
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
 from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
@@ -107,6 +108,12 @@ class Cluster:
         self.rooms = RoomOwnership(self)
         #: stream management sessions moving between nodes (cluster/handover.py)
         self.handover = Handover(self, PREFIX)
+        #: per-account locks shared by the nodes (cluster/locks.py)
+        self.locks = ClusterLocks(self, PREFIX)
+
+    @property
+    def running(self) -> bool:
+        return self._running
 
     # -- life cycle --------------------------------------------------------------
     def start(self) -> None:
@@ -199,10 +206,21 @@ class Cluster:
             note = {"n": self.node, "f": full}
         self.redis.publish(CHANNEL, json.dumps(note)).addErrback(self._failed)
 
+    def state_of(self, session: Any) -> dict[str, Any]:
+        """What the directory says of a local ``session`` (``session_state``)."""
+        carbons = self.server.modules.get("carbons")
+        enabled = getattr(carbons, "enabled", None)
+        return session_state(session, carbons=bool(enabled is not None and enabled(session)))
+
+    def session_changed(self, session: Any) -> None:
+        """A feature changed what the directory publishes of a local session."""
+        if self.sessions.local(session.bare, session.resource) is session:
+            self._publish_session(session)
+
     def _publish_session(self, session: Any) -> None:
         if not self._running or session.closed:
             return
-        state = session_state(session)
+        state = self.state_of(session)
         data = session.data
         if data is None:
             data = session.data = {}

@@ -29,17 +29,24 @@ that already carry ``<sent/>``/``<received/>`` (no carbons of carbons), and
 messages from a MUC to a full JID (``<x xmlns='...muc#user'/>``, §6: private
 messages from MUC participants).
 
-Copies go straight to local sessions (``session.send``), never through the
+Copies go straight to the sessions (``session.send``), never through the
 router, so a copy can neither bounce nor be copied again (§9.3: an error for
 a forked message must not reach the original sender).
+
+On a cluster the node that handles a message makes all its copies: a
+session bound on another node is a stub in ``server.sessions`` whose
+``send`` forwards to its node, and the session directory publishes whether
+carbons are on for it (``RemoteSession.carbons``, the ``"c"`` of its state);
+enabling or disabling here republishes the session's state.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.words.xish import domish
 
+from chatbx_server.cluster.directory import RemoteSession
 from chatbx_server.events import COPY, StanzaEvent
 from chatbx_server.modules import Feature
 from chatbx_server.xmpp import ns
@@ -150,6 +157,9 @@ class CarbonsFeature(Feature):
         #: message module hands an undeliverable message/full on as
         #: message/bare with the same stanza; it must not be copied twice.
         self._last: tuple[Optional[domish.Element], str] = (None, "")
+        #: a cluster's remote sessions of an account (resource -> stub), or None
+        self._remote_of: Optional[Callable[[str], dict[str, Any]]] = getattr(
+            self.server.sessions, "remote", None)
         self.iq("set", "bare", NS_CARBONS, "enable", self.on_enable)
         self.iq("set", "bare", NS_CARBONS, "disable", self.on_disable)
         for kind in ("bare", "full", "host"):
@@ -177,15 +187,37 @@ class CarbonsFeature(Feature):
     def on_enable(self, event: StanzaEvent) -> None:
         session = self._own_session(event)
         self._enabled.setdefault(session.bare, {})[session.resource] = session
+        self._changed(session)
         return None
 
     def on_disable(self, event: StanzaEvent) -> None:
-        self._forget(self._own_session(event))
+        session = self._own_session(event)
+        self._forget(session)
+        self._changed(session)
         return None
 
+    def _changed(self, session: Any) -> None:
+        """Tell the other nodes of a cluster (their stubs of ``session``)."""
+        cluster = self.server.cluster
+        if cluster is not None:
+            cluster.session_changed(session)
+
     def enabled(self, session: Any) -> bool:
-        """Whether ``session`` has carbons on."""
+        """Whether ``session`` (local, or a stub of one on another node) has carbons on."""
+        if isinstance(session, RemoteSession):
+            return session.carbons
         return self._enabled.get(session.bare, {}).get(session.resource) is session
+
+    def _targets(self, user: str) -> list[Any]:
+        """``user``'s carbons-enabled sessions, here and on other nodes."""
+        local = self._enabled.get(user)
+        targets = list(local.values()) if local else []
+        remote_of = self._remote_of
+        if remote_of is not None:
+            for resource, stub in remote_of(user).items():
+                if stub.carbons and not stub.closed and (local is None or resource not in local):
+                    targets.append(stub)
+        return targets
 
     def _forget(self, session: Any) -> None:
         user, resource = session.bare, session.resource
@@ -207,16 +239,14 @@ class CarbonsFeature(Feature):
         session, state = item
         if state.get("carbons"):
             self._enabled.setdefault(session.bare, {})[session.resource] = session
+            self._changed(session)  # published without it when it was added
 
     # -- sent (§8) ---------------------------------------------------------------
     def on_sent(self, event: StanzaEvent) -> None:
         origin = event.origin
         if origin is None:
             return None
-        enabled = self._enabled.get(origin.bare)
-        if not enabled:
-            return None
-        targets = [s for s in enabled.values() if s is not origin]
+        targets = [s for s in self._targets(origin.bare) if s is not origin]
         if not targets:
             return None  # §8: never to the sending resource itself
         stanza = event.stanza
@@ -233,7 +263,7 @@ class CarbonsFeature(Feature):
     # -- received (§7) -----------------------------------------------------------
     def on_received_full(self, event: StanzaEvent) -> None:
         user = event.to.bare
-        enabled = self._enabled.get(user)
+        enabled = self._targets(user)
         if not enabled:
             return None
         target = self.server.sessions.get(user, event.to.resource)
@@ -246,7 +276,7 @@ class CarbonsFeature(Feature):
 
     def on_received_bare(self, event: StanzaEvent) -> None:
         user = event.to.bare
-        enabled = self._enabled.get(user)
+        enabled = self._targets(user)
         if not enabled:
             return None
         last_stanza, last_user = self._last
@@ -267,7 +297,7 @@ class CarbonsFeature(Feature):
         top = max(s.priority for s in sessions)
         return tuple(s for s in sessions if s.priority == top)
 
-    def _received(self, event: StanzaEvent, user: str, enabled: dict[str, Any],
+    def _received(self, event: StanzaEvent, user: str, enabled: list[Any],
                   recipients: tuple[Any, ...]) -> None:
         stanza = event.stanza
         self._last = (stanza, user)
@@ -277,7 +307,7 @@ class CarbonsFeature(Feature):
             return None
         inner = forwardable(stanza)
         mtype = stanza.getAttribute("type", "normal")
-        for session in list(enabled.values()):
+        for session in enabled:
             if session not in recipients:
                 session.send(wrap("received", inner, user, session.jid.full, mtype))
         return None

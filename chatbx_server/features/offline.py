@@ -29,6 +29,9 @@ Delivery goes page by page (at most ``PAGE_MESSAGES`` and about
 the session, so memory and the work of one reactor turn do not grow with
 the backlog, and a session that goes away mid-delivery leaves the rest
 stored (or to another available resource of the account, if there is one).
+One delivery per account runs at a time; on a cluster a Redis lock per
+account (cluster/locks.py) extends that to every node, so two sessions
+logging in at once on two nodes do not both get the stored messages.
 
 Presence is seen on ``pre-presence/bare`` above DELIVER (the presence
 module has no ``presence/available`` event), while the session still shows
@@ -66,6 +69,12 @@ _STORED_TYPES = frozenset(("chat", "normal"))
 
 #: runs before the presence module handles a broadcast presence
 PRESENCE_PRIORITY = DELIVER + 50
+#: seconds Redis keeps a cluster's offline delivery lock (a node that died
+#: delivering); a delivery of max_per_user messages takes a few seconds
+OFFLINE_LOCK_TTL = 30.0
+#: seconds a delivery waits for one in progress on another node before it
+#: goes on regardless (logged); the TTL: a dead holder's lock has expired by then
+OFFLINE_LOCK_WAIT = 30.0
 
 
 def storage_decision(stanza: domish.Element) -> Optional[bool]:
@@ -220,7 +229,15 @@ class OfflineFeature(Feature):
                 delivery.target = session
             return defer.succeed(0)
         delivery = self._deliveries[user] = _Delivery(session)
-        d = defer.ensureDeferred(self._deliver(user, delivery))
+        cluster = self.server.cluster
+        if cluster is None:
+            d = defer.ensureDeferred(self._deliver(user, delivery))
+        else:
+            # Another node may be delivering to a session of this account
+            # bound there: after it, the store holds only what is left.
+            d = cluster.locks.run("offline:" + user,
+                                  lambda: defer.ensureDeferred(self._deliver(user, delivery)),
+                                  OFFLINE_LOCK_TTL, OFFLINE_LOCK_WAIT)
         d.addErrback(self._delivery_failed, user)
         return d
 

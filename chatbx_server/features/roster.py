@@ -10,7 +10,10 @@ The feature also owns the in-memory roster cache the presence feature uses
 on its hot path: a user's roster (items plus pending inbound subscription
 requests) is loaded once and kept while the user has sessions, and every
 change goes through this module, which keeps the cached copy current.
-Changes to one user's roster are serialized with a per-user lock.
+Changes to one user's roster are serialized with a per-user lock; on a
+cluster also with a Redis lock per user (cluster/locks.py), since the
+subscription state machine (RFC 6121 §3) of one account can run on two
+nodes at once.
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ from chatbx_server.xmpp.stanzas import StanzaError
 from chatbx_server.logs import log_observer
 
 log = Logger(observer=log_observer)
+
+#: seconds Redis keeps a roster lock of a cluster (a node that died holding
+#: it); a change takes a few database round trips
+ROSTER_LOCK_TTL = 10.0
+#: seconds a change waits for a roster lock held on another node before it
+#: goes on under the local lock only (logged); the TTL: a dead holder's lock
+#: has expired by then
+ROSTER_LOCK_WAIT = 10.0
 
 __all__ = ["RosterFeature", "RosterState", "item_element", "item_with_state", "state_of"]
 
@@ -232,7 +243,14 @@ class RosterFeature(Feature):
             result = fn()
             return defer.ensureDeferred(result) if inspect.iscoroutine(result) else result
 
-        d = lock.run(call)
+        cluster = self.server.cluster
+        if cluster is None:
+            d = lock.run(call)
+        else:
+            # Other nodes change this roster too (a contact's subscription
+            # handled there): one read-modify-write at a time cluster-wide.
+            d = lock.run(lambda: cluster.locks.run("roster:" + user, call,
+                                                   ROSTER_LOCK_TTL, ROSTER_LOCK_WAIT))
 
         def cleanup(result: Any) -> Any:
             if not lock.locked and not lock.waiting and self._locks.get(user) is lock:

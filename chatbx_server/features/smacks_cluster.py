@@ -27,7 +27,6 @@ from twisted.logger import Logger
 from chatbx_server.c2s.session import ClientSession
 from chatbx_server.c2s.smacks import InboundCounter, StreamManagement
 from chatbx_server.c2s.stream import end_session
-from chatbx_server.cluster.directory import session_state
 from chatbx_server.logs import log_observer
 from chatbx_server.xmpp.jid import JID
 from chatbx_server.xmpp.stanzas import parse_stanza
@@ -78,7 +77,7 @@ def export(feature: "SmacksFeature", request: dict[str, Any]) -> Any:
     session.sm = None  # the queue went with the state: nothing is re-routed here
     if session.data is None:
         session.data = {}
-    session.data["moved"] = (to, session_state(session))
+    session.data["moved"] = (to, server.cluster.state_of(session))
     # Not unavailable (presence.py broadcasts only for an available or
     # directed-to session): it is still available, on the other node.
     session.presence = None

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import Inbox, free_port, manual_subscriptions, run, slix_close, slix_login, subscribe_mutually
+from conftest import CLIENT_TIMEOUT, Inbox, free_port, manual_subscriptions, run, slix_close, slix_login, subscribe_mutually
 
 pytestmark = pytest.mark.integration
 
@@ -157,6 +157,69 @@ def test_users_on_two_nodes_subscribe_see_presence_and_chat(redis_url, postgres_
         finally:
             await slix_close(alice)
             await slix_close(bob)
+
+    run(main(), timeout=90)
+
+
+async def _carbon_after_retries(sender: Any, to: str, inbox: Inbox, kind: str) -> None:
+    """Send chats from ``sender`` until one shows in ``inbox`` as a ``kind``
+    carbon: the node that makes the copy learns that carbons are on for a
+    resource on another node through the directory (within milliseconds)."""
+    for attempt in range(50):
+        body = f"{kind} {attempt}"
+        sender.send_message(mto=to, mbody=body, mtype="chat")
+        try:
+            await inbox.wait(lambda m: m[f"carbon_{kind}"]["body"] == body, timeout=0.3,
+                             what=f"a {kind} carbon")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"no {kind} carbon reached the other node")
+
+
+def test_carbons_reach_a_resource_on_another_node(redis_url, postgres_url, chatbx_server):
+    """Alice's desk on node0 and phone on node1, both with carbons on
+    (slixmpp xep_0280), Bob on node1: what the desk sends to Bob reaches the
+    phone as a sent carbon (XEP-0280 §8), made on node0; what Bob sends to
+    the phone reaches the desk as a received carbon (§7), made on node1."""
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        desk, _, _ = await _online(node0, f"{ALICE}/desk")
+        phone, _, phone_msgs = await _online(node1, f"{ALICE}/phone")
+        bob, _, bob_msgs = await _online(node1, f"{BOB}/pc")
+        try:
+            for client in (desk, phone):
+                client.register_plugin("xep_0280")
+                await client.plugin["xep_0280"].enable(timeout=CLIENT_TIMEOUT)
+            phone_sent = Inbox(phone, "carbon_sent")
+            desk_received = Inbox(desk, "carbon_received")
+            await _carbon_after_retries(desk, f"{BOB}/pc", phone_sent, "sent")
+            got = await bob_msgs.wait(lambda m: m["body"].startswith("sent "), what="the desk's chat")
+            assert got["from"].full == f"{ALICE}/desk"
+            carbon = (await phone_sent.wait(lambda m: True, what="the sent carbon"))
+            assert carbon["carbon_sent"]["from"].full == f"{ALICE}/desk"
+            assert carbon["carbon_sent"]["to"].full == f"{BOB}/pc"
+            await _carbon_after_retries(bob, f"{ALICE}/phone", desk_received, "received")
+            await phone_msgs.wait(lambda m: m["body"].startswith("received "), what="bob's chat")
+            # Carbons off on the desk: Bob's next message to the phone is
+            # not copied there once node1 knows it.
+            await desk.plugin["xep_0280"].disable(timeout=CLIENT_TIMEOUT)
+            for attempt in range(50):
+                bob.send_message(mto=f"{ALICE}/phone", mbody=f"off {attempt}", mtype="chat")
+                await phone_msgs.wait(lambda m, a=attempt: m["body"] == f"off {a}",
+                                      what="bob's chat on the phone")
+                try:
+                    await desk_received.none(lambda m, a=attempt: m["carbon_received"]["body"]
+                                             == f"off {a}", within=0.3)
+                    break
+                except AssertionError:
+                    continue
+            else:
+                raise AssertionError("the desk kept getting carbons after disabling them")
+        finally:
+            for client in (desk, phone, bob):
+                await slix_close(client)
 
     run(main(), timeout=90)
 
