@@ -33,7 +33,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--direct-tls", action="store_true", help="XEP-0368 direct TLS port")
     ap.add_argument("--server-pid", type=int, help="server PID, for idle_memory (reads /proc/PID/status)")
     ap.add_argument("--server-name", default="server")
-    ap.add_argument("--scenarios", nargs="+", default=list(scenarios.SCENARIOS), choices=scenarios.SCENARIOS)
+    ap.add_argument("--scenarios", nargs="+", default=list(scenarios.SCENARIOS),
+                    choices=scenarios.SCENARIOS + scenarios.EXTRA_SCENARIOS)
     ap.add_argument("--quick", action="store_true", help="tiny smoke sizes")
     ap.add_argument("--rate", type=float, help="msgs/s for latency (default 30%% of measured throughput)")
     ap.add_argument("--pairs", type=int)

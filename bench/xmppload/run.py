@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
-from . import pep_scenario, report, scenarios
+from . import muc_scenario, pep_scenario, report, scenarios
 from .scenarios import Target
 
 
@@ -31,11 +31,14 @@ class Params:
     fanout_base: int = 10000             # fan-out users live apart from the rest (they have rosters)
     pep_contacts: int = 100              # pep_fanout: online contacts of the publisher (fan-out block)
     pep_items: int = 200                 # pep_fanout: items published per payload size
+    muc_occupants: int = 1000            # muc_room: occupants of the one room (users bench0..)
+    muc_messages: int = 300              # muc_room: groupchat messages, senders rotating
+    muc_window: int = 10                 # muc_room: messages in flight at most
     scenario_timeout: float = 300.0
 
     def users_needed(self) -> int:
         """Users bench{0..N-1} the run needs (plus the fan-out block at fanout_base)."""
-        return max(self.login_users, 2 * self.pairs, max(self.idle_counts or (0,)))
+        return max(self.login_users, 2 * self.pairs, max(self.idle_counts or (0,)), self.muc_occupants)
 
     def fanout_users(self) -> range:
         return range(self.fanout_base, self.fanout_base + self.fanout_contacts + 1)
@@ -44,7 +47,8 @@ class Params:
 FULL = Params()
 QUICK = Params(login_users=10, login_count=40, login_concurrency=5, login_duration=2.0, pairs=3, window=3,
                duration=1.0, warmup=0.3, idle_counts=(20,), idle_settle=0.3, fanout_contacts=10,
-               fanout_rounds=2, fanout_base=100, pep_contacts=10, pep_items=10, scenario_timeout=60.0)
+               fanout_rounds=2, fanout_base=100, pep_contacts=10, pep_items=10, muc_occupants=10,
+               muc_messages=20, muc_window=3, scenario_timeout=60.0)
 
 
 async def run_one(name: str, target: Target, params: Params, rate: Optional[float]) -> list[dict]:
@@ -73,6 +77,9 @@ async def run_one(name: str, target: Target, params: Params, rate: Optional[floa
             "pep_fanout": lambda: pep_scenario.pep_fanout(
                 target, contacts=min(params.pep_contacts, params.fanout_contacts),
                 base=params.fanout_base, items=params.pep_items),
+            "muc_room": lambda: muc_scenario.muc_room(
+                target, occupants=params.muc_occupants, messages=params.muc_messages,
+                window=params.muc_window),
         }[name]()
         res = await asyncio.wait_for(coro, params.scenario_timeout)
     except Exception as exc:  # a broken scenario must not stop the others

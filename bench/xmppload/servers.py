@@ -174,6 +174,10 @@ modules_disabled = {{ {disabled} }}
 {s2s_settings}
 VirtualHost "{domain}"
     ssl = {{ certificate = "{cert}"; key = "{key}" }}
+
+-- group chat (muc_room), as chatbx's default conference.DOMAIN: anyone local may create rooms
+Component "conference.{domain}" "muc"
+    ssl = {{ certificate = "{cert}"; key = "{key}" }}
 """
 
 PROSODY_ITERATIONS = 10000  # Prosody 0.12's default_iteration_count

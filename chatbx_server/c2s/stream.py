@@ -39,6 +39,7 @@ from chatbx_server.c2s.session import ClientSession
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import JID, InvalidJID
 from chatbx_server.xmpp.serializer import CLIENT_STREAMS, StreamSerializer
+from chatbx_server.xmpp.transport import set_no_delay
 from chatbx_server.xmpp.stanzas import StanzaError, StreamError, error_reply, result_reply
 from chatbx_server.logs import log_observer
 from chatbx_server.http import metrics
@@ -128,6 +129,7 @@ class C2SStream(Protocol):
         if not self.factory.admit(self):
             self.transport.abortConnection()
             return
+        set_no_delay(self.transport)
         self._reset_parser()
         # Learn when the client stops reading (IPushProducer, below), so what
         # we queue for it stays bounded.

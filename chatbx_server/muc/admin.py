@@ -54,15 +54,15 @@ def room_iq(room: Room, event: "StanzaEvent") -> Any:
     """Dispatch an IQ to the room or to an occupant JID."""
     stanza = event.stanza
     itype = stanza.getAttribute("type")
+    if event.kind == "full":
+        from chatbx_server.muc.forward import occupant_iq
+
+        return occupant_iq(room, event)
     if itype not in ("get", "set"):
         return True
     payload = stanza.firstChildElement()
     key = (itype, payload.uri, payload.name)
     try:
-        if event.kind == "full":
-            if key == ("get", ns.PING, "ping"):
-                return self_ping(room, event)
-            raise StanzaError("service-unavailable")
         if key == ("get", ns.DISCO_INFO, "query"):
             if payload.getAttribute("node"):
                 raise StanzaError("item-not-found")

@@ -16,7 +16,9 @@ can inject an item, a status code, an occupant id or a stanza id.
 
 Stanzas go out through ``router.route``, one element per recipient (the
 children shared, never changed afterwards): an occupant may be on another
-node or server, and each recipient stream serializes its copy once.
+node or server. A broadcast is serialized once for client streams
+(``serializer.Addressed``): each copy carries its bytes, the shared text
+with its own 'to'.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from chatbx_server.muc.config import MUC, REQUEST, RoomConfig, add_field, find_f
 from chatbx_server.muc.history import History, delayed
 from chatbx_server.muc.occupants import NickError, Occupant, default_role, occupant_id, prepare_nick
 from chatbx_server.xmpp import ns
+from chatbx_server.xmpp.serializer import Addressed
 from chatbx_server.xmpp.stanzas import StanzaError, error_reply
 
 if TYPE_CHECKING:
@@ -178,7 +181,7 @@ class Room:
         base = self.occupant_presence(occ, ptype, source)
         codes = tuple(codes)
         primary = next(reversed(occ.sessions), None) if occ.sessions else None
-        variants: dict[bool, domish.Element] = {}
+        variants: dict[bool, Addressed] = {}
         targets = [(only, self.by_jid.get(only))] if only is not None else self.sessions()
         for full, viewer in targets:
             if viewer is occ or (only is not None and full in occ.sessions):
@@ -190,9 +193,10 @@ class Room:
             see = self.can_see_jids(viewer)
             variant = variants.get(see)
             if variant is None:
-                variant = variants[see] = copy_to(base, "")
-                variant.addChild(self._presence_x(occ, primary if see else None, codes, **item))
-            self.send(copy_to(variant, full))
+                shown = copy_to(base, "")
+                shown.addChild(self._presence_x(occ, primary if see else None, codes, **item))
+                variant = variants[see] = Addressed(shown)
+            self.send(variant.copy(full))
 
     def _send_to_gone(self, occ: Occupant, full: str, ptype: str, codes: Iterable[int],
                       **item: Any) -> None:
@@ -307,13 +311,14 @@ class Room:
         if broadcast:
             others = [(f, o) for f, o in self.sessions() if o is not occ]
             base = self.occupant_presence(occ)
-            variants: dict[bool, domish.Element] = {}
+            variants: dict[bool, Addressed] = {}
             for f, viewer in others:
                 v = self.can_see_jids(viewer)
                 if v not in variants:
-                    variants[v] = copy_to(base, "")
-                    variants[v].addChild(self._presence_x(occ, full if v else None))
-                self.send(copy_to(variants[v], f))
+                    shown = copy_to(base, "")
+                    shown.addChild(self._presence_x(occ, full if v else None))
+                    variants[v] = Addressed(shown)
+                self.send(variants[v].copy(f))
             for f in occ.sessions:
                 if f != full:  # the occupant's other sessions see the new one
                     pres = copy_to(base, f)
@@ -462,8 +467,9 @@ class Room:
                 self.service.store.archive(self.jid, stanza_id, occ.nick if occ else "",
                                            occ.oid if occ else None, occ.bare if occ else None,
                                            msg.toXml(), now)
-        for full, _ in self.sessions():
-            self.send(copy_to(msg, full))
+        copies = Addressed(msg)
+        for full in list(self.by_jid):
+            self.send(copies.copy(full))
         return msg
 
     def private_message(self, event: "StanzaEvent", occ: Optional[Occupant]) -> Any:
@@ -539,17 +545,19 @@ class Room:
             x.addChild(item)
         for code in codes:
             x.addElement("status")["code"] = str(code)
+        copies = Addressed(msg)
         for full, viewer in self.sessions():
             if not moderators_only or viewer.role == "moderator":
-                self.send(copy_to(msg, full))
+                self.send(copies.copy(full))
 
     def room_presence(self, extra: domish.Element) -> None:
         """Presence from the room itself (avatar hash, XEP-0486)."""
         pres = domish.Element((ns.CLIENT, "presence"))
         pres["from"] = self.jid
         pres.addChild(extra)
-        for full, _ in self.sessions():
-            self.send(copy_to(pres, full))
+        copies = Addressed(pres)
+        for full in list(self.by_jid):
+            self.send(copies.copy(full))
 
     def destroy(self, alternate: Optional[str] = None, reason: Optional[str] = None,
                 password: Optional[str] = None, codes: Iterable[int] = ()) -> None:

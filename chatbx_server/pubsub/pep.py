@@ -46,6 +46,9 @@ from chatbx_server.storage.pubsub import Node
 from chatbx_server.xmpp.jid import JID
 from chatbx_server.xmpp.stanzas import StanzaError
 
+#: XEP-0045's payload on presence relayed by a room
+MUC_USER = "http://jabber.org/protocol/muc#user"
+
 log = Logger(observer=log_observer)
 
 __all__ = ["PEPFeature", "PEPEngine"]
@@ -318,6 +321,12 @@ class PEPFeature(Feature):
         stanza = event.stanza
         if (sender is None or sender.resource is None or stanza.getAttribute("type") is not None
                 or self.server.is_local(sender.host)):
+            return None
+        if next(stanza.elements(MUC_USER, "x"), None) is not None:
+            # An occupant's presence relayed by a room (XEP-0045 §7.2.3): the
+            # occupant JID is not a contact (XEP-0163 §4.3.1 sends last items
+            # to contacts), and a room of N occupants would otherwise leave
+            # N x N entries here (N for each occupant JID).
             return None
         owner = event.to.bare
         features = self.caps.features(sender.full)

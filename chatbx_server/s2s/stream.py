@@ -33,6 +33,7 @@ from chatbx_server.logs import log_observer
 from chatbx_server.s2s.dialback import NS_DIALBACK
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.serializer import StreamSerializer
+from chatbx_server.xmpp.transport import set_no_delay
 from chatbx_server.xmpp.jid import JID, InvalidJID
 from chatbx_server.xmpp.stanzas import StanzaError, StreamError
 
@@ -143,6 +144,7 @@ class S2SStream(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.peer = f"{getattr(peer, 'host', '')}:{getattr(peer, 'port', '')}"
+        set_no_delay(self.transport)
         self._reset_parser()
         self.transport.registerProducer(self, True)
         self._auth_timer = self.clock.callLater(self.manager.config.auth_timeout, self._auth_timed_out)

@@ -201,3 +201,56 @@ class StreamSerializer:
 CLIENT_STREAMS = StreamSerializer(ns.CLIENT)
 #: server-to-server streams
 SERVER_STREAMS = StreamSerializer(ns.SERVER)
+
+
+class Addressed:
+    """One stanza sent to many recipients: the copies differ only in 'to'.
+
+    A group chat message or presence goes to every occupant as its own
+    element (each is routed, may be queued for XEP-0198, may go to another
+    server). Serializing each copy would walk the same tree once per
+    recipient; here the stanza is serialized once for client streams with
+    a marker as 'to', and each copy gets its bytes as the text around the
+    marker with its own 'to' in between, recorded as :meth:`StreamSerializer.remember`
+    does (so the same cache checks apply: a copy changed later, or written
+    to another kind of stream, is serialized afresh).
+
+    The copies share the stanza's children, which must not be changed
+    afterwards (adding or removing a child of a copy is fine).
+    """
+
+    __slots__ = ("stanza", "serializer", "_head", "_tail")
+
+    #: cannot occur in XML (Char, XML 1.0 §2.2), so not in any real value
+    MARK = "\x00to\x00"
+
+    def __init__(self, stanza: domish.Element, serializer: StreamSerializer = CLIENT_STREAMS) -> None:
+        self.stanza = stanza
+        self.serializer = serializer
+        self._head: Optional[bytes] = None
+        self._tail = b""
+        text = serializer.serialize(self._copy(self.MARK))
+        parts = text.split(self.MARK)
+        if len(parts) == 2:
+            self._head, self._tail = parts[0].encode("utf-8"), parts[1].encode("utf-8")
+
+    def _copy(self, to: str) -> domish.Element:
+        stanza = self.stanza
+        el = domish.Element((stanza.uri, stanza.name), defaultUri=stanza.defaultUri)
+        attributes = dict(stanza.attributes)
+        attributes["to"] = to
+        el.attributes = attributes
+        el.children = list(stanza.children)
+        return el
+
+    def copy(self, to: str) -> domish.Element:
+        """The stanza addressed to ``to``, its client-stream bytes ready."""
+        el = self._copy(to)
+        head = self._head
+        if head is not None:
+            el._wire = (self.serializer,  # type: ignore[attr-defined]
+                        head + escape_attr(to).encode("utf-8") + self._tail,
+                        tuple(el.children), dict(el.attributes))
+        return el
+#: server-to-server streams
+SERVER_STREAMS = StreamSerializer(ns.SERVER)

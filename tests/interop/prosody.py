@@ -51,6 +51,11 @@ chatbx_test_routes = {{ {routes} }}
 {ssl}
 VirtualHost "{domain}"
     ssl = {{ certificate = "{cert}"; key = "{key}" }}
+{components}"""
+
+MUC_COMPONENT = """
+Component "conference.{domain}" "muc"
+    ssl = {{ certificate = "{cert}"; key = "{key}" }}
 """
 
 
@@ -80,6 +85,8 @@ class Prosody:
     ca_file: Optional[Path] = None
     #: load Prosody's mod_s2s_bidi (XEP-0288, in Prosody since 0.12)
     bidi: bool = False
+    #: a MUC service (Prosody's mod_muc) on conference.DOMAIN
+    muc: bool = False
     c2s_port: int = field(default_factory=free_port)
     s2s_port: int = field(default_factory=free_port)
     proc: Optional[subprocess.Popen] = None
@@ -96,7 +103,9 @@ class Prosody:
         self.config_path.write_text(CONFIG.format(
             workdir=self.workdir, plugins=HERE, c2s_port=self.c2s_port, s2s_port=self.s2s_port,
             routes=routes, ssl=ssl, domain=self.domain, cert=self.cert, key=self.key,
-            more_modules=', "s2s_bidi"' if self.bidi else ""))
+            more_modules=', "s2s_bidi"' if self.bidi else "",
+            components=MUC_COMPONENT.format(domain=self.domain, cert=self.cert, key=self.key)
+            if self.muc else ""))
 
     def register(self, user: str, password: str) -> None:
         result = subprocess.run(["prosodyctl", "--config", str(self.config_path), "register", user,

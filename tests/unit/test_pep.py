@@ -342,3 +342,35 @@ def test_user_deleted_forgets_subscriptions_elsewhere() -> None:
     server.stores.pubsub.subscriptions(A, NODE).addCallback(results.append)
     server.stores.pubsub.affiliations(A, NODE).addCallback(results.append)
     assert results == [{}, {}]
+
+
+def test_room_occupant_presence_is_not_a_contact() -> None:
+    """Presence relayed by a group chat room (it carries muc#user) gets no
+    last items, even with the caps of a client that wants them, and leaves
+    nothing waiting for caps: an occupant JID is no contact, and a room of
+    N occupants would otherwise leave N x N entries (one per occupant per
+    local occupant)."""
+    from tests.unit.fakes import stanza
+    from tests.unit.pephelpers import disco_query
+    from chatbx_server.features.caps import caps_hash
+    from chatbx_server.xmpp import ns
+    server = pep_server()
+    alice = online(server, f"{A}/a")
+    iq(alice, publish(NODE, PAYLOAD, "last", options={"pubsub#access_model": "open"}))
+    ver = caps_hash("sha-1", disco_query([NODE + "+notify", ns.DISCO_INFO]))
+    sent = []
+    server.router.remote = lambda event: sent.append(event.stanza) or True
+    for nick in ("one", "two"):
+        server.router.route(stanza(
+            f"<presence from='room@conference.remote.example/{nick}' to='{A}/a'>"
+            f"<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='{ver}'/>"
+            "<x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' "
+            "role='participant'/></x></presence>"))
+    pep = server.modules.get("pep")
+    assert not pep._remote_waiting  # type: ignore[union-attr]
+    server.stores.caps.put(f"sha-1:{ver}", [NODE + "+notify", ns.DISCO_INFO])
+    server.router.route(stanza(
+        f"<presence from='room@conference.remote.example/three' to='{A}/a'>"
+        f"<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='n' ver='{ver}'/>"
+        "<x xmlns='http://jabber.org/protocol/muc#user'/></presence>"))
+    assert [m for m in sent if m.name == "message"] == []
