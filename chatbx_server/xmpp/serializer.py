@@ -252,5 +252,3 @@ class Addressed:
                         head + escape_attr(to).encode("utf-8") + self._tail,
                         tuple(el.children), dict(el.attributes))
         return el
-#: server-to-server streams
-SERVER_STREAMS = StreamSerializer(ns.SERVER)
