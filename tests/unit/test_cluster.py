@@ -54,9 +54,9 @@ class FakeRedis:
         return [c for c in self.commands if c[0] == name]
 
 
-@pytest.fixture
-def fake_redis(monkeypatch: pytest.MonkeyPatch) -> FakeRedis:
-    redis = FakeRedis()
+def install_redis(monkeypatch: pytest.MonkeyPatch, redis: Any) -> Any:
+    """Every cluster node made from now on talks to ``redis`` (commands and
+    the directory channel); returns it."""
     monkeypatch.setattr(cluster_node, "command_connection", lambda address: redis)
 
     class Sub:
@@ -67,6 +67,11 @@ def fake_redis(monkeypatch: pytest.MonkeyPatch) -> FakeRedis:
 
     monkeypatch.setattr(cluster_node, "subscriber", lambda *a: Sub())
     return redis
+
+
+@pytest.fixture
+def fake_redis(monkeypatch: pytest.MonkeyPatch) -> FakeRedis:
+    return install_redis(monkeypatch, FakeRedis())
 
 
 def cluster_server(modules: str = '"message", "offline", "roster", "presence"') -> Any:

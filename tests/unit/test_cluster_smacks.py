@@ -20,7 +20,7 @@ from chatbx_server.xmpp.jid import JID
 from tests.unit.fakes import FakeStream, bind, create_user, disconnect, make_server
 from tests.unit.pephelpers import befriend
 from tests.unit.test_c2s_stream import BINDINGS, Client, FakeTLS
-from tests.unit.test_cluster import T0, FakeRedis
+from tests.unit.test_cluster import T0, FakeRedis, install_redis
 
 SM = "urn:xmpp:sm:3"
 MODULES = '"message", "offline", "roster", "presence", "smacks", "carbons", "csi"'
@@ -92,16 +92,7 @@ class Bus(FakeRedis):
 
 @pytest.fixture
 def bus(monkeypatch: pytest.MonkeyPatch) -> Bus:
-    redis = Bus()
-    monkeypatch.setattr(cluster_node, "command_connection", lambda address: redis)
-
-    class Sub:
-        handler = redis
-
-        def stopTrying(self) -> None:
-            pass
-
-    monkeypatch.setattr(cluster_node, "subscriber", lambda *a: Sub())
+    redis = install_redis(monkeypatch, Bus())
     for name in ("n1", "n2"):
         server = make_server(config_text=f'[modules]\nenabled = [{MODULES}]\n'
                                          '[cluster]\nredis = "redis://127.0.0.1:1/0"\n'

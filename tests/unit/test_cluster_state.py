@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
-from chatbx_server.cluster import node as cluster_node
 from chatbx_server.cluster.locks import RETRY_MAX
 from chatbx_server.features.carbons import NS_CARBONS
 from chatbx_server.features.roster import ROSTER_LOCK_WAIT
 from tests.unit.fakes import bind, stanza
-from tests.unit.test_cluster import FakeRedis, cluster_server, fake_redis  # noqa: F401
+from tests.unit.test_cluster import FakeRedis, cluster_server, fake_redis, install_redis  # noqa: F401
 
 CARBON_MODULES = '"message", "offline", "roster", "presence", "carbons"'
 
@@ -139,17 +138,7 @@ class LockingRedis(FakeRedis):
 
 @pytest.fixture
 def locking_redis(monkeypatch: pytest.MonkeyPatch) -> LockingRedis:
-    redis = LockingRedis()
-    monkeypatch.setattr(cluster_node, "command_connection", lambda address: redis)
-
-    class Sub:
-        handler = redis
-
-        def stopTrying(self) -> None:
-            pass
-
-    monkeypatch.setattr(cluster_node, "subscriber", lambda *a: Sub())
-    return redis
+    return install_redis(monkeypatch, LockingRedis())
 
 
 ROSTER_KEY = "chatbx:lock:roster:alice@localhost"
