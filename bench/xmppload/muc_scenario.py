@@ -127,3 +127,102 @@ async def muc_room(target: Target, occupants: int = 1000, messages: int = 300, w
     finally:
         close_all(conns)
         await asyncio.sleep(0.5)
+
+
+async def muc_rooms(target: Target, rooms: int = 200, size: int = 10, messages: int = 30,
+                    window: int = 2, base: int = 0, concurrency: int = 100,
+                    timeout: float = 30.0) -> list[dict]:
+    """Many small busy rooms: ``rooms`` rooms of ``size`` occupants each
+    (users base.. in blocks), joined room by room (20 rooms at a time), then
+    every room chats at once, ``messages`` per room from rotating senders
+    with at most ``window`` in flight per room. Figures: copies delivered
+    per second over all rooms, p50/p99 until a room's last occupant has a
+    message."""
+    total = rooms * size
+    conns, errors = await login_many(target, range(base, base + total), concurrency, 180.0)
+    if len(conns) < total:
+        close_all(conns)
+        raise LoginError(f"{len(conns)} of {total} logged in: {errors[:3]}")
+    tag = os.urandom(3).hex()
+    groups = [conns[r * size:(r + 1) * size] for r in range(rooms)]
+    names = [f"bench{tag}r{r}@conference.{target.domain}" for r in range(rooms)]
+    try:
+        gate = asyncio.Semaphore(20)
+
+        async def setup(r: int) -> None:
+            async with gate:
+                members = groups[r]
+                await _join(members[0], names[r], "n0", timeout)
+                await members[0].iq("set", f"<query xmlns='{NS_MUC}#owner'><x xmlns='jabber:x:data' "
+                                           "type='submit'/></query>", to=names[r], timeout=timeout)
+                for i, conn in enumerate(members[1:], 1):
+                    await _join(conn, names[r], f"n{i}", timeout)
+
+        t_joins = time.monotonic()
+        await asyncio.gather(*(setup(r) for r in range(rooms)))
+        joins_s = time.monotonic() - t_joins
+
+        sent_at: dict[str, int] = {}
+        got: dict[str, int] = {}
+        room_of: dict[str, int] = {}
+        outstanding = [0] * rooms
+        wakeups = [asyncio.Event() for _ in range(rooms)]
+        done_ms: list[float] = []
+
+        def on_stanza(conn: XmppConnection, el: El) -> None:
+            if el.tag != T_MESSAGE or el.get("type") != "groupchat":
+                _ignore(conn, el)
+                return
+            mid = el.get("id") or ""
+            if mid not in sent_at:
+                return
+            n = got[mid] = got[mid] + 1
+            if n == size:
+                done_ms.append((time.monotonic_ns() - sent_at[mid]) / 1e6)
+                r = room_of[mid]
+                outstanding[r] -= 1
+                wakeups[r].set()
+
+        for conn in conns:
+            conn.inbox.clear()
+            conn.on_stanza = on_stanza
+        meter = CpuMeter(target.server_pid)
+        t0 = time.monotonic()
+        deadline = t0 + timeout * 4
+
+        async def chat(r: int) -> None:
+            members = groups[r]
+            for m in range(messages):
+                while outstanding[r] >= window and time.monotonic() < deadline:
+                    wakeups[r].clear()
+                    try:
+                        await asyncio.wait_for(wakeups[r].wait(),
+                                               max(0.01, deadline - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        return
+                mid = f"r{r}m{m}-{tag}"
+                got[mid], room_of[mid] = 0, r
+                sent_at[mid] = time.monotonic_ns()
+                outstanding[r] += 1
+                members[m % size].send(f"<message type='groupchat' to='{names[r]}' id='{mid}'>"
+                                       f"<body>message {m} to room {r}</body></message>".encode())
+            while outstanding[r] > 0 and time.monotonic() < deadline:
+                wakeups[r].clear()
+                try:
+                    await asyncio.wait_for(wakeups[r].wait(), max(0.01, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    return
+
+        await asyncio.gather(*(chat(r) for r in range(rooms)))
+        elapsed = time.monotonic() - t0
+        cpu = meter.stop()
+        delivered = sum(got.values())
+        return [result(f"muc_rooms_{rooms}x{size}", target, delivered / elapsed, "deliveries/s",
+                       rooms=rooms, size=size, messages=messages * rooms, window=window,
+                       lost=messages * rooms * size - delivered,
+                       p50_ms_to_last=round(percentile(done_ms, 50), 2),
+                       p99_ms_to_last=round(percentile(done_ms, 99), 2),
+                       joins_per_s=round(total / max(joins_s, 1e-9), 1), **cpu)]
+    finally:
+        close_all(conns)
+        await asyncio.sleep(0.5)

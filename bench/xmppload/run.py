@@ -34,11 +34,15 @@ class Params:
     muc_occupants: int = 1000            # muc_room: occupants of the one room (users bench0..)
     muc_messages: int = 300              # muc_room: groupchat messages, senders rotating
     muc_window: int = 10                 # muc_room: messages in flight at most
+    muc_rooms: int = 200                 # muc_rooms: rooms ...
+    muc_room_size: int = 10              # ... of this many occupants (users bench0.. in blocks)
+    muc_room_messages: int = 30          # muc_rooms: groupchat messages per room, 2 in flight per room
     scenario_timeout: float = 300.0
 
     def users_needed(self) -> int:
         """Users bench{0..N-1} the run needs (plus the fan-out block at fanout_base)."""
-        return max(self.login_users, 2 * self.pairs, max(self.idle_counts or (0,)), self.muc_occupants)
+        return max(self.login_users, 2 * self.pairs, max(self.idle_counts or (0,)), self.muc_occupants,
+                   self.muc_rooms * self.muc_room_size)
 
     def fanout_users(self) -> range:
         return range(self.fanout_base, self.fanout_base + self.fanout_contacts + 1)
@@ -48,7 +52,8 @@ FULL = Params()
 QUICK = Params(login_users=10, login_count=40, login_concurrency=5, login_duration=2.0, pairs=3, window=3,
                duration=1.0, warmup=0.3, idle_counts=(20,), idle_settle=0.3, fanout_contacts=10,
                fanout_rounds=2, fanout_base=100, pep_contacts=10, pep_items=10, muc_occupants=10,
-               muc_messages=20, muc_window=3, scenario_timeout=60.0)
+               muc_messages=20, muc_window=3, muc_rooms=3, muc_room_size=3, muc_room_messages=5,
+               scenario_timeout=60.0)
 
 
 async def run_one(name: str, target: Target, params: Params, rate: Optional[float]) -> list[dict]:
@@ -80,6 +85,9 @@ async def run_one(name: str, target: Target, params: Params, rate: Optional[floa
             "muc_room": lambda: muc_scenario.muc_room(
                 target, occupants=params.muc_occupants, messages=params.muc_messages,
                 window=params.muc_window),
+            "muc_rooms": lambda: muc_scenario.muc_rooms(
+                target, rooms=params.muc_rooms, size=params.muc_room_size,
+                messages=params.muc_room_messages),
         }[name]()
         res = await asyncio.wait_for(coro, params.scenario_timeout)
     except Exception as exc:  # a broken scenario must not stop the others

@@ -536,9 +536,9 @@ async def _subscribe_all(hub: XmppConnection, conns: list[XmppConnection], hub_b
 # logins), and 10,000 connections leave both heaps large; throughput_after_logins shows the former.
 SCENARIOS = ("throughput", "latency", "presence_fanout", "pep_fanout", "login_rate", "throughput_after_logins",
              "idle_memory")
-#: run only when named (--scenarios): muc_room (one room of 1,000 occupants) takes about a minute
-#: per server, which the default run's time budget does not have
-EXTRA_SCENARIOS = ("muc_room",)
+#: run only when named (--scenarios): muc_room (one room of 1,000 occupants) and muc_rooms (200
+#: rooms of 10) take a minute or more per server, which the default run's time budget does not have
+EXTRA_SCENARIOS = ("muc_room", "muc_rooms")
 
 
 def key_cache_size() -> int:

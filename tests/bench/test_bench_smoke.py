@@ -85,6 +85,25 @@ def _quick_compare(tmp_path: Path) -> None:
     assert proc.returncode == 0, log
 
 
+@pytest.mark.integration
+def test_quick_group_chat_scenarios_deliver_every_copy(tmp_path: Path) -> None:
+    """`compare --quick --scenarios muc_room muc_rooms` against chatbx: one
+    room and several small rooms, every occupant gets every message."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
+                           "--scenarios", "muc_room", "muc_rooms", "--json", str(out),
+                           "--time-limit", "90"],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=150,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log = proc.stdout.decode(errors="replace")
+    results = {r["scenario"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {"muc_room_10", "muc_rooms_3x3"}, log
+    for res in results.values():
+        assert not res.get("error") and res["value"] > 0 and res["lost"] == 0, res
+    assert results["muc_rooms_3x3"]["messages"] == 15
+    assert proc.returncode == 0, log
+
+
 def test_muc_bench_runs() -> None:
     """bench/muc.py runs its three scenarios at a tiny size and every
     occupant got every message (the script asserts the delivery count)."""
