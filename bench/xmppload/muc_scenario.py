@@ -76,9 +76,7 @@ async def muc_room(target: Target, occupants: int = 1000, messages: int = 300, w
 
         def on_stanza(conn: XmppConnection, el: El) -> None:
             if el.tag != T_MESSAGE or el.get("type") != "groupchat":
-                if el.tag == T_IQ and el.get("type") in ("get", "set"):
-                    conn.send(f"<iq type='result' id='{el.get('id')}' to='{el.get('from')}'/>"
-                              .encode())
+                _ignore(conn, el)
                 return
             mid = el.get("id") or ""
             if mid not in sent_at:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chatbx_server.events import StanzaEvent
 from chatbx_server.logs import log_observer
@@ -106,8 +107,6 @@ class RoomOwnership:
         return done
 
     def _claimed(self, outcome: Any, room: str) -> None:
-        from twisted.python.failure import Failure
-
         waiting = self._claiming.pop(room, [])
         if isinstance(outcome, Failure):
             log.failure("cluster: cannot find the owner of {room}", outcome, room=room)

@@ -370,31 +370,23 @@ class SmacksFeature(Feature):
     def on_resume(self, item: tuple[Any, domish.Element]) -> bool:
         """``<resume/>`` after SASL, before bind (§5)."""
         stream, element = item
-        remote = self._remote(stream, element)
-        if remote is not None:
-            stream.pause_input()
-
-            def fetched(_: Any) -> None:
-                # Not waiting for the client's stanzas to settle: the old
-                # node did before it answered.
-                if stream.state != c2s_stream.CLOSED:
-                    self._resume(stream, element)
-                    stream.resume_input()
-
-            remote.addCallback(fetched)
+        # A session held by another node is fetched first (that node waits
+        # for the client's stanzas to settle before it answers); one held
+        # here waits for its own unsettled stanzas.
+        waiting = self._remote(stream, element)
+        if waiting is None:
+            waiting = self._unsettled(stream, element)
+        if waiting is None:
+            self._resume(stream, element)
             return True
-        waiting = self._unsettled(stream, element)
-        if waiting is not None:
-            stream.pause_input()
+        stream.pause_input()
 
-            def settled(_: Any) -> None:
-                if stream.state != c2s_stream.CLOSED:
-                    self._resume(stream, element)
-                    stream.resume_input()
+        def ready(_: Any) -> None:
+            if stream.state != c2s_stream.CLOSED:
+                self._resume(stream, element)
+                stream.resume_input()
 
-            waiting.addCallback(settled)
-            return True
-        self._resume(stream, element)
+        waiting.addCallback(ready)
         return True
 
     def on_sasl2_authenticated(self, outcome: Any) -> None:

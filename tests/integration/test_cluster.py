@@ -340,6 +340,14 @@ async def _iq_instant(client: Any, room: str, persistent: bool = False) -> None:
     await iq.send(timeout=10)
 
 
+def _wait_for_nodes(redis_url: str, nodes: list[str], server: Any, what: str) -> None:
+    """Until Redis lists exactly ``nodes`` as the cluster (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while set(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != set(nodes):
+        assert time.monotonic() < deadline, f"{what}:\n{server.log_text()[-3000:]}"
+        time.sleep(0.1)  # polling Redis, bounded by the deadline
+
+
 def _redis_cli(url: str, *args: str) -> str:
     port = url.rsplit(":", 1)[1].split("/")[0]
     return subprocess.run(["redis-cli", "-p", port, *args], capture_output=True, text=True,
@@ -505,10 +513,7 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
         f'[cluster]\nredis = "{redis_url}"\nnode = "wk"\nworkers = 2\n'))
     parent = server.proc.pid
     workers = ["wk-w0", "wk-w1"]
-    deadline = time.monotonic() + 30
-    while set(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != set(workers):
-        assert time.monotonic() < deadline, f"workers did not join:\n{server.log_text()[-3000:]}"
-        time.sleep(0.1)  # polling Redis, bounded by the deadline
+    _wait_for_nodes(redis_url, workers, server, "workers did not join")
     started = dict(re.findall(r"worker (wk-w\d) started, pid (\d+)", server.log_text()))
     pids = {int(started[w]) for w in workers}
     assert pids == _children(parent), (started, _children(parent))
@@ -553,10 +558,7 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
     # incarnation is reaped by the other worker like any dead node.
     os.kill(int(started["wk-w1"]), signal.SIGKILL)
     workers = ["wk-w0", "wk-w1-r1"]
-    deadline = time.monotonic() + 30
-    while set(_redis_cli(redis_url, "ZRANGE", "chatbx:nodes", "0", "-1").split()) != set(workers):
-        assert time.monotonic() < deadline, f"w1 not replaced:\n{server.log_text()[-3000:]}"
-        time.sleep(0.2)  # polling Redis, bounded by the deadline
+    _wait_for_nodes(redis_url, workers, server, "w1 not replaced")
     restarted = dict(re.findall(r"worker (wk-w\d-r1) started, pid (\d+)", server.log_text()))
     pids = {int(started["wk-w0"]), int(restarted["wk-w1-r1"])}
     assert pids == _children(parent)

@@ -29,10 +29,12 @@ ALICE, BOB = f"alice@{A}", f"bob@{B}"
 
 def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
                with_ca: bool, direct_tls: bool = False, extra_a: str = "",
-               extra_s2s: str = "") -> tuple[ChatbxServer, ChatbxServer]:
+               extra_s2s: str = "", services: tuple[str, ...] = ()
+               ) -> tuple[ChatbxServer, ChatbxServer]:
     """Servers A and B, each with a static route to the other's s2s port
     (direct TLS ports, XEP-0368, when ``direct_tls``); ``extra_a``: more
-    static routes for A; ``extra_s2s``: more [s2s] keys for both."""
+    static routes for A; ``extra_s2s``: more [s2s] keys for both;
+    ``services``: subdomains (``conference``) routed to the other's port too."""
     ports = {A: free_port(), B: free_port()}
     prefix = "tls:" if direct_tls else ""
     tls = {A: "", B: ""}
@@ -45,9 +47,11 @@ def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
         ca_line = f'ca_file = "{ca_path}"\n'
     servers = []
     for domain, other, user in ((A, B, ALICE), (B, A, BOB)):
-        more = f", {extra_a}" if extra_a and domain == A else ""
+        route = f"{prefix}127.0.0.1:{ports[other]}"
+        more = "".join(f", \"{service}.{other}\" = \"{route}\"" for service in services)
+        more += f", {extra_a}" if extra_a and domain == A else ""
         extra = (f"[s2s]\n{ca_line}{extra_s2s}static_routes = {{ \"{other}\" = "
-                 f"\"{prefix}127.0.0.1:{ports[other]}\"{more} }}\n" + tls[domain])
+                 f"\"{route}\"{more} }}\n" + tls[domain])
         listen = {"s2s_tls_port": ports[domain]} if direct_tls else {"s2s_port": ports[domain]}
         servers.append(chatbx_server(users={user: "pw-" + user.split("@")[0]}, domains=[domain],
                                      extra_config=extra, **listen))

@@ -16,13 +16,11 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import ChatbxServer, Inbox, free_port, run, slix_close, slix_login
-from testcerts import make_ca, make_leaf
+from conftest import ChatbxServer, Inbox, run, slix_close, slix_login
+from test_federation import A, ALICE, B, BOB, start_pair as federation_pair
 
 pytestmark = pytest.mark.integration
 
-A, B = "a.localhost", "b.localhost"
-ALICE, BOB = f"alice@{A}", f"bob@{B}"
 ROOM_A, ROOM_B = f"lobby@conference.{A}", f"yard@conference.{B}"
 MUC_USER = "{http://jabber.org/protocol/muc#user}"
 
@@ -30,23 +28,7 @@ MUC_USER = "{http://jabber.org/protocol/muc#user}"
 def start_pair(chatbx_server: Callable[..., ChatbxServer], tmp_path: Path,
                with_ca: bool) -> tuple[ChatbxServer, ChatbxServer]:
     """A and B with static routes to each other's domain and MUC service."""
-    ports = {A: free_port(), B: free_port()}
-    tls = {A: "", B: ""}
-    ca_line = ""
-    if with_ca:
-        ca_key, ca_cert, ca_path = make_ca(tmp_path)
-        for domain in (A, B):
-            cert, key = make_leaf(tmp_path, domain, ca_key, ca_cert)
-            tls[domain] = f'[tls.domains."{domain}"]\ncertificate = "{cert}"\nkey = "{key}"\n'
-        ca_line = f'ca_file = "{ca_path}"\n'
-    servers = []
-    for domain, other, user in ((A, B, ALICE), (B, A, BOB)):
-        route = f"127.0.0.1:{ports[other]}"
-        extra = (f"[s2s]\n{ca_line}static_routes = {{ \"{other}\" = \"{route}\", "
-                 f"\"conference.{other}\" = \"{route}\" }}\n" + tls[domain])
-        servers.append(chatbx_server(users={user: "pw-" + user.split("@")[0]}, domains=[domain],
-                                     extra_config=extra, s2s_port=ports[domain]))
-    return servers[0], servers[1]
+    return federation_pair(chatbx_server, tmp_path, with_ca, services=("conference",))
 
 
 async def _client(server: Any, jid: str) -> tuple[Any, Inbox, Inbox]:
