@@ -18,10 +18,8 @@ from typing import Any, Optional
 from twisted.words.xish import domish
 
 from chatbx_server.http.metrics import STANZAS_OUT
-from chatbx_server.c2s.smacks import NS as SM_NS, StreamManagement
+from chatbx_server.c2s.smacks import StreamManagement
 from chatbx_server.xmpp.jid import JID
-
-ACK_REQUEST = f"<r xmlns='{SM_NS}'/>"
 
 
 class ClientSession:
@@ -95,9 +93,8 @@ class ClientSession:
         stream.send_element(element)
         if not sm.request_outstanding and sm.hibernated is None:
             # XEP-0198 §4: ask for an ack; one request in flight at a time,
-            # so acks cost one round trip per burst, not one per stanza.
-            sm.request_outstanding = True
-            stream.send_raw(ACK_REQUEST)
+            # and only every few stanzas or after a short delay (AckRequests).
+            sm.requests.after_send(self, sm)
 
     def close(self, condition: Optional[str] = None, text: Optional[str] = None) -> None:
         """End the stream, with a stream error when ``condition`` is given."""

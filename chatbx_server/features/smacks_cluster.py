@@ -103,7 +103,8 @@ def adopt(feature: "SmacksFeature", state: dict[str, Any]) -> None:
     session.directed = set(directed) if directed else None
     options = feature.options
     sm = StreamManagement(options.max_unacked, previd,
-                          float(state.get("timeout") or options.resume_timeout))
+                          float(state.get("timeout") or options.resume_timeout),
+                          feature.requests)
     queue = [parse_stanza(xml) for xml in state.get("q") or ()]
     if queue:
         sm.queue = deque(queue)

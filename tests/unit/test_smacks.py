@@ -181,20 +181,60 @@ def test_r_without_sm_is_a_stream_error():
 # -- acks ----------------------------------------------------------------------
 
 def test_server_requests_acks_one_at_a_time():
-    """The server sends <r/> after a stanza, no second one until the ack, and
-    the client's <a/> empties the queue."""
-    server = setup()
+    """The server sends <r/> once ``request_after`` stanzas are unacked, no
+    second one until the ack, and the client's <a/> empties the queue."""
+    server = setup("[modules.smacks]\nrequest_after = 2\n")
     alice, _ = enable(server, "alice@localhost/phone")
     bob = bind(server, "bob@localhost/pc", available=True)
     chat(server, bob, "alice@localhost", "one")
+    assert sm_elements(alice.take(), "r") == []  # below request_after: not yet
     chat(server, bob, "alice@localhost", "two")
+    chat(server, bob, "alice@localhost", "three")
     sent = alice.take()
-    assert [str(m.body) for m in messages(sent)] == ["one", "two"]
+    assert [str(m.body) for m in messages(sent)] == ["two", "three"]
     assert len(sm_elements(sent, "r")) == 1
-    assert len(alice.sm.queue) == 2
-    send_raw(alice, f"<a xmlns='{NS}' h='2'/>")
+    assert len(alice.sm.queue) == 3
+    send_raw(alice, f"<a xmlns='{NS}' h='3'/>")
     assert len(alice.sm.queue) == 0
+    server.clock.advance(5)
     assert sm_elements(alice.take(), "r") == []  # nothing left to ask about
+
+
+def test_a_stanza_below_request_after_is_asked_about_within_request_delay():
+    """A quiet stream still gets its <r/>: one sweep (every request_delay
+    seconds) asks every session with unacknowledged stanzas, once."""
+    server = setup("[modules.smacks]\nrequest_after = 5\nrequest_delay = 2\n")
+    alice, _ = enable(server, "alice@localhost/phone")
+    bob = bind(server, "bob@localhost/pc", available=True)
+    chat(server, bob, "alice@localhost", "one")
+    assert sm_elements(alice.take(), "r") == []
+    server.clock.advance(1.9)
+    assert sm_elements(alice.take(), "r") == []
+    server.clock.advance(0.2)
+    assert len(sm_elements(alice.take(), "r")) == 1
+    chat(server, bob, "alice@localhost", "two")
+    server.clock.advance(4)
+    assert sm_elements(alice.take(), "r") == []  # the first request is still out
+    send_raw(alice, f"<a xmlns='{NS}' h='1'/>")  # covers "one"; "two" is left
+    assert sm_elements(alice.take(), "r") == []
+    server.clock.advance(2)
+    assert len(sm_elements(alice.take(), "r")) == 1
+
+
+def test_ack_requests_every_few_stanzas_under_load():
+    """A busy stream is asked once per ``request_after`` stanzas, not once
+    per stanza: the <a/> it answers with is work for both sides."""
+    server = setup("[modules.smacks]\nrequest_after = 5\n")
+    alice, _ = enable(server, "alice@localhost/phone")
+    bob = bind(server, "bob@localhost/pc", available=True)
+    requests = 0
+    for i in range(50):
+        chat(server, bob, "alice@localhost", f"m{i}")
+        if sm_elements(alice.take(), "r"):
+            requests += 1
+            send_raw(alice, f"<a xmlns='{NS}' h='{alice.sm.sent}'/>")
+    assert requests == 10
+    assert len(alice.sm.queue) == 0
 
 
 def test_ack_with_too_high_h_closes_the_stream():
