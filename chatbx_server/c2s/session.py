@@ -84,13 +84,12 @@ class ClientSession:
             self.stream.send_element(element)
             return
         stream = self.stream
-        if not sm.push(element) and not sm.overflowed:
+        if not sm.push(stream.send_queued(element)) and not sm.overflowed:
             # Closed on the next turn: closing ends the session, and the
             # caller may be looping over the account's sessions right now.
             sm.overflowed = True
             stream.server.clock.callLater(0, self.close, "policy-violation",
                                           "too many unacknowledged stanzas")
-        stream.send_element(element)
         if not sm.request_outstanding and sm.hibernated is None:
             # XEP-0198 §4: ask for an ack; one request in flight at a time,
             # and only every few stanzas or after a short delay (AckRequests).

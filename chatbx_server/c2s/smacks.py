@@ -18,6 +18,9 @@ from typing import Any, Callable, Optional, Union
 from twisted.internet import defer
 from twisted.words.xish import domish
 
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS, StreamSerializer
+from chatbx_server.xmpp.stanzas import parse_stanza
+
 MOD = 2 ** 32
 NS = "urn:xmpp:sm:3"
 
@@ -263,14 +266,14 @@ class StreamManagement:
 
     __slots__ = ("queue", "acked", "inbound", "resume_id", "max_queue",
                  "request_outstanding", "resume_timeout", "hibernated", "ack_target",
-                 "overflowed", "requests")
+                 "overflowed", "requests", "encoding")
 
     def __init__(self, max_queue: int, resume_id: Optional[str] = None,
                  resume_timeout: float = 0.0, requests: AckRequests = IMMEDIATE) -> None:
-        #: stanzas sent (or to send) that the client has not acknowledged;
-        #: an empty tuple while there are none (an idle session keeps no
-        #: deque: ~0.7 KiB each)
-        self.queue: Union[deque[domish.Element], tuple[()]] = ()
+        #: stanzas sent (or to send) that the client has not acknowledged,
+        #: as the bytes written (by ``encoding``); an empty tuple while
+        #: there are none (an idle session keeps no deque: ~0.7 KiB each)
+        self.queue: Union[deque[bytes], tuple[()]] = ()
         #: stanzas the client acknowledged (outbound 'h', unbounded)
         self.acked = 0
         self.inbound = InboundCounter()
@@ -290,18 +293,20 @@ class StreamManagement:
         self.overflowed = False
         #: when to send <r/> (shared by the sessions of one server)
         self.requests = requests
+        #: the serializer of the stream the queued bytes were written to
+        self.encoding: StreamSerializer = CLIENT_STREAMS
 
     @property
     def sent(self) -> int:
         """Stanzas counted as sent: acknowledged plus queued."""
         return self.acked + len(self.queue)
 
-    def push(self, element: domish.Element) -> bool:
-        """Queue a stanza; False when the queue is now over its bound."""
+    def push(self, data: bytes) -> bool:
+        """Queue a stanza as written; False when the queue is now over its bound."""
         queue = self.queue
         if not isinstance(queue, deque):
             queue = self.queue = deque()
-        queue.append(element)
+        queue.append(data)
         return len(queue) <= self.max_queue
 
     def ack(self, h: int) -> int:
@@ -324,7 +329,27 @@ class StreamManagement:
         return count
 
     def take_unacked(self) -> list[domish.Element]:
-        """Empty the queue (the session ends): what the client may not have."""
-        out = list(self.queue)
+        """Empty the queue (the session ends): what the client may not have,
+        parsed again (a stanza queued twice comes back once)."""
+        out: list[domish.Element] = []
+        seen: set[int] = set()
+        for data in self.queue:
+            if id(data) not in seen:
+                seen.add(id(data))
+                out.append(parse_stanza(data.decode("utf-8")))
         self.queue = ()
         return out
+
+    def unacked_xml(self) -> list[str]:
+        """The queue as text (a session handed to another node)."""
+        return [data.decode("utf-8") for data in self.queue]
+
+    def reencode(self, serializer: StreamSerializer) -> None:
+        """The session moved to a stream that writes stanzas differently
+        (resumed over WebSocket after TCP): queue what that stream writes."""
+        if serializer is self.encoding:
+            return
+        if self.queue:
+            self.queue = deque(serializer.encode(parse_stanza(data.decode("utf-8")))
+                               for data in self.queue)
+        self.encoding = serializer

@@ -63,6 +63,7 @@ from chatbx_server.logs import log_observer
 from chatbx_server.modules import Feature
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import parse_or_none
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 
 log = Logger(observer=log_observer)
 
@@ -113,6 +114,14 @@ class Hibernation:
         pass
 
     def send_raw(self, data: str) -> None:
+        pass
+
+    def send_queued(self, element: domish.Element) -> bytes:
+        """Nothing is written; the queue keeps what the stream would have."""
+        sm = self.session.sm
+        return (sm.encoding if sm is not None else CLIENT_STREAMS).encode(element)
+
+    def send_data(self, data: bytes) -> None:
         pass
 
     def cancel(self) -> None:
@@ -245,6 +254,7 @@ class SmacksFeature(Feature):
             timeout = min(timeout, float(client_max))
         resume_id = secrets.token_urlsafe(24) if want_resume and timeout > 0 else None
         session.sm = StreamManagement(options.max_unacked, resume_id, timeout, self.requests)
+        session.sm.encoding = session.stream.serializer
         enabled = domish.Element((NS, "enabled"))
         if resume_id is not None:
             self.add_resumable(resume_id, session)
@@ -473,6 +483,7 @@ class SmacksFeature(Feature):
             old.detach_session()
             old.close_stream("conflict", "replaced by a resumed session")
         stream.resume_session(session)
+        sm.reencode(stream.serializer)
         sm.request_outstanding = False
         resumed = domish.Element((NS, "resumed"))
         resumed["previd"] = previd
@@ -486,8 +497,8 @@ class SmacksFeature(Feature):
             return
         log.info("c2s {jid} resumed from {peer}, {count} stanzas sent again",
                  jid=session.jid.full, peer=stream.peer, count=len(sm.queue))
-        for stanza in list(sm.queue):
-            stream.send_element(stanza)
+        for data in list(sm.queue):
+            stream.send_data(data)
         if sm.queue:
             sm.request_outstanding = True
             stream.send_raw(f"<r xmlns='{NS}'/>")

@@ -64,9 +64,9 @@ def test_queue_ack_drops_acknowledged_and_refuses_too_many():
     """An ack removes what it covers; acking more than was sent raises."""
     sm = StreamManagement(max_queue=10)
     for i in range(3):
-        assert sm.push(stanza(f"<message id='{i}'/>"))
+        assert sm.push(f"<message id='{i}'/>".encode())
     assert sm.ack(2) == 2
-    assert [s["id"] for s in sm.queue] == ["2"]
+    assert list(sm.queue) == [b"<message id='2'/>"]
     with pytest.raises(HandledCountTooHigh):
         sm.ack(4)
     assert sm.ack(2) == 0  # a repeated ack changes nothing
@@ -75,8 +75,26 @@ def test_queue_ack_drops_acknowledged_and_refuses_too_many():
 def test_queue_bound():
     """push() reports when the queue passes its bound."""
     sm = StreamManagement(max_queue=1)
-    assert sm.push(stanza("<message/>"))
-    assert not sm.push(stanza("<message/>"))
+    assert sm.push(b"<message/>")
+    assert not sm.push(b"<message/>")
+
+
+def test_the_queue_keeps_text_not_element_trees():
+    """What waits for an ack is the bytes written (no element tree for the
+    cyclic collector to walk); a resumption on a stream that writes stanzas
+    differently gets them re-encoded, and the session's end parses them back."""
+    from chatbx_server.http.websocket import FRAMING
+    server = setup()
+    alice, _ = enable(server, "alice@localhost/phone")
+    bob = bind(server, "bob@localhost/pc", available=True)
+    chat(server, bob, "alice@localhost", "one")
+    queued = list(alice.sm.queue)
+    assert len(queued) == 1 and isinstance(queued[0], bytes) and b"<body>one</body>" in queued[0]
+    alice.sm.reencode(FRAMING)
+    assert alice.sm.encoding is FRAMING
+    assert list(alice.sm.queue) == [FRAMING.encode(stanza(queued[0].decode()))]
+    [back] = alice.sm.take_unacked()
+    assert back.name == "message" and str(back.body) == "one" and back["from"] == "bob@localhost/pc"
 
 
 # -- helpers -------------------------------------------------------------------
