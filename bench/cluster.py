@@ -106,11 +106,14 @@ def clear_offline(url: str) -> None:
         engine.dispose()
 
 
-def one_round(args: argparse.Namespace, mode: str, index: int) -> dict[str, Any]:
-    """Start the node(s) of ``mode`` ("one" or "two"), run throughput, stop them."""
+def one_round(args: argparse.Namespace, mode: str, index: int) -> list[dict[str, Any]]:
+    """Start the node(s) of ``mode`` ("one" or "two"), run throughput
+    ``--repeat`` times against them (the users log in anew each time), stop
+    them."""
     cfgs = args.two if mode == "two" else args.one
     clear_offline(args.url)
     procs = [start_node(cfg, args) for cfg, _ in cfgs]
+    out: list[dict[str, Any]] = []
     try:
         for proc, (_, port) in zip(procs, cfgs):
             servers.wait_port(port, proc, 60)
@@ -125,20 +128,25 @@ def one_round(args: argparse.Namespace, mode: str, index: int) -> dict[str, Any]
         target = SplitTarget(f"{mode} node{'s' if mode == 'two' else ''}", "127.0.0.1", ports[0],
                              DOMAIN, "bench{n}", PASSWORD, ports=ports)
         p = args.params
-        cpu0, t0 = server_cpu(pids), time.monotonic()
-        redis0 = server_cpu([args.redis_pid])
-        results = asyncio.run(scenarios.throughput(target, pairs=p.pairs, window=p.window,
-                                                   duration=p.duration, warmup=p.warmup))
-        elapsed = time.monotonic() - t0
-        cpu = server_cpu(pids) - cpu0
-        r = results[0]
-        r.update(mode=mode, round=index, nodes=len(procs), offline_after=offline_count(args.url),
-                 server_cpu_pct_whole_run=round(100 * cpu / elapsed, 1),
-                 cpu_us_per_msg=round(1e6 * cpu / r["received"], 1) if r.get("received") else None)
-        if mode == "two":
-            r["redis_cpu_s"] = round(server_cpu([args.redis_pid]) - redis0, 3)
-        print(json.dumps(r), flush=True)
-        return r
+        offline = 0
+        for repeat in range(args.repeat):
+            cpu0, t0 = server_cpu(pids), time.monotonic()
+            redis0 = server_cpu([args.redis_pid])
+            results = asyncio.run(scenarios.throughput(target, pairs=p.pairs, window=p.window,
+                                                       duration=p.duration, warmup=p.warmup))
+            elapsed = time.monotonic() - t0
+            cpu = server_cpu(pids) - cpu0
+            r = results[0]
+            stored = offline_count(args.url)
+            r.update(mode=mode, round=index, repeat=repeat, nodes=len(procs), offline_after=stored - offline,
+                     server_cpu_pct_whole_run=round(100 * cpu / elapsed, 1),
+                     cpu_us_per_msg=round(1e6 * cpu / r["received"], 1) if r.get("received") else None)
+            offline = stored
+            if mode == "two":
+                r["redis_cpu_s"] = round(server_cpu([args.redis_pid]) - redis0, 3)
+            print(json.dumps(r), flush=True)
+            out.append(r)
+        return out
     finally:
         for proc in procs:
             stop_node(proc)
@@ -152,6 +160,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--duration", type=float)
     ap.add_argument("--server-cpus", type=int, nargs="+")
     ap.add_argument("--loadgen-cpus", type=int, nargs="+")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="throughput runs per round against the same node(s), each with new logins")
+    ap.add_argument("--modes", nargs="+", choices=("one", "two"), default=["one", "two"],
+                    help="what each round runs (default: one node, then two)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args(argv)
     if shutil.which("redis-server") is None:
@@ -174,8 +186,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         users = [f"bench{n}" for n in range(2 * args.params.pairs)]
         servers.provision_chatbx(args.one[0][0], DOMAIN, users, PASSWORD, workdir)
         for i in range(args.rounds):
-            for mode in ("one", "two"):
-                results.append(one_round(args, mode, 2 * i + (mode == "two")))
+            for mode in args.modes:
+                results += one_round(args, mode, 2 * i + (mode == "two"))
     finally:
         redis.terminate()
         redis.wait(10)
@@ -191,8 +203,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{r['round']:>5} {r['nodes']:>5} {r.get('value', 0):>9} {r.get('lost', ''):>5} "
               f"{r.get('error_replies', ''):>6} {r['offline_after']:>7} {r['server_cpu_pct_whole_run']:>8} "
               f"{r.get('cpu_us_per_msg') or '':>7} {r.get('redis_cpu_s', ''):>7}")
-    one = [r["value"] for r in results if r["mode"] == "one"]
-    two = [r["value"] for r in results if r["mode"] == "two"]
+    one = [r["value"] for r in results if r["mode"] == "one" and r["repeat"] == 0]
+    two = [r["value"] for r in results if r["mode"] == "two" and r["repeat"] == 0]
     if one and two and all(one):
         ratios = [round(b / a, 2) for a, b in zip(one, two)]
         print(f"two nodes / preceding one node (msgs/s): {ratios}")
