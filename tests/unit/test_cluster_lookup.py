@@ -122,3 +122,21 @@ def test_single_node_router_holds_nothing() -> None:
     """Without [cluster] the router has no hold hook (the path stays free)."""
     server = make_server(modules=["message"])
     assert server.router.hold is None
+
+
+def test_held_stanzas_are_bounded_per_account(bus: Bus) -> None:
+    """With ``held_per_user`` = 1 a second message for Bob does not wait
+    behind the first one's lookup: it goes on with what the cache knows
+    (offline storage here), the held one is delivered after the answer."""
+    alice, bob, _ = bob_on_n2_unheard(bus)
+    n1 = bus.servers["n1"]
+    n1.cluster.lookup.per_user = 1
+    bus.held_lookups = []
+    send(alice, "<message to='bob@localhost' type='chat'><body>1</body></message>")
+    send(alice, "<message to='bob@localhost' type='chat'><body>2</body></message>")
+    assert n1.cluster.lookup.held() == 1
+    bus.answer_lookups()
+    bus.held_lookups = None
+    bus.pump()
+    assert bodies(bob.take()) == ["1"]
+    assert offline_count(n1, "bob@localhost") == 1
