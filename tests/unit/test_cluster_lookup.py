@@ -11,8 +11,6 @@ from typing import Any
 from tests.unit.fakes import bind, make_server
 from tests.unit.test_cluster_smacks import Bus, bodies, bus, send  # noqa: F401 (fixture)
 
-assert bus  # the fixture, imported for pytest
-
 
 def offline_count(server: Any, user: str) -> int:
     counted: list[int] = []
