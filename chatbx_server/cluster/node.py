@@ -8,6 +8,10 @@ Keys (prefix ``chatbx:``):
   ``reap:<node>`` lock and cleans up after it.
 - ``sessions:<node>``: hash, full JID -> JSON state (priority, presence,
   roster interest) of each session bound on that node.
+- ``user:<bare>``: hash, full JID -> node, for each session of the account
+  (written after ``sessions:<node>``): what a node asks before a stanza
+  for a session its cache does not know takes the no-session path
+  (cluster/lookup.py).
 - ``inbox:<node>``: a stream, one entry per batch of stanzas for that node,
   read through the consumer group ``chatbx``; an entry is acknowledged and
   deleted (XACK, XDEL) only once each stanza in it has been handed to its
@@ -39,6 +43,8 @@ from twisted.words.xish import domish
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
 from chatbx_server.cluster.handover import SM_TARGET, Handover
 from chatbx_server.cluster.locks import ClusterLocks
+from chatbx_server.cluster.lookup import (FORGET_NODE_SCRIPT, UNSET_SCRIPT, DirectoryLookup,
+                                          user_key)
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
 from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
@@ -110,6 +116,10 @@ class Cluster:
         self.handover = Handover(self, PREFIX)
         #: per-account locks shared by the nodes (cluster/locks.py)
         self.locks = ClusterLocks(self, PREFIX)
+        #: asks Redis before a stanza takes the no-session path (cluster/lookup.py)
+        self.lookup = DirectoryLookup(self, PREFIX, NODE_TTL,
+                                      getattr(config, "held_per_user", 100),
+                                      getattr(config, "held_stanzas", 10000))
 
     @property
     def running(self) -> bool:
@@ -135,6 +145,7 @@ class Cluster:
         events.on("iq-get/bare/jabber:iq:roster:query", self._on_own_presence, FILTER + 100)
         events.on("roster/changed", self._on_roster_changed)
         self.live.add(self.node)
+        self.server.router.hold = self.lookup.hold
         self.rooms.install()
         self._heartbeat = task.LoopingCall(self._tick)
         self._heartbeat.clock = self.clock
@@ -180,6 +191,7 @@ class Cluster:
 
     async def _leave(self) -> None:
         await self.redis.execute_command("ZREM", NODES, self.node)
+        await self._forget_users(self.node)
         await self.redis.execute_command("DEL", _sessions_key(self.node))
         await self.redis.publish(CHANNEL, json.dumps({"n": self.node, "gone": True}))
         await self._drain(self.node)
@@ -194,6 +206,8 @@ class Cluster:
             return
         full = session.jid.full
         self.redis.execute_command("HDEL", _sessions_key(self.node), full).addErrback(self._failed)
+        self.redis.eval(UNSET_SCRIPT, [user_key(PREFIX, session.bare)], [full, self.node]
+                        ).addErrback(self._failed)
         moved = session.data.get("moved") if session.data else None
         if moved is not None:
             # Handed over to another node (cluster/handover.py): the session
@@ -230,6 +244,10 @@ class Cluster:
         full = session.jid.full
         encoded = json.dumps(state)
         self.redis.execute_command("HSET", _sessions_key(self.node), full, encoded
+                                   ).addErrback(self._failed)
+        # After the state (same connection, so in this order in Redis): a
+        # lookup that finds the account's entry finds the state too.
+        self.redis.execute_command("HSET", user_key(PREFIX, session.bare), full, self.node
                                    ).addErrback(self._failed)
         self.redis.publish(CHANNEL, json.dumps({"n": self.node, "f": full, "s": state})
                            ).addErrback(self._failed)
@@ -367,6 +385,7 @@ class Cluster:
             self.server.events.fire_all("session/closed", stub)
         yield self._drain(node)
         yield self.handover.forget_node(node)
+        yield self._forget_users(node)
         yield self.redis.execute_command("DEL", _sessions_key(node))
         yield self.redis.execute_command("ZREM", NODES, node)
 
@@ -384,6 +403,11 @@ class Cluster:
         if got == "OK":
             for stub in stubs:
                 self.server.events.fire_all("session/closed", stub)
+
+    def _forget_users(self, node: str) -> Any:
+        """Take ``node``'s sessions out of the accounts' entries (before its
+        ``sessions:`` hash, which says which they are, is deleted)."""
+        return self.redis.eval(FORGET_NODE_SCRIPT, [_sessions_key(node)], [node, PREFIX])
 
     # -- stanzas to other nodes --------------------------------------------------------
     def forward(self, node: str, full: str, element: domish.Element) -> None:

@@ -117,7 +117,8 @@ def test_local_session_is_published(fake_redis: FakeRedis) -> None:
     server = cluster_server()
     session = bind(server, "alice@localhost/a", available=True)
     server.clock.advance(0)
-    hsets = [c for c in fake_redis.named("HSET") if c[2] == "alice@localhost/a"]
+    hsets = [c for c in fake_redis.named("HSET")
+             if c[1] == "chatbx:sessions:n1" and c[2] == "alice@localhost/a"]
     assert hsets and json.loads(hsets[-1][3])["x"] is not None
     assert hsets[0][1] == "chatbx:sessions:n1"
     session.stream.connectionLost(None)
