@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
@@ -110,6 +111,9 @@ class Cluster:
         self.live: set[str] = set()
         self._reading: Optional[defer.Deferred] = None
         self._pending: set[defer.Deferred] = set()
+        #: inbox entries delivered this reactor turn, acknowledged together
+        #: (one XACK and one XDEL for all), with what waits for that
+        self._acks: list[tuple[str, defer.Deferred]] = []
         #: group chat rooms: which node owns which (cluster/rooms.py)
         self.rooms = RoomOwnership(self)
         #: stream management sessions moving between nodes (cluster/handover.py)
@@ -514,14 +518,38 @@ class Cluster:
             for ok, value in outcome:
                 if not ok:
                     log.failure("cluster: delivering a forwarded stanza failed", value)
-            inbox = _inbox_key(self.node)
-            d2 = self.redis.execute_command("XACK", inbox, GROUP, entry_id)
-            d2.addCallback(lambda _: self.redis.execute_command("XDEL", inbox, entry_id))
-            return d2
+            return self._ack_entry(entry_id)
 
         d.addCallback(ack)
         d.addErrback(self._failed)
         return d
+
+    def _ack_entry(self, entry_id: str) -> defer.Deferred:
+        """Acknowledge and delete a delivered entry with the others of this
+        reactor turn: under load an entry holds a few stanzas, and two Redis
+        commands per entry cost more than the delivery."""
+        d: defer.Deferred = defer.Deferred()
+        if not self._acks:
+            self.clock.callLater(0, self._flush_acks)
+        self._acks.append((entry_id, d))
+        return d
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        if not acks:
+            return
+        ids = [entry_id for entry_id, _ in acks]
+        inbox = _inbox_key(self.node)
+        done = self.redis.execute_command("XACK", inbox, GROUP, *ids)
+        done.addCallback(lambda _: self.redis.execute_command("XDEL", inbox, *ids))
+
+        def release(result: Any) -> None:
+            for _, d in acks:
+                d.callback(None)
+            if isinstance(result, Failure):
+                self._failed(result)
+
+        done.addBoth(release)
 
     def _deliver_one(self, full: str, xml: str) -> Any:
         if full == SM_TARGET:
