@@ -236,3 +236,97 @@ def test_unregistered_type_names_served_as_iana_types(tmp_path: Path) -> None:
     put, _ = slot_urls(ask_slot(server, alice, 4, "other.ogg", "audio/x-opus+ogg"))
     resp, _ = request(site, simple("PUT", path_of(put), b"OggS", {"Content-Type": "video/ogg"}))
     assert resp.code == 400
+
+
+def _put_on_new_connection(site: Any, raw: bytes) -> tuple[Any, Any]:
+    """Send a PUT without settling the clock: (channel, transport)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1234))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 1234))
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    return channel, transport
+
+
+def test_concurrent_puts_commit_in_one_transaction(tmp_path: Path) -> None:
+    """Uploads finishing together are marked used by one transaction, and
+    each answers 201 only after that commit; every file is then served whole."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    writer = server.stores.upload.completions
+    slots = [slot_urls(ask_slot(server, alice, 5, f"f{i}.bin", "application/octet-stream"))
+             for i in range(3)]
+    conns = [_put_on_new_connection(site, simple("PUT", path_of(put), b"abcd%d" % i))
+             for i, (put, _) in enumerate(slots)]
+    assert all(b"201" not in t.value() for _, t in conns)  # not before the commit
+    batches = writer.batches
+    server.clock.advance(0)
+    assert writer.batches == batches + 1
+    assert all(t.value().startswith(b"HTTP/1.1 201") for _, t in conns)
+    for i, (_, get) in enumerate(slots):
+        resp, _ = request(site, simple("GET", path_of(get)))
+        assert resp.code == 200 and resp.body == b"abcd%d" % i
+
+
+def test_client_gone_while_saving_still_installs_committed_file(tmp_path: Path) -> None:
+    """A client that drops after sending the whole body: the slot is
+    committed and the file installed, not deleted under a used slot."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    put, get = slot_urls(ask_slot(server, alice, 4, "v.ogg", "audio/ogg"))
+    channel, _ = _put_on_new_connection(site, simple("PUT", path_of(put), b"opus"))
+    channel.connectionLost(Failure(ConnectionDone()))
+    server.clock.advance(0)
+    resp, _ = request(site, simple("GET", path_of(get)))
+    assert resp.code == 200 and resp.body == b"opus"
+    assert os.listdir(tmp_path / "uploads" / "tmp") == []
+
+
+def test_file_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
+    """Files queued while a sync job runs go in the next job together; each
+    file is closed; an fsync error fails only that file's Deferred."""
+    from twisted.internet.defer import Deferred
+
+    from chatbx_server.storage.upload import FileSyncer
+
+    jobs: list[tuple[Any, Any, Deferred[Any]]] = []
+
+    def run(fn: Any, arg: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        jobs.append((fn, arg, d))
+        return d
+
+    class Broken:
+        closed = False
+
+        def flush(self) -> None:
+            pass
+
+        def fileno(self) -> int:
+            raise OSError(5, "EIO")
+
+        def close(self) -> None:
+            self.closed = True
+
+    syncer = FileSyncer(run)
+    files = [open(tmp_path / f"f{i}", "wb") for i in range(3)]
+    broken = Broken()
+    results: list[Any] = []
+    for fh in (files[0], files[1], broken, files[2]):
+        syncer.sync(fh).addBoth(results.append)
+    assert len(jobs) == 1 and jobs[0][1] == [files[0]]
+    fn, arg, d = jobs[0]
+    d.callback(fn(arg))
+    assert len(jobs) == 2 and jobs[1][1] == [files[1], broken, files[2]]
+    fn, arg, d = jobs[1]
+    d.callback(fn(arg))
+    assert results[:2] == [None, None] and results[3] is None
+    assert isinstance(results[2].value, OSError)
+    assert all(fh.closed for fh in files) and broken.closed
