@@ -175,6 +175,8 @@ class UploadFiles:
     def __init__(self, root: str) -> None:
         self.root = root
         self.tmp = os.path.join(root, "tmp")
+        #: the ``ROOT/ab`` directories known to exist (at most 256)
+        self._dirs: set[str] = set()
 
     def ensure(self) -> None:
         os.makedirs(self.tmp, mode=0o700, exist_ok=True)
@@ -187,8 +189,19 @@ class UploadFiles:
     def install(self, temp_path: str, slot: str) -> str:
         """Move a finished temporary file into place (atomic rename)."""
         final = self.path(slot)
-        os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
-        os.replace(temp_path, final)
+        directory = os.path.dirname(final)
+        if directory not in self._dirs:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._dirs.add(directory)
+        try:
+            os.replace(temp_path, final)
+        except FileNotFoundError:
+            if not os.path.isdir(directory):  # removed behind our back: once more
+                self._dirs.discard(directory)
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                os.replace(temp_path, final)
+            else:
+                raise
         return final
 
     def remove(self, slots: Iterable[str]) -> int:
