@@ -252,7 +252,7 @@ class UploadResource(resource.Resource, BodyHandler):
     def _synced(_: None, request: ChatbxRequest, body: _Body, store: Any) -> Any:
         if body.abandoned:
             return None  # the client left before the slot was taken: keep it usable
-        return store.complete(body.slot)
+        return store.complete_batched(body.slot)
 
     def _committed(self, ok: Optional[bool], request: ChatbxRequest, body: _Body,
                    feature: "UploadFeature") -> None:

@@ -312,8 +312,13 @@ class UploadStore:
         return self.db.run("upload.reserve", reserve_txn, record, daily_quota, total_quota)
 
     def complete(self, slot: str) -> Deferred[bool]:
-        """Mark a slot used; fires True after the commit, False when it was
-        unknown or already used."""
+        """Mark a slot used in a transaction of its own; fires True after the
+        commit, False when it was unknown or already used."""
+        return self.db.run("upload.complete", complete_txn, slot, self._now())
+
+    def complete_batched(self, slot: str) -> Deferred[bool]:
+        """:meth:`complete` in a transaction shared with the other slots
+        completed meanwhile (the HTTP PUTs)."""
         return self.completions.write((slot, self._now()))
 
     def close(self) -> Deferred[None]:
