@@ -21,7 +21,9 @@ import os
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, quote, unquote
 
+from OpenSSL import SSL
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.web import resource, static
 from twisted.web.server import NOT_DONE_YET
@@ -126,6 +128,7 @@ class _FileProducer(static.StaticProducer):
 
     paused = False
     _writing = False
+    _wrote_head = False
 
     def start(self) -> None:
         self.request.registerProducer(self, True)
@@ -151,9 +154,57 @@ class _FileProducer(static.StaticProducer):
                     request.finish()
                     self.stopProducing()
                     return
-                self.request.write(data)
+                if not (self._wrote_head and _tls_write(self.request, data)):
+                    self._wrote_head = True
+                    self.request.write(data)
         finally:
             self._writing = False
+
+
+def _tls_write(request: Any, data: bytes) -> bool:
+    """Encrypt ``data`` in one SSL_write and hand the records to TCP at once.
+
+    TLSMemoryBIOProtocol.write encrypts 16 KiB at a time, each slice copied,
+    each record read out of the memory BIO into a fresh 32 KiB buffer and
+    written to the transport on its own: about 0.5 ms of CPU per MB in
+    Python calls (measured with pyOpenSSL alone: 0.6 ms/MB that way, 0.1
+    ms/MB with one send and one read). The response headers are written by
+    twisted.web before the first chunk (and flushed here from the small-
+    write aggregator), so the order of the bytes is kept. Any TLS state
+    Twisted handles itself (handshake, buffered writes, a closing
+    connection, an error) makes this return False or hand the rest back to
+    the ordinary path.
+    """
+    tls = getattr(request.channel, "transport", None)
+    if (not isinstance(tls, TLSMemoryBIOProtocol) or not tls._handshakeDone
+            or tls._appSendBuffer or tls._lostTLSConnection or tls.disconnecting
+            or tls.transport is None or request.finished or request._disconnected
+            or request.chunked):
+        return False
+    aggregator = getattr(tls, "_aggregator", None)
+    if aggregator is not None:
+        aggregator.flush()
+        if tls._appSendBuffer or tls._lostTLSConnection:
+            return False
+    conn = tls._tlsConnection
+    view = memoryview(data)
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += conn.send(view[sent:])
+    except SSL.Error:
+        pass  # Twisted's own write below meets it again and handles it
+    out: Any = tls.transport
+    while True:
+        try:
+            records = conn.bio_read(sent + sent // 512 + 4096)  # 22 bytes per 16 KiB record
+        except SSL.Error:
+            break
+        out.write(records)
+    request.sentLength += sent
+    if sent < len(data):
+        request.write(bytes(view[sent:]))
+    return True
 
 
 class _UploadFile(static.File):

@@ -330,3 +330,90 @@ def test_file_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
     assert results[:2] == [None, None] and results[3] is None
     assert isinstance(results[2].value, OSError)
     assert all(fh.closed for fh in files) and broken.closed
+
+
+def test_whole_file_download_over_tls_is_intact(tmp_path: Path) -> None:
+    """A whole-file GET over real TLS (memory BIOs, paused and resumed like
+    a TCP transport) arrives as headers then every byte in order; the
+    transport is paused with about one chunk buffered (flat memory)."""
+    from OpenSSL import SSL
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from chatbx_server.tls import TLSContexts, generate_self_signed
+
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    size = 1_000_000 + 123
+    payload = os.urandom(size)
+    put, get = slot_urls(ask_slot(server, alice, size, "v.bin", "application/octet-stream"))
+    resp, _ = request(site, simple("PUT", path_of(put), payload))
+    assert resp.code == 201, resp.raw
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    generate_self_signed("localhost", cert, key)
+    contexts = TLSContexts({"localhost": (str(cert), str(key))})
+    factory = TLSMemoryBIOFactory(contexts.server_context_factory(), False, site, server.clock)
+    tls = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1234))
+    class Wire(StringTransport):
+        """Pauses its producer past 64 KiB buffered, as FileDescriptor does."""
+
+        paused = False
+        big_writes = 0
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            self.big_writes += len(data) > 100_000
+            if self.producer is not None and not self.paused and len(self.value()) > 65536:
+                self.paused = True
+                self.producer.pauseProducing()
+
+    wire = Wire(peerAddress=IPv4Address("TCP", "192.0.2.1", 1234))
+    wire.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]
+    tls.makeConnection(wire)
+    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    client.set_connect_state()
+    received = bytearray()
+    peak = 0
+
+    def exchange() -> None:
+        nonlocal peak
+        for _ in range(10000):
+            try:
+                out = client.bio_read(1 << 20)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                tls.dataReceived(out)
+            server.clock.advance(0)  # the small-write aggregator
+            data = wire.value()
+            peak = max(peak, len(data))
+            wire.clear()
+            if data:
+                client.bio_write(data)
+            try:
+                while True:
+                    received.extend(client.recv(1 << 16))
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                pass
+            # Like FileDescriptor.doWrite: the buffer went out, resume the producer.
+            if wire.paused:
+                wire.paused = False
+                wire.producer.resumeProducing()
+            elif not out and not data:
+                return
+
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    exchange()
+    client.send(simple("GET", path_of(get)))
+    exchange()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: %d" % size in head
+    assert body == payload
+    assert peak < 400_000  # a chunk or two, not the file
+    # 128 KiB chunks go to TCP as one write of TLS records, not 16 KiB at a time.
+    assert wire.big_writes >= 6
