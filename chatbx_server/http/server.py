@@ -304,5 +304,5 @@ def build_site(chatbx: "Server", reactor: Any = None) -> ChatbxSite:
     return site
 
 
-__all__ = ["LISTEN_BACKLOG", "BodyHandler", "ChatbxRequest", "ChatbxSite", "Refused", "base_url", "build_site",
-           "http_enabled", "in_networks"]
+__all__ = ["LISTEN_BACKLOG", "BodyHandler", "ChatbxRequest", "ChatbxSite", "Refused", "base_url",
+           "build_site", "http_enabled", "in_networks"]
