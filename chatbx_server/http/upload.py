@@ -147,6 +147,9 @@ class _FileProducer(static.StaticProducer):
         self._writing = True
         try:
             while self.request is not None and not self.paused:
+                if self.request._disconnected:  # the client went away: stop reading
+                    self.stopProducing()
+                    return
                 data = self.fileObject.read(self.bufferSize)
                 if not data:
                     request = self.request

@@ -417,3 +417,49 @@ def test_whole_file_download_over_tls_is_intact(tmp_path: Path) -> None:
     assert peak < 400_000  # a chunk or two, not the file
     # 128 KiB chunks go to TCP as one write of TLS records, not 16 KiB at a time.
     assert wire.big_writes >= 6
+
+
+def test_download_stops_reading_when_the_client_goes(tmp_path: Path) -> None:
+    """A client that disconnects mid-download: the file is closed and not
+    read to its end into a dead connection."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    from chatbx_server.http import upload as upload_http
+
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    size = 1_000_000
+    put, get = slot_urls(ask_slot(server, alice, size, "big.bin", "application/octet-stream"))
+    resp, _ = request(site, simple("PUT", path_of(put), os.urandom(size)))
+    assert resp.code == 201
+    producers: list[Any] = []
+    original = upload_http._FileProducer.start
+
+    def start(self: Any) -> None:
+        producers.append(self)
+        self.pauseProducing()  # a full socket: nothing more until resumed
+
+    upload_http._FileProducer.start = start  # type: ignore[method-assign]
+    try:
+        channel, transport = _put_on_new_connection(site, simple("GET", path_of(get)))
+    finally:
+        upload_http._FileProducer.start = original  # type: ignore[method-assign]
+    [producer] = producers
+    producer.request.registerProducer(producer, True)
+    fh = producer.fileObject
+    reads: list[int] = []
+
+    class Counting:
+        def read(self, n: int) -> bytes:
+            reads.append(n)
+            return bytes(fh.read(n))
+
+        def close(self) -> None:
+            fh.close()
+
+    producer.fileObject = Counting()
+    channel.connectionLost(Failure(ConnectionLost()))
+    producer.resumeProducing()  # a late resume after the connection is gone
+    assert reads == [] and fh.closed
