@@ -155,13 +155,14 @@ def prepare_database(url: str) -> None:
         _fail(f"cannot use the database: {str(exc).splitlines()[0]}")
 
 
-def _endpoint(reactor: Any, address: Any, tls_factory: Any = None) -> Any:
+def _endpoint(reactor: Any, address: Any, tls_factory: Any = None, backlog: int = 50) -> Any:
     host, port = address.host, address.port
     if tls_factory is not None:
-        return endpoints.SSL4ServerEndpoint(reactor, port, tls_factory, interface=host)
+        return endpoints.SSL4ServerEndpoint(reactor, port, tls_factory, backlog=backlog,
+                                            interface=host)
     if ":" in host:
-        return endpoints.TCP6ServerEndpoint(reactor, port, interface=host)
-    return endpoints.TCP4ServerEndpoint(reactor, port, interface=host)
+        return endpoints.TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=host)
+    return endpoints.TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=host)
 
 
 class Listeners:
@@ -178,10 +179,12 @@ class Listeners:
         self.reactor = reactor
         self.inherited = inherited
 
-    def add(self, parent: Any, name: str, address: Any, factory: Any, tls_factory: Any = None) -> None:
+    def add(self, parent: Any, name: str, address: Any, factory: Any, tls_factory: Any = None,
+            backlog: int = 50) -> None:
         if self.inherited is None:
             internet.StreamServerEndpointService(
-                _endpoint(self.reactor, address, tls_factory), factory).setServiceParent(parent)
+                _endpoint(self.reactor, address, tls_factory, backlog), factory
+            ).setServiceParent(parent)
             return
         fd = self.inherited.get(name)
         if fd is None:
@@ -310,13 +313,13 @@ def makeService(options: Options) -> service.IService:
     if listen.s2s is not None or listen.s2s_tls is not None:
         cast(service.MultiService, _federation(server, certificates, listen, listeners)).setServiceParent(top)
     if listen.http is not None:
-        from chatbx_server.http.server import build_site
+        from chatbx_server.http.server import LISTEN_BACKLOG, build_site
 
         # HTTPS with the c2s contexts (SNI picks the domain's certificate);
         # plain HTTP only behind a reverse proxy ([http] tls = false).
         site = build_site(server, reactor)
         context = tls.server_context_factory() if config.http.tls else None
-        listeners.add(top, "http", listen.http, site, context)
+        listeners.add(top, "http", listen.http, site, context, backlog=LISTEN_BACKLOG)
     if listen.proxy is not None:
         from chatbx_server.proxy.socks5 import Socks5Factory
 

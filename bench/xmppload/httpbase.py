@@ -92,7 +92,8 @@ def serve_twisted(root: str, port: int, cert: str, key: str) -> None:
     options = tssl.PrivateCertificate.loadPEM(pem).options()
     site = server.Site(Uploads(root))
     site.noisy = False
-    endpoints.SSL4ServerEndpoint(reactor, port, options, interface="127.0.0.1").listen(site)
+    # The same listen backlog as the stdlib baseline (request_queue_size) and chatbx.
+    endpoints.SSL4ServerEndpoint(reactor, port, options, backlog=1024, interface="127.0.0.1").listen(site)
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -33,6 +33,12 @@ log = Logger(observer=log_observer)
 
 Network = Any  # ipaddress.IPv4Network | IPv6Network
 
+#: listen(2) backlog of the HTTP listener (the kernel caps it at
+#: net.core.somaxconn). Twisted's default of 50 overflows when a page or a
+#: client opens many connections at once (200 parallel uploads: the SYNs
+#: past 50 are dropped and retried a second later).
+LISTEN_BACKLOG = 1024
+
 
 class Refused(Exception):
     """A request refused before its body is read: status and a short text."""
@@ -298,5 +304,5 @@ def build_site(chatbx: "Server", reactor: Any = None) -> ChatbxSite:
     return site
 
 
-__all__ = ["BodyHandler", "ChatbxRequest", "ChatbxSite", "Refused", "base_url", "build_site",
-           "http_enabled", "in_networks"]
+__all__ = ["LISTEN_BACKLOG", "BodyHandler", "ChatbxRequest", "ChatbxSite", "Refused", "base_url",
+           "build_site", "http_enabled", "in_networks"]

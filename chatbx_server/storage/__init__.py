@@ -84,5 +84,6 @@ class Stores:
     def close(self) -> defer.Deferred[None]:
         """Write every batched row still queued (the server waits for this
         before it stops the database); later writes fail."""
-        d = defer.DeferredList([self.archive.close(), self.muc.flushed()], consumeErrors=True)
+        d = defer.DeferredList([self.archive.close(), self.muc.flushed(), self.upload.close()],
+                               consumeErrors=True)
         return d.addCallback(lambda _: None)

@@ -32,6 +32,20 @@ def test_reserve_complete_get(stores: Any, result_of: Any) -> None:
     assert result_of(up.get("f" * 32)) is None
 
 
+def test_complete_batched_one_transaction(stores: Any, result_of: Any, db_clock: Any) -> None:
+    """Completions queued together commit in one batch; each gets its own
+    answer (a slot used twice in the batch: the second is refused)."""
+    up = stores.upload
+    for name in ("b1", "b2"):
+        result_of(up.reserve(rec(name, 10, 1000.0), 0, 0))
+    batches = up.completions.batches
+    ds = [up.complete_batched(s.ljust(32, "0")) for s in ("b1", "b2", "b1", "ff")]
+    db_clock.advance(0)
+    assert [result_of(d) for d in ds] == [True, True, False, False]
+    assert up.completions.batches == batches + 1
+    assert result_of(up.get("b2".ljust(32, "0"))).completed_at == 1000.0
+
+
 def test_quotas(stores: Any, result_of: Any, db_clock: Any) -> None:
     """Total and daily quotas count reservations; the daily one forgets after a day;
     other uploaders are not counted."""

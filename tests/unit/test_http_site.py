@@ -79,3 +79,24 @@ def test_large_bodies_refused_before_reading(tmp_path: Path) -> None:
                + b"400\r\n" + b"x" * 1024 + b"\r\n")
     resp, transport = request(site, chunked)
     assert resp.code == 413 and transport.disconnecting
+
+
+def test_http_listener_backlog_takes_a_burst_of_connections() -> None:
+    """The HTTP listener listens with LISTEN_BACKLOG, not Twisted's 50: 200
+    clients connecting at once are queued, not dropped and retried."""
+    from types import SimpleNamespace
+
+    from twisted.application import service
+    from twisted.internet.testing import MemoryReactor
+
+    from chatbx_server.http.server import LISTEN_BACKLOG
+    from chatbx_server.tap import Listeners
+
+    reactor = MemoryReactor()
+    top = service.MultiService()
+    Listeners(reactor).add(top, "http", SimpleNamespace(host="127.0.0.1", port=5443), object(),
+                           backlog=LISTEN_BACKLOG)
+    top.startService()
+    [(port, _, backlog, interface)] = reactor.tcpServers
+    assert (port, interface) == (5443, "127.0.0.1")
+    assert backlog == LISTEN_BACKLOG >= 200

@@ -236,3 +236,230 @@ def test_unregistered_type_names_served_as_iana_types(tmp_path: Path) -> None:
     put, _ = slot_urls(ask_slot(server, alice, 4, "other.ogg", "audio/x-opus+ogg"))
     resp, _ = request(site, simple("PUT", path_of(put), b"OggS", {"Content-Type": "video/ogg"}))
     assert resp.code == 400
+
+
+def _put_on_new_connection(site: Any, raw: bytes) -> tuple[Any, Any]:
+    """Send a PUT without settling the clock: (channel, transport)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1234))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", 1234))
+    channel.makeConnection(transport)
+    channel.dataReceived(raw)
+    return channel, transport
+
+
+def test_concurrent_puts_commit_in_one_transaction(tmp_path: Path) -> None:
+    """Uploads finishing together are marked used by one transaction, and
+    each answers 201 only after that commit; every file is then served whole."""
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    writer = server.stores.upload.completions
+    slots = [slot_urls(ask_slot(server, alice, 5, f"f{i}.bin", "application/octet-stream"))
+             for i in range(3)]
+    conns = [_put_on_new_connection(site, simple("PUT", path_of(put), b"abcd%d" % i))
+             for i, (put, _) in enumerate(slots)]
+    assert all(b"201" not in t.value() for _, t in conns)  # not before the commit
+    batches = writer.batches
+    server.clock.advance(0)
+    assert writer.batches == batches + 1
+    assert all(t.value().startswith(b"HTTP/1.1 201") for _, t in conns)
+    for i, (_, get) in enumerate(slots):
+        resp, _ = request(site, simple("GET", path_of(get)))
+        assert resp.code == 200 and resp.body == b"abcd%d" % i
+
+
+def test_client_gone_while_saving_still_installs_committed_file(tmp_path: Path) -> None:
+    """A client that drops after sending the whole body: the slot is
+    committed and the file installed, not deleted under a used slot."""
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    put, get = slot_urls(ask_slot(server, alice, 4, "v.ogg", "audio/ogg"))
+    channel, _ = _put_on_new_connection(site, simple("PUT", path_of(put), b"opus"))
+    channel.connectionLost(Failure(ConnectionDone()))
+    server.clock.advance(0)
+    resp, _ = request(site, simple("GET", path_of(get)))
+    assert resp.code == 200 and resp.body == b"opus"
+    assert os.listdir(tmp_path / "uploads" / "tmp") == []
+
+
+def test_file_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
+    """Files queued while a sync job runs go in the next job together; each
+    file is closed; an fsync error fails only that file's Deferred."""
+    from twisted.internet.defer import Deferred
+
+    from chatbx_server.storage.upload import FileSyncer
+
+    jobs: list[tuple[Any, Any, Deferred[Any]]] = []
+
+    def run(fn: Any, arg: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        jobs.append((fn, arg, d))
+        return d
+
+    class Broken:
+        closed = False
+
+        def flush(self) -> None:
+            pass
+
+        def fileno(self) -> int:
+            raise OSError(5, "EIO")
+
+        def close(self) -> None:
+            self.closed = True
+
+    syncer = FileSyncer(run)
+    files = [open(tmp_path / f"f{i}", "wb") for i in range(3)]
+    broken = Broken()
+    results: list[Any] = []
+    for fh in (files[0], files[1], broken, files[2]):
+        syncer.sync(fh).addBoth(results.append)
+    assert len(jobs) == 1 and jobs[0][1] == [files[0]]
+    fn, arg, d = jobs[0]
+    d.callback(fn(arg))
+    assert len(jobs) == 2 and jobs[1][1] == [files[1], broken, files[2]]
+    fn, arg, d = jobs[1]
+    d.callback(fn(arg))
+    assert results[:2] == [None, None] and results[3] is None
+    assert isinstance(results[2].value, OSError)
+    assert all(fh.closed for fh in files) and broken.closed
+
+
+def test_whole_file_download_over_tls_is_intact(tmp_path: Path) -> None:
+    """A whole-file GET over real TLS (memory BIOs, paused and resumed like
+    a TCP transport) arrives as headers then every byte in order; the
+    transport is paused with about one chunk buffered (flat memory)."""
+    from OpenSSL import SSL
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from chatbx_server.tls import TLSContexts, generate_self_signed
+
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    size = 1_000_000 + 123
+    payload = os.urandom(size)
+    put, get = slot_urls(ask_slot(server, alice, size, "v.bin", "application/octet-stream"))
+    resp, _ = request(site, simple("PUT", path_of(put), payload))
+    assert resp.code == 201, resp.raw
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    generate_self_signed("localhost", cert, key)
+    contexts = TLSContexts({"localhost": (str(cert), str(key))})
+    factory = TLSMemoryBIOFactory(contexts.server_context_factory(), False, site, server.clock)
+    tls = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 1234))
+    class Wire(StringTransport):
+        """Pauses its producer past 64 KiB buffered, as FileDescriptor does."""
+
+        paused = False
+        big_writes = 0
+
+        def write(self, data: bytes) -> None:
+            super().write(data)
+            self.big_writes += len(data) > 100_000
+            if self.producer is not None and not self.paused and len(self.value()) > 65536:
+                self.paused = True
+                self.producer.pauseProducing()
+
+    wire = Wire(peerAddress=IPv4Address("TCP", "192.0.2.1", 1234))
+    wire.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]
+    tls.makeConnection(wire)
+    client = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+    client.set_connect_state()
+    received = bytearray()
+    peak = 0
+
+    def exchange() -> None:
+        nonlocal peak
+        for _ in range(10000):
+            try:
+                out = client.bio_read(1 << 20)
+            except SSL.WantReadError:
+                out = b""
+            if out:
+                tls.dataReceived(out)
+            server.clock.advance(0)  # the small-write aggregator
+            data = wire.value()
+            peak = max(peak, len(data))
+            wire.clear()
+            if data:
+                client.bio_write(data)
+            try:
+                while True:
+                    received.extend(client.recv(1 << 16))
+            except (SSL.WantReadError, SSL.ZeroReturnError):
+                pass
+            # Like FileDescriptor.doWrite: the buffer went out, resume the producer.
+            if wire.paused:
+                wire.paused = False
+                wire.producer.resumeProducing()
+            elif not out and not data:
+                return
+
+    try:
+        client.do_handshake()
+    except SSL.WantReadError:
+        pass
+    exchange()
+    client.send(simple("GET", path_of(get)))
+    exchange()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: %d" % size in head
+    assert body == payload
+    assert peak < 400_000  # a chunk or two, not the file
+    # 128 KiB chunks go to TCP as one write of TLS records, not 16 KiB at a time.
+    assert wire.big_writes >= 6
+
+
+def test_download_stops_reading_when_the_client_goes(tmp_path: Path) -> None:
+    """A client that disconnects mid-download: the file is closed and not
+    read to its end into a dead connection."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    from chatbx_server.http import upload as upload_http
+
+    server = make(tmp_path)
+    alice = bind(server, "alice@localhost/a")
+    site = site_for(server)
+    size = 1_000_000
+    put, get = slot_urls(ask_slot(server, alice, size, "big.bin", "application/octet-stream"))
+    resp, _ = request(site, simple("PUT", path_of(put), os.urandom(size)))
+    assert resp.code == 201
+    producers: list[Any] = []
+    original = upload_http._FileProducer.start
+
+    def start(self: Any) -> None:
+        producers.append(self)
+        self.pauseProducing()  # a full socket: nothing more until resumed
+
+    upload_http._FileProducer.start = start  # type: ignore[method-assign]
+    try:
+        channel, transport = _put_on_new_connection(site, simple("GET", path_of(get)))
+    finally:
+        upload_http._FileProducer.start = original  # type: ignore[method-assign]
+    [producer] = producers
+    producer.request.registerProducer(producer, True)
+    fh = producer.fileObject
+    reads: list[int] = []
+
+    class Counting:
+        def read(self, n: int) -> bytes:
+            reads.append(n)
+            return bytes(fh.read(n))
+
+        def close(self) -> None:
+            fh.close()
+
+    producer.fileObject = Counting()
+    channel.connectionLost(Failure(ConnectionLost()))
+    producer.resumeProducing()  # a late resume after the connection is gone
+    assert reads == [] and fh.closed
