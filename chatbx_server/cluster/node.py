@@ -515,8 +515,21 @@ class Cluster:
 
     def _deliver_entry(self, entry_id: str, fields: list[str]) -> defer.Deferred:
         batch = json.loads(_pairs(fields).get("b", "[]"))
-        results = [defer.maybeDeferred(self._deliver_one, full, xml) for full, xml in batch]
-        d = defer.DeferredList(results, consumeErrors=True)
+        # Most stanzas are delivered at once (written to a local session):
+        # only those that went on asynchronously (offline storage, a
+        # handover) are waited for before the entry is acknowledged.
+        waiting: list[defer.Deferred] = []
+        for full, xml in batch:
+            try:
+                result = self._deliver_one(full, xml)
+            except Exception:
+                log.failure("cluster: delivering a forwarded stanza failed")
+                continue
+            if isinstance(result, defer.Deferred):
+                waiting.append(result)
+        if not waiting:
+            return self._ack_entry(entry_id)
+        d = defer.DeferredList(waiting, consumeErrors=True)
 
         def ack(outcome: list[tuple[bool, Any]]) -> Any:
             for ok, value in outcome:
