@@ -34,7 +34,9 @@ yields no usable token, and the key file alone yields none either;
 losing the key file invalidates every token (clients fall back to their
 password, XEP-0484 §4.1). Nodes of a cluster must share the key file.
 Revocation is read at every FAST login, so it takes effect at once for
-new logins and resumptions; connections already open stay up.
+new logins and resumptions; connections already open stay up. A token
+login is a login like a password one: a disabled account is refused, and
+the login is recorded (``last_login``; a pending removal is cancelled).
 
 Not supported: TLS 0-RTT (no ``tls-0rtt`` is advertised), so the replay
 counter (``count``) is not needed and is ignored.
@@ -156,6 +158,8 @@ class FastExchange:
         self.mechanism = request.mechanism
         #: the stored token that authenticated the client
         self.token: Optional[FastToken] = None
+        #: the account as the login read it (storage.accounts.AccountInfo)
+        self.account: Any = None
 
     def step(self, data: bytes) -> defer.Deferred:
         return defer.fail(SASLFailure("malformed-request"))  # one round trip only
@@ -209,6 +213,15 @@ class FastExchange:
             throttle.refund(address, account)  # the right token: not a guess
             if stored.expires_at <= server.clock.seconds():
                 raise SASLFailure("credentials-expired", account=account, counted=True)
+            # As after a password (c2s/sasl.py): a disabled account is
+            # refused (RFC 6120 §6.5.1), the login is recorded (which also
+            # cancels a pending removal), and the row read serves the
+            # session/bound handlers.
+            state, self.account = await server.stores.accounts.login_info(account)
+            if state == "disabled":
+                raise SASLFailure("account-disabled", account=account, counted=True)
+            if state != "ok":
+                raise SASLFailure("not-authorized", account=account, counted=True)
             if stored.slot == NEW:
                 # §5.1: the new token is in use; the older one stops working.
                 await server.stores.fast.promote(account, device, stored.nonce)
