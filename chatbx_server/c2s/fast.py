@@ -194,22 +194,29 @@ class FastExchange:
         if device is None:
             # XEP-0484 §4.1: tokens are bound to the user-agent id.
             raise SASLFailure("not-authorized", "FAST needs a user-agent id", account=account)
+        if not throttle.allowed(address, account):
+            raise SASLFailure("temporary-auth-failure", account=account, counted=True)
+        tokens = await server.stores.fast.tokens(account, device)
+        # The guess is charged here, after the read: the check below runs
+        # at once (no other attempt can be checked meanwhile, which is what
+        # charging first is for), and concurrent logins from one address (a
+        # NAT after an outage) do not hold charges across the read, which
+        # refused right tokens with temporary-auth-failure.
         if not throttle.charge(address, account):
             raise SASLFailure("temporary-auth-failure", account=account, counted=True)
-        try:
-            tokens = await server.stores.fast.tokens(account, device)
-        except Exception:
-            throttle.refund(address, account)  # our fault, not a guess
-            raise
         cb_name = MECHANISMS[self.mechanism]
         cb_data = bindings[cb_name] if cb_name is not None else b""
         key = self.feature.key
+        matched: Optional[tuple[FastToken, str]] = None
         for stored in tokens:
             if stored.mechanism != self.mechanism:
                 continue  # XEP-0484 §3.4: bound to the mechanism it was issued for
             token = derive_token(key, stored.nonce, account, device, stored.mechanism)
-            if not hmac.compare_digest(initiator_hash(token, cb_data), proof):
-                continue
+            if hmac.compare_digest(initiator_hash(token, cb_data), proof):
+                matched = (stored, token)
+                break
+        if matched is not None:
+            stored, token = matched
             throttle.refund(address, account)  # the right token: not a guess
             if stored.expires_at <= server.clock.seconds():
                 raise SASLFailure("credentials-expired", account=account, counted=True)
