@@ -318,6 +318,11 @@ class ClusterConfig:
     #: holds the listening sockets and runs N workers, each a node named
     #: ``<node>-w<i>`` (chatbx_server/cluster/workers.py)
     workers: int = 1
+    #: stanzas for one account that may wait for a directory lookup in
+    #: Redis (cluster/lookup.py) before more go on without it
+    held_per_user: int = 100
+    #: stanzas for all accounts that may wait for directory lookups
+    held_stanzas: int = 10000
 
 
 @dataclass(frozen=True)
@@ -712,6 +717,9 @@ def _parse_cluster(value: Any, path: str | None) -> ClusterConfig:
     node = cluster.node.strip()
     if node and not all(c.isalnum() or c in "-_." for c in node):
         raise ConfigError("letters, digits, '-', '_' and '.' only", "cluster.node", path)
+    for key in ("held_per_user", "held_stanzas"):
+        if getattr(cluster, key) < 1:
+            raise ConfigError("must be at least 1", f"cluster.{key}", path)
     # "" stays "": the node computes host name + pid when it starts (after
     # twistd has forked, so that the pid is the running process's).
     return dataclasses.replace(cluster, node=node)

@@ -52,6 +52,10 @@ class Router:
         self.services: dict[str, Callable[[StanzaEvent], Any]] = {}
         #: remote delivery (s2s); None bounces remote stanzas
         self.remote: Optional[Callable[[StanzaEvent], Any]] = None
+        #: cluster only (cluster/lookup.py): may hold a stanza for a local
+        #: account whose session the directory cache does not know yet
+        #: (returns a Deferred) before it takes the no-session path
+        self.hold: Optional[Callable[[StanzaEvent], Any]] = None
 
     def route(self, stanza: domish.Element, origin: Any = None) -> Any:
         """Route ``stanza``; ``origin`` is the local session that sent it.
@@ -94,6 +98,10 @@ class Router:
             return self._deliver_iq(event)
         host = event.to.host
         if host in self.hosts:
+            if self.hold is not None and event.kind != "host":
+                held = self.hold(event)
+                if held is not None:
+                    return held
             result = self.events.fire(f"{stanza.name}/{event.kind}", event)
             if result is not None:
                 return result
@@ -137,6 +145,10 @@ class Router:
         iq_type = stanza.getAttribute("type")
         if event.to.host not in self.hosts:
             return self._elsewhere(event)
+        if self.hold is not None and event.kind == "full":
+            held = self.hold(event)
+            if held is not None:
+                return held
         if event.kind != "host":
             result = self.events.fire(f"iq/{event.kind}", event)
             if result is not None:

@@ -18,10 +18,8 @@ from typing import Any, Optional
 from twisted.words.xish import domish
 
 from chatbx_server.http.metrics import STANZAS_OUT
-from chatbx_server.c2s.smacks import NS as SM_NS, StreamManagement
+from chatbx_server.c2s.smacks import StreamManagement
 from chatbx_server.xmpp.jid import JID
-
-ACK_REQUEST = f"<r xmlns='{SM_NS}'/>"
 
 
 class ClientSession:
@@ -86,18 +84,16 @@ class ClientSession:
             self.stream.send_element(element)
             return
         stream = self.stream
-        if not sm.push(element) and not sm.overflowed:
+        if not sm.push(stream.send_queued(element)) and not sm.overflowed:
             # Closed on the next turn: closing ends the session, and the
             # caller may be looping over the account's sessions right now.
             sm.overflowed = True
             stream.server.clock.callLater(0, self.close, "policy-violation",
                                           "too many unacknowledged stanzas")
-        stream.send_element(element)
         if not sm.request_outstanding and sm.hibernated is None:
             # XEP-0198 §4: ask for an ack; one request in flight at a time,
-            # so acks cost one round trip per burst, not one per stanza.
-            sm.request_outstanding = True
-            stream.send_raw(ACK_REQUEST)
+            # and only every few stanzas or after a short delay (AckRequests).
+            sm.requests.after_send(self, sm)
 
     def close(self, condition: Optional[str] = None, text: Optional[str] = None) -> None:
         """End the stream, with a stream error when ``condition`` is given."""

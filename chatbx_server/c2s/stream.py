@@ -227,6 +227,20 @@ class C2SStream(Protocol):
         if self.state != CLOSED:
             self._write(data.encode("utf-8"))
 
+    def send_queued(self, element: domish.Element) -> bytes:
+        """:meth:`send_element`, returning the bytes: what the XEP-0198
+        queue keeps (text is not cyclic garbage the collector must walk
+        while the ack is on its way; an element tree is)."""
+        data = self.serializer.encode(element)
+        if self.state != CLOSED:
+            self._write(data)
+        return data
+
+    def send_data(self, data: bytes) -> None:
+        """Bytes this stream's serializer made (a resent SM queue)."""
+        if self.state != CLOSED:
+            self._write(data)
+
     def _write(self, data: bytes) -> None:
         backlog = self._backlog
         if backlog is not None:

@@ -175,6 +175,7 @@ class ClusterSessions(SessionManager):
             stub = sessions[full] = resources[jid.resource or ""] = RemoteSession(
                 self.cluster, node, jid)
         stub.update(state)
+        self.cluster.lookup.changed(stub.bare)
         self.cluster.remote_presence(full, stub.presence)
         return stub
 
@@ -191,6 +192,7 @@ class ClusterSessions(SessionManager):
             if not resources:
                 del self._remote[stub.bare]
         stub.closed = True
+        self.cluster.lookup.changed(stub.bare)
         self.cluster.remote_presence(full, None)
         return stub
 

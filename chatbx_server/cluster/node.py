@@ -8,6 +8,10 @@ Keys (prefix ``chatbx:``):
   ``reap:<node>`` lock and cleans up after it.
 - ``sessions:<node>``: hash, full JID -> JSON state (priority, presence,
   roster interest) of each session bound on that node.
+- ``user:<bare>``: hash, full JID -> node, for each session of the account
+  (written after ``sessions:<node>``): what a node asks before a stanza
+  for a session its cache does not know takes the no-session path
+  (cluster/lookup.py).
 - ``inbox:<node>``: a stream, one entry per batch of stanzas for that node,
   read through the consumer group ``chatbx``; an entry is acknowledged and
   deleted (XACK, XDEL) only once each stanza in it has been handed to its
@@ -34,16 +38,20 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
 from chatbx_server.cluster.handover import SM_TARGET, Handover
 from chatbx_server.cluster.locks import ClusterLocks
+from chatbx_server.cluster.lookup import (FORGET_NODE_SCRIPT, UNSET_SCRIPT, DirectoryLookup,
+                                          user_key)
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
 from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
 from chatbx_server.logs import log_observer
 from chatbx_server.xmpp.jid import JID, parse_or_none
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 from chatbx_server.xmpp.stanzas import parse_stanza
 
 if TYPE_CHECKING:
@@ -104,12 +112,19 @@ class Cluster:
         self.live: set[str] = set()
         self._reading: Optional[defer.Deferred] = None
         self._pending: set[defer.Deferred] = set()
+        #: inbox entries delivered this reactor turn, acknowledged together
+        #: (one XACK and one XDEL for all), with what waits for that
+        self._acks: list[tuple[str, defer.Deferred]] = []
         #: group chat rooms: which node owns which (cluster/rooms.py)
         self.rooms = RoomOwnership(self)
         #: stream management sessions moving between nodes (cluster/handover.py)
         self.handover = Handover(self, PREFIX)
         #: per-account locks shared by the nodes (cluster/locks.py)
         self.locks = ClusterLocks(self, PREFIX)
+        #: asks Redis before a stanza takes the no-session path (cluster/lookup.py)
+        self.lookup = DirectoryLookup(self, PREFIX, NODE_TTL,
+                                      getattr(config, "held_per_user", 100),
+                                      getattr(config, "held_stanzas", 10000))
 
     @property
     def running(self) -> bool:
@@ -135,6 +150,7 @@ class Cluster:
         events.on("iq-get/bare/jabber:iq:roster:query", self._on_own_presence, FILTER + 100)
         events.on("roster/changed", self._on_roster_changed)
         self.live.add(self.node)
+        self.server.router.hold = self.lookup.hold
         self.rooms.install()
         self._heartbeat = task.LoopingCall(self._tick)
         self._heartbeat.clock = self.clock
@@ -180,6 +196,7 @@ class Cluster:
 
     async def _leave(self) -> None:
         await self.redis.execute_command("ZREM", NODES, self.node)
+        await self._forget_users(self.node)
         await self.redis.execute_command("DEL", _sessions_key(self.node))
         await self.redis.publish(CHANNEL, json.dumps({"n": self.node, "gone": True}))
         await self._drain(self.node)
@@ -194,6 +211,8 @@ class Cluster:
             return
         full = session.jid.full
         self.redis.execute_command("HDEL", _sessions_key(self.node), full).addErrback(self._failed)
+        self.redis.eval(UNSET_SCRIPT, [user_key(PREFIX, session.bare)], [full, self.node]
+                        ).addErrback(self._failed)
         moved = session.data.get("moved") if session.data else None
         if moved is not None:
             # Handed over to another node (cluster/handover.py): the session
@@ -230,6 +249,10 @@ class Cluster:
         full = session.jid.full
         encoded = json.dumps(state)
         self.redis.execute_command("HSET", _sessions_key(self.node), full, encoded
+                                   ).addErrback(self._failed)
+        # After the state (same connection, so in this order in Redis): a
+        # lookup that finds the account's entry finds the state too.
+        self.redis.execute_command("HSET", user_key(PREFIX, session.bare), full, self.node
                                    ).addErrback(self._failed)
         self.redis.publish(CHANNEL, json.dumps({"n": self.node, "f": full, "s": state})
                            ).addErrback(self._failed)
@@ -367,6 +390,7 @@ class Cluster:
             self.server.events.fire_all("session/closed", stub)
         yield self._drain(node)
         yield self.handover.forget_node(node)
+        yield self._forget_users(node)
         yield self.redis.execute_command("DEL", _sessions_key(node))
         yield self.redis.execute_command("ZREM", NODES, node)
 
@@ -385,12 +409,20 @@ class Cluster:
             for stub in stubs:
                 self.server.events.fire_all("session/closed", stub)
 
+    def _forget_users(self, node: str) -> Any:
+        """Take ``node``'s sessions out of the accounts' entries (before its
+        ``sessions:`` hash, which says which they are, is deleted)."""
+        return self.redis.eval(FORGET_NODE_SCRIPT, [_sessions_key(node)], [node, PREFIX])
+
     # -- stanzas to other nodes --------------------------------------------------------
     def forward(self, node: str, full: str, element: domish.Element) -> None:
         """Queue ``element`` for ``full`` on ``node``; sent with everything
         else for that node at the end of this reactor turn (one stream entry
         per node per fan-out)."""
-        self.forward_raw(node, full, element.toXml())
+        # The client streams' serializer (about twice domish's speed, and
+        # what the archive cached already for the message it stamped): the
+        # receiving node parses it in jabber:client and writes it as it is.
+        self.forward_raw(node, full, CLIENT_STREAMS.encode(element).decode("utf-8"))
 
     def forward_raw(self, node: str, full: str, payload: str) -> None:
         """:meth:`forward` for what is already serialized (or a special
@@ -490,14 +522,38 @@ class Cluster:
             for ok, value in outcome:
                 if not ok:
                     log.failure("cluster: delivering a forwarded stanza failed", value)
-            inbox = _inbox_key(self.node)
-            d2 = self.redis.execute_command("XACK", inbox, GROUP, entry_id)
-            d2.addCallback(lambda _: self.redis.execute_command("XDEL", inbox, entry_id))
-            return d2
+            return self._ack_entry(entry_id)
 
         d.addCallback(ack)
         d.addErrback(self._failed)
         return d
+
+    def _ack_entry(self, entry_id: str) -> defer.Deferred:
+        """Acknowledge and delete a delivered entry with the others of this
+        reactor turn: under load an entry holds a few stanzas, and two Redis
+        commands per entry cost more than the delivery."""
+        d: defer.Deferred = defer.Deferred()
+        if not self._acks:
+            self.clock.callLater(0, self._flush_acks)
+        self._acks.append((entry_id, d))
+        return d
+
+    def _flush_acks(self) -> None:
+        acks, self._acks = self._acks, []
+        if not acks:
+            return
+        ids = [entry_id for entry_id, _ in acks]
+        inbox = _inbox_key(self.node)
+        done = self.redis.execute_command("XACK", inbox, GROUP, *ids)
+        done.addCallback(lambda _: self.redis.execute_command("XDEL", inbox, *ids))
+
+        def release(result: Any) -> None:
+            for _, d in acks:
+                d.callback(None)
+            if isinstance(result, Failure):
+                self._failed(result)
+
+        done.addBoth(release)
 
     def _deliver_one(self, full: str, xml: str) -> Any:
         if full == SM_TARGET:
@@ -508,6 +564,9 @@ class Cluster:
         jid = JID.parse(full)
         session = self.sessions.local(jid.bare, jid.resource)
         if session is not None and not session.closed:
+            # Written to the client as it came (rechecked against the
+            # stanza's attributes and children before each write).
+            CLIENT_STREAMS.remember(stanza, xml)
             if _changes_roster(stanza):
                 # The sending node changed this account's roster before it
                 # sent this (RFC 6121 §3: subscription states, roster

@@ -48,12 +48,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from chatbx_server.c2s.smacks import (NS, HandledCountTooHigh, StreamManagement, parse_h,
-                                      wire)
+from chatbx_server.c2s.smacks import (NS, AckRequests, HandledCountTooHigh,
+                                      StreamManagement, parse_h, wire)
 from chatbx_server.c2s.session import ClientSession
 from chatbx_server.c2s import stream as c2s_stream
 from chatbx_server.c2s.stream import end_session
@@ -63,6 +63,7 @@ from chatbx_server.logs import log_observer
 from chatbx_server.modules import Feature
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import parse_or_none
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 
 log = Logger(observer=log_observer)
 
@@ -115,6 +116,14 @@ class Hibernation:
     def send_raw(self, data: str) -> None:
         pass
 
+    def send_queued(self, element: domish.Element) -> bytes:
+        """Nothing is written; the queue keeps what the stream would have."""
+        sm = self.session.sm
+        return (sm.encoding if sm is not None else CLIENT_STREAMS).encode(element)
+
+    def send_data(self, data: bytes) -> None:
+        pass
+
     def cancel(self) -> None:
         call, self.call = self.call, None
         if call is not None and call.active():
@@ -139,6 +148,12 @@ class SmacksFeature(Feature):
         #: seconds a <resume/> waits for the node holding the session to
         #: hand it over (cluster only); then item-not-found
         handover_timeout: float = 5.0
+        #: unacknowledged stanzas after which the server asks for an ack at
+        #: once (Prosody's smacks_max_unacked_stanzas + 1); fewer are asked
+        #: about within ``request_delay`` seconds
+        request_after: int = 5
+        #: seconds at most before a stanza below ``request_after`` is asked about
+        request_delay: float = 1.0
 
         def __post_init__(self) -> None:
             if self.resume_timeout < 0:
@@ -149,12 +164,20 @@ class SmacksFeature(Feature):
                 raise ValueError("max_remembered must not be negative")
             if self.handover_timeout <= 0:
                 raise ValueError("handover_timeout must be positive")
+            if self.request_after < 1:
+                raise ValueError("request_after must be at least 1")
+            if self.request_delay <= 0:
+                raise ValueError("request_delay must be positive")
 
     def setup(self) -> None:
         #: resumption id -> session (attached or hibernating)
         self._resumable: dict[str, ClientSession] = {}
         #: resumption id -> (account, inbound h) of sessions that ended, bounded
         self._ended: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.requests = AckRequests(self.options.request_after)
+        self._sweep = task.LoopingCall(self.requests.sweep)
+        self._sweep.clock = self.server.clock
+        self._sweep.start(self.options.request_delay, now=False)
         for name, handler in (("enable", self.on_enable), ("r", self.on_request),
                               ("a", self.on_ack), ("resume", self.on_late_resume)):
             self.hook(f"stream-element/{NS}:{name}", handler)
@@ -173,6 +196,8 @@ class SmacksFeature(Feature):
             cluster.handover.adopt = lambda state: smacks_cluster.adopt(self, state)
 
     def teardown(self) -> None:
+        if self._sweep.running:
+            self._sweep.stop()
         for session in list(self._resumable.values()):
             sm = session.sm
             if sm is not None and sm.hibernated is not None:
@@ -228,7 +253,8 @@ class SmacksFeature(Feature):
         if client_max:
             timeout = min(timeout, float(client_max))
         resume_id = secrets.token_urlsafe(24) if want_resume and timeout > 0 else None
-        session.sm = StreamManagement(options.max_unacked, resume_id, timeout)
+        session.sm = StreamManagement(options.max_unacked, resume_id, timeout, self.requests)
+        session.sm.encoding = session.stream.serializer
         enabled = domish.Element((NS, "enabled"))
         if resume_id is not None:
             self.add_resumable(resume_id, session)
@@ -288,8 +314,7 @@ class SmacksFeature(Feature):
         sm.request_outstanding = False
         if sm.queue:
             # Sent after our request: ask again (one request in flight).
-            sm.request_outstanding = True
-            session.stream.send_raw(f"<r xmlns='{NS}'/>")
+            sm.requests.after_send(session, sm)
         return True
 
     def _too_high(self, stream: Any, exc: HandledCountTooHigh) -> None:
@@ -458,6 +483,7 @@ class SmacksFeature(Feature):
             old.detach_session()
             old.close_stream("conflict", "replaced by a resumed session")
         stream.resume_session(session)
+        sm.reencode(stream.serializer)
         sm.request_outstanding = False
         resumed = domish.Element((NS, "resumed"))
         resumed["previd"] = previd
@@ -471,8 +497,8 @@ class SmacksFeature(Feature):
             return
         log.info("c2s {jid} resumed from {peer}, {count} stanzas sent again",
                  jid=session.jid.full, peer=stream.peer, count=len(sm.queue))
-        for stanza in list(sm.queue):
-            stream.send_element(stanza)
+        for data in list(sm.queue):
+            stream.send_data(data)
         if sm.queue:
             sm.request_outstanding = True
             stream.send_raw(f"<r xmlns='{NS}'/>")

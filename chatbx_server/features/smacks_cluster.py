@@ -29,6 +29,7 @@ from chatbx_server.c2s.smacks import InboundCounter, StreamManagement
 from chatbx_server.c2s.stream import end_session
 from chatbx_server.logs import log_observer
 from chatbx_server.xmpp.jid import JID
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 from chatbx_server.xmpp.stanzas import parse_stanza
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def export(feature: "SmacksFeature", request: dict[str, Any]) -> Any:
         old = session.stream
         old.detach_session()
         old.close_stream("conflict", "replaced by a resumed session")
-    state["q"] = [stanza.toXml() for stanza in sm.queue]
+    state["q"] = sm.unacked_xml()
     feature.forget_resumable(previd)
     session.sm = None  # the queue went with the state: nothing is re-routed here
     if session.data is None:
@@ -103,10 +104,11 @@ def adopt(feature: "SmacksFeature", state: dict[str, Any]) -> None:
     session.directed = set(directed) if directed else None
     options = feature.options
     sm = StreamManagement(options.max_unacked, previd,
-                          float(state.get("timeout") or options.resume_timeout))
-    queue = [parse_stanza(xml) for xml in state.get("q") or ()]
+                          float(state.get("timeout") or options.resume_timeout),
+                          feature.requests)
+    queue = [CLIENT_STREAMS.encode(parse_stanza(xml)) for xml in state.get("q") or ()]
     if queue:
-        sm.queue = deque(queue)
+        sm.queue = deque(queue)  # sm.encoding is CLIENT_STREAMS; resuming re-encodes
     sm.acked = int(state.get("acked") or 0)
     sm.inbound = InboundCounter(int(state.get("handled") or 0))
     session.sm = sm
@@ -123,7 +125,7 @@ def adopt(feature: "SmacksFeature", state: dict[str, Any]) -> None:
         session.sm = None
         feature.remember_ended(previd, jid.bare, sm.inbound.handled)
         if queue:
-            feature.undelivered(session, queue)
+            feature.undelivered(session, sm.take_unacked())
         return
     feature.add_resumable(previd, session)
     feature.on_hibernate(session)

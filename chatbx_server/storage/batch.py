@@ -14,7 +14,11 @@ The rules:
   message accepted) waits on it. Nothing else needs to wait: delivery to
   online resources goes on while the row is queued. ``submit(row)`` is the
   same without a Deferred, for callers that wait on nothing (the hot path
-  saves making one per row); failures are logged all the same.
+  saves making one per row); failures are logged all the same. A caller
+  that must wait but not pay a Deferred per row (an XEP-0198 ack covering
+  two archive rows of every message) reads :attr:`accepted` after its
+  ``submit`` and hands that mark to :meth:`when_done`: rows finish in the
+  order they were accepted, so one count says all of them are.
 - A batch is written when ``max_batch`` rows are queued, or ``delay``
   seconds after the first row arrived (or after the previous batch
   finished), or when someone calls :meth:`flush` (a query that must see its
@@ -40,7 +44,9 @@ the connection and the list of rows and returns one result per row.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
+from itertools import count
 from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -97,6 +103,9 @@ class BatchWriter(Generic[R]):
         self._accepted = 0
         self._finished = 0
         self._flush_waiters: list[tuple[int, defer.Deferred[None]]] = []
+        #: (mark, tiebreak, callable) heap for when_done
+        self._mark_waiters: list[tuple[int, int, Callable[[], None]]] = []
+        self._tiebreak = count()
         self._room_waiters: list[defer.Deferred[None]] = []
         #: counters for logs and benchmarks
         self.batches = 0
@@ -108,6 +117,20 @@ class BatchWriter(Generic[R]):
     def pending(self) -> int:
         """Rows accepted and not yet committed or failed."""
         return self._accepted - self._finished
+
+    @property
+    def accepted(self) -> int:
+        """Rows accepted so far: after ``submit(row)``, the row's mark for
+        :meth:`when_done`."""
+        return self._accepted
+
+    def when_done(self, mark: int, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the first ``mark`` rows accepted are finished
+        (committed, or failed and logged): at once when they are."""
+        if self._finished >= mark:
+            fn()
+        else:
+            heapq.heappush(self._mark_waiters, (mark, next(self._tiebreak), fn))
 
     @property
     def full(self) -> bool:
@@ -216,6 +239,7 @@ class BatchWriter(Generic[R]):
                 for (_, d), value in zip(batch, result):
                     if d is not None:
                         d.callback(value)
+        self._release_marks()
         self._release_flushers()
         if self._retry or self._flush_waiters or len(self._queue) >= self.max_batch:
             self._start()
@@ -245,6 +269,16 @@ class BatchWriter(Generic[R]):
         for _, d in batch:
             if d is not None:
                 d.errback(failure)
+
+    def _release_marks(self) -> None:
+        waiters = self._mark_waiters
+        finished = self._finished
+        while waiters and waiters[0][0] <= finished:
+            try:
+                heapq.heappop(waiters)[2]()
+            except Exception:
+                # The writer must go on whatever a waiter does.
+                log.failure("{desc}: a waiter for written rows failed", desc=self.desc)
 
     def _release_room(self) -> None:
         if self._room_waiters and not self.full:

@@ -152,6 +152,31 @@ def test_full_writer_makes_callers_wait_and_drops_nothing() -> None:
     assert results(writer.wait_for_room()) == [None]
 
 
+def test_when_done_fires_once_every_row_up_to_the_mark_finished() -> None:
+    """``accepted`` after a submit is the row's mark; ``when_done(mark)``
+    fires after the batch holding that row (and every earlier one) is done,
+    at once when it is, and also when the rows failed."""
+    clock = Clock()
+    fake = ControlledDB()
+    writer: BatchWriter[int] = BatchWriter(fake, "t", insert_txn, clock, max_batch=2, delay=0.05)  # type: ignore[arg-type]
+    fired: list[str] = []
+    writer.submit(1)
+    first = writer.accepted
+    writer.submit(2)  # a full batch: in flight
+    writer.submit(3)
+    third = writer.accepted
+    writer.when_done(third, lambda: fired.append("third"))
+    writer.when_done(first, lambda: fired.append("first"))
+    assert first == 1 and third == 3 and fired == []
+    fake.calls[0][1].callback([10, 20])
+    assert fired == ["first"]  # row 3 is not written yet
+    clock.advance(0.05)
+    fake.calls[1][1].errback(Failure(StorageError("gone")))
+    assert fired == ["first", "third"]  # failed rows are finished too (logged)
+    writer.when_done(third, lambda: fired.append("now"))
+    assert fired[-1] == "now"
+
+
 def test_a_bad_row_fails_alone(db: Database) -> None:
     """A row the database refuses fails its own Deferred (logged); the other rows of
     its batch are retried in halves and stored."""

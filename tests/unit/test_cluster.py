@@ -117,7 +117,8 @@ def test_local_session_is_published(fake_redis: FakeRedis) -> None:
     server = cluster_server()
     session = bind(server, "alice@localhost/a", available=True)
     server.clock.advance(0)
-    hsets = [c for c in fake_redis.named("HSET") if c[2] == "alice@localhost/a"]
+    hsets = [c for c in fake_redis.named("HSET")
+             if c[1] == "chatbx:sessions:n1" and c[2] == "alice@localhost/a"]
     assert hsets and json.loads(hsets[-1][3])["x"] is not None
     assert hsets[0][1] == "chatbx:sessions:n1"
     session.stream.connectionLost(None)
@@ -160,11 +161,30 @@ def test_inbox_entry_for_gone_session_goes_offline_and_is_acked(fake_redis: Fake
     d = server.cluster._deliver_entry("1-0", ["b", json.dumps([["bob@localhost/gone", xml]])])
     result: list[Any] = []
     d.addBoth(result.append)
+    assert not fake_redis.named("XACK")  # with the other entries of this turn
+    server.clock.advance(0)
     assert ("XACK", "chatbx:inbox:n1", "chatbx", "1-0") in fake_redis.commands
     assert ("XDEL", "chatbx:inbox:n1", "1-0") in fake_redis.commands
     counted: list[int] = []
     server.stores.offline.count("bob@localhost").addCallback(counted.append)
     assert counted == [1]
+
+
+def test_inbox_entries_of_one_turn_are_acked_together(fake_redis: FakeRedis) -> None:
+    """Entries delivered in one reactor turn cost one XACK and one XDEL."""
+    server = cluster_server()
+    bind(server, "bob@localhost/here", available=True)
+    fired: list[Any] = []
+    for i in range(3):
+        xml = (f"<message xmlns='jabber:client' from='alice@localhost/a' "
+               f"to='bob@localhost/here' type='chat'><body>{i}</body></message>")
+        d = server.cluster._deliver_entry(f"{i}-0", ["b", json.dumps([["bob@localhost/here", xml]])])
+        d.addBoth(fired.append)
+    assert fired == [] and not fake_redis.named("XACK")
+    server.clock.advance(0)
+    assert fake_redis.named("XACK") == [("XACK", "chatbx:inbox:n1", "chatbx", "0-0", "1-0", "2-0")]
+    assert fake_redis.named("XDEL") == [("XDEL", "chatbx:inbox:n1", "0-0", "1-0", "2-0")]
+    assert len(fired) == 3
 
 
 def test_inbox_entry_reaches_local_session(fake_redis: FakeRedis) -> None:

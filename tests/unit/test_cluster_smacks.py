@@ -13,7 +13,7 @@ from twisted.internet import defer
 
 from chatbx_server.c2s import stream as c2s
 from chatbx_server.c2s.sasl2 import NS as SASL2
-from chatbx_server.cluster import node as cluster_node
+from chatbx_server.cluster import lookup, node as cluster_node
 from chatbx_server.cluster.directory import RemoteSession
 from chatbx_server.c2s.stream import C2SFactory
 from chatbx_server.xmpp.jid import JID
@@ -46,10 +46,33 @@ class Bus(FakeRedis):
         self.replies["GET"] = lambda: self.keys.get(self._args[1])
         self.replies["SADD"] = lambda: self.keys.setdefault(self._args[1], set()).add(self._args[2])
         self.replies["SMEMBERS"] = lambda: sorted(self.keys.get(self._args[1], ()))
+        self.replies["HSET"] = self._hset
+        self.replies["HDEL"] = lambda: self.keys.get(self._args[1], {}).pop(self._args[2], None)
+        #: directory lookups (cluster/lookup.py) answered at once, or, when
+        #: this is a list, computed at once and answered by ``answer_lookups``
+        self.held_lookups: Any = None
 
     def execute_command(self, *args: str) -> Any:
         self._args = args
         return super().execute_command(*args)
+
+    def _hset(self) -> int:
+        self.keys.setdefault(self._args[1], {})[self._args[2]] = self._args[3]
+        return 1
+
+    def _lookup(self, user_key: str) -> list[str]:
+        live = self.replies["ZRANGE"][::2]
+        out: list[str] = []
+        for full, node in self.keys.get(user_key, {}).items():
+            state = self.keys.get(f"chatbx:sessions:{node}", {}).get(full)
+            if node in live and state is not None:
+                out += [full, node, state]
+        return out
+
+    def answer_lookups(self) -> None:
+        held, self.held_lookups = self.held_lookups, []
+        for d, reply in held:
+            d.callback(reply)
 
     def _set(self) -> str:
         self.keys[self._args[1]] = self._args[2]
@@ -57,6 +80,28 @@ class Bus(FakeRedis):
 
     def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
         self.commands.append(("EVAL", *keys, *args))
+        if script == lookup.LOOKUP_SCRIPT:
+            reply = self._lookup(keys[1])
+            if self.held_lookups is None:
+                return defer.succeed(reply)
+            d: defer.Deferred = defer.Deferred()
+            self.held_lookups.append((d, reply))
+            return d
+        if script == lookup.UNSET_SCRIPT:
+            entries = self.keys.get(keys[0], {})
+            if entries.get(args[0]) == args[1]:
+                del entries[args[0]]
+            return defer.succeed(1)
+        if script == lookup.FORGET_NODE_SCRIPT:
+            for full in list(self.keys.get(keys[0], {})):
+                entries = self.keys.get("chatbx:user:" + full.split("/")[0], {})
+                if entries.get(full) == args[0]:
+                    del entries[full]
+            return defer.succeed(1)
+        if len(keys) == 1:  # locks._RELEASE: DEL the lock while it is ours
+            if self.keys.get(keys[0]) == args[0]:
+                del self.keys[keys[0]]
+            return defer.succeed(1)
         if keys[1].startswith("chatbx:inbox:"):
             self.entry += 1
             self.inboxes.append((keys[1].rsplit(":", 1)[1], args[2]))

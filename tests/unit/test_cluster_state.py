@@ -49,7 +49,8 @@ def test_carbons_flag_is_published(fake_redis: FakeRedis) -> None:
     server.clock.advance(0)
 
     def published() -> Any:
-        states = [json.loads(c[3]) for c in fake_redis.named("HSET") if c[2] == alice.jid.full]
+        states = [json.loads(c[3]) for c in fake_redis.named("HSET")
+                  if c[1].startswith("chatbx:sessions:") and c[2] == alice.jid.full]
         return states[-1]["c"]
 
     assert published() is False

@@ -64,9 +64,9 @@ def test_queue_ack_drops_acknowledged_and_refuses_too_many():
     """An ack removes what it covers; acking more than was sent raises."""
     sm = StreamManagement(max_queue=10)
     for i in range(3):
-        assert sm.push(stanza(f"<message id='{i}'/>"))
+        assert sm.push(f"<message id='{i}'/>".encode())
     assert sm.ack(2) == 2
-    assert [s["id"] for s in sm.queue] == ["2"]
+    assert list(sm.queue) == [b"<message id='2'/>"]
     with pytest.raises(HandledCountTooHigh):
         sm.ack(4)
     assert sm.ack(2) == 0  # a repeated ack changes nothing
@@ -75,8 +75,26 @@ def test_queue_ack_drops_acknowledged_and_refuses_too_many():
 def test_queue_bound():
     """push() reports when the queue passes its bound."""
     sm = StreamManagement(max_queue=1)
-    assert sm.push(stanza("<message/>"))
-    assert not sm.push(stanza("<message/>"))
+    assert sm.push(b"<message/>")
+    assert not sm.push(b"<message/>")
+
+
+def test_the_queue_keeps_text_not_element_trees():
+    """What waits for an ack is the bytes written (no element tree for the
+    cyclic collector to walk); a resumption on a stream that writes stanzas
+    differently gets them re-encoded, and the session's end parses them back."""
+    from chatbx_server.http.websocket import FRAMING
+    server = setup()
+    alice, _ = enable(server, "alice@localhost/phone")
+    bob = bind(server, "bob@localhost/pc", available=True)
+    chat(server, bob, "alice@localhost", "one")
+    queued = list(alice.sm.queue)
+    assert len(queued) == 1 and isinstance(queued[0], bytes) and b"<body>one</body>" in queued[0]
+    alice.sm.reencode(FRAMING)
+    assert alice.sm.encoding is FRAMING
+    assert list(alice.sm.queue) == [FRAMING.encode(stanza(queued[0].decode()))]
+    [back] = alice.sm.take_unacked()
+    assert back.name == "message" and str(back.body) == "one" and back["from"] == "bob@localhost/pc"
 
 
 # -- helpers -------------------------------------------------------------------
@@ -181,20 +199,60 @@ def test_r_without_sm_is_a_stream_error():
 # -- acks ----------------------------------------------------------------------
 
 def test_server_requests_acks_one_at_a_time():
-    """The server sends <r/> after a stanza, no second one until the ack, and
-    the client's <a/> empties the queue."""
-    server = setup()
+    """The server sends <r/> once ``request_after`` stanzas are unacked, no
+    second one until the ack, and the client's <a/> empties the queue."""
+    server = setup("[modules.smacks]\nrequest_after = 2\n")
     alice, _ = enable(server, "alice@localhost/phone")
     bob = bind(server, "bob@localhost/pc", available=True)
     chat(server, bob, "alice@localhost", "one")
+    assert sm_elements(alice.take(), "r") == []  # below request_after: not yet
     chat(server, bob, "alice@localhost", "two")
+    chat(server, bob, "alice@localhost", "three")
     sent = alice.take()
-    assert [str(m.body) for m in messages(sent)] == ["one", "two"]
+    assert [str(m.body) for m in messages(sent)] == ["two", "three"]
     assert len(sm_elements(sent, "r")) == 1
-    assert len(alice.sm.queue) == 2
-    send_raw(alice, f"<a xmlns='{NS}' h='2'/>")
+    assert len(alice.sm.queue) == 3
+    send_raw(alice, f"<a xmlns='{NS}' h='3'/>")
     assert len(alice.sm.queue) == 0
+    server.clock.advance(5)
     assert sm_elements(alice.take(), "r") == []  # nothing left to ask about
+
+
+def test_a_stanza_below_request_after_is_asked_about_within_request_delay():
+    """A quiet stream still gets its <r/>: one sweep (every request_delay
+    seconds) asks every session with unacknowledged stanzas, once."""
+    server = setup("[modules.smacks]\nrequest_after = 5\nrequest_delay = 2\n")
+    alice, _ = enable(server, "alice@localhost/phone")
+    bob = bind(server, "bob@localhost/pc", available=True)
+    chat(server, bob, "alice@localhost", "one")
+    assert sm_elements(alice.take(), "r") == []
+    server.clock.advance(1.9)
+    assert sm_elements(alice.take(), "r") == []
+    server.clock.advance(0.2)
+    assert len(sm_elements(alice.take(), "r")) == 1
+    chat(server, bob, "alice@localhost", "two")
+    server.clock.advance(4)
+    assert sm_elements(alice.take(), "r") == []  # the first request is still out
+    send_raw(alice, f"<a xmlns='{NS}' h='1'/>")  # covers "one"; "two" is left
+    assert sm_elements(alice.take(), "r") == []
+    server.clock.advance(2)
+    assert len(sm_elements(alice.take(), "r")) == 1
+
+
+def test_ack_requests_every_few_stanzas_under_load():
+    """A busy stream is asked once per ``request_after`` stanzas, not once
+    per stanza: the <a/> it answers with is work for both sides."""
+    server = setup("[modules.smacks]\nrequest_after = 5\n")
+    alice, _ = enable(server, "alice@localhost/phone")
+    bob = bind(server, "bob@localhost/pc", available=True)
+    requests = 0
+    for i in range(50):
+        chat(server, bob, "alice@localhost", f"m{i}")
+        if sm_elements(alice.take(), "r"):
+            requests += 1
+            send_raw(alice, f"<a xmlns='{NS}' h='{alice.sm.sent}'/>")
+    assert requests == 10
+    assert len(alice.sm.queue) == 0
 
 
 def test_ack_with_too_high_h_closes_the_stream():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from twisted.words.xish import domish
 
 from chatbx_server.xmpp import ns
@@ -96,3 +97,22 @@ def test_is_error_or_result():
     assert not is_error_or_result(stanza("<iq type='get'/>"))
     assert not is_error_or_result(stanza("<message type='result'/>"))
     assert not is_error_or_result(stanza("<message/>"))
+
+
+def test_parse_stanza_reuses_one_parser_and_recovers_from_bad_input() -> None:
+    """parse_stanza keeps one parser open between calls (making one cost
+    more than the parse); every call still yields exactly one complete,
+    parentless element in jabber:client, and input that is not one spoils
+    nothing for the next call."""
+    from chatbx_server.xmpp import stanzas
+    first = stanzas.parse_stanza("<message to='a@b'><body>one</body></message>")
+    parser = stanzas._parsers.parser
+    second = stanzas.parse_stanza("<iq xmlns='jabber:client' type='get' id='x'><q xmlns='urn:x'/></iq>")
+    assert stanzas._parsers.parser is parser
+    assert (first.uri, first.name, first.parent, str(first.body)) == ("jabber:client", "message", None, "one")
+    assert (second.name, second.firstChildElement().uri) == ("iq", "urn:x")
+    for bad in ("<a/><b/>", "<a>", "", "just text", "</stored><a/>"):
+        with pytest.raises(Exception):
+            stanzas.parse_stanza(bad)
+        again = stanzas.parse_stanza("<presence from='c@d/e'/>")
+        assert again.name == "presence" and again["from"] == "c@d/e" and again.parent is None

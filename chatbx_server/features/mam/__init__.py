@@ -19,7 +19,7 @@ Where messages are archived (the events and priorities of ``events.py``):
   returns None: delivery goes on, and never waits for the database (the
   row goes through the store's batch writer). The sender's XEP-0198 ack
   does wait for the commit of the rows its message made (sender's and
-  local recipient's archives; ``c2s.smacks.hold_ack``). A message stored offline is
+  local recipient's archives; ``c2s.smacks.hold_write``). A message stored offline is
   archived here once, when it arrives; its later delivery sends the stored
   copy straight to the session.
 - A message between two local accounts goes into both archives (the XML
@@ -53,7 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.xish import domish
 
-from chatbx_server.c2s.smacks import acks_wait, hold_ack
+from chatbx_server.c2s.smacks import hold_write
 from chatbx_server.events import ARCHIVE, COPY, DELIVER, StanzaEvent
 from chatbx_server.features.mam.policy import (SID, OutgoingCopy, StanzaId, archived_form,
                                                archiving_rule, examine, with_stanza_id)
@@ -307,12 +307,12 @@ class MamFeature(Feature):
         archive_id = ids.next_id()
         nonce = ids.nonce()
         row = (owner, archive_id, nonce, other.bare, other.resource, body, xml, check_roster)
-        if acks_wait(origin):
+        writer = self.store.writer
+        writer.submit(row)
+        if origin is not None:
             # The sender's XEP-0198 ack promises the archive row too: it
             # waits for the batch commit (delivery does not).
-            hold_ack(origin, self.store.append(row))
-        else:
-            self.store.writer.submit(row)
+            hold_write(origin, writer)
         return archive_id, nonce
 
     # -- queries ---------------------------------------------------------------
