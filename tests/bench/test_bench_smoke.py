@@ -120,6 +120,22 @@ def test_quick_login_rates_with_scram_and_with_fast(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_fast_login_rate_is_skipped_by_a_server_without_fast(tmp_path: Path) -> None:
+    """Against a server that offers no FAST (chatbx without its fast module,
+    as Prosody 0.12 through loadgen.py), login_rate_fast says skipped, not failed."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
+                           "--chatbx-disable", "fast", "--scenarios", "login_rate_fast",
+                           "--json", str(out), "--time-limit", "60"],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log = proc.stdout.decode(errors="replace")
+    [res] = json.loads(out.read_text())
+    assert "FAST" in res.get("skipped", "") and not res.get("error"), res
+    assert proc.returncode == 0, log
+
+
+@pytest.mark.integration
 def test_quick_group_chat_scenarios_deliver_every_copy(tmp_path: Path) -> None:
     """`compare --quick --scenarios muc_room muc_rooms` against chatbx: one
     room and several small rooms, every occupant gets every message."""
