@@ -726,6 +726,8 @@ class C2SStream(Protocol):
         belongs to this stream's account and detached its old stream."""
         session.stream = self
         self._attach(session)
+        if "account_info" in self.__dict__:
+            del self.account_info  # no session/bound: nobody needs it
 
     def _attach(self, session: ClientSession) -> None:
         self.session = session
