@@ -102,7 +102,8 @@ def start(workdir: str, users: int, fan: bool, cpus: list[int], memprobe: bool,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=("throughput", "latency", "login_rate", "idle", "s2s"),
+    ap.add_argument("--scenario", choices=("throughput", "latency", "login_rate", "login_rate_fast",
+                                           "idle", "s2s"),
                     default="throughput")
     ap.add_argument("--workdir", help="reuse a chatbx workdir (users already added)")
     ap.add_argument("--idle-count", type=int, default=2000)
@@ -155,7 +156,8 @@ def main() -> int:
         elif args.scenario == "latency":
             coro = scenarios.latency(target, rate=args.rate, duration=args.duration)
         else:
-            coro = scenarios.login_rate(target, duration=args.duration)
+            coro = scenarios.login_rate(target, duration=args.duration,
+                                        fast=args.scenario == "login_rate_fast")
         res = asyncio.run(coro)[0]
         spy.wait(60)
         print(res)
@@ -163,7 +165,7 @@ def main() -> int:
         # window / rate), split by the sampled shares: robust to py-spy's missed samples.
         rate = res["value"] if args.scenario != "latency" else res.get("achieved_rate", 0)
         per_item = (res.get("server_cpu_pct", 100) / 100 * 1e6 / rate) if rate else 0.0
-        unit = "us/login" if args.scenario == "login_rate" else "us/msg"
+        unit = "us/login" if args.scenario.startswith("login_rate") else "us/msg"
         print_profile(raw, per_item, unit, f"server CPU {res.get('server_cpu_pct')}% at {rate:.0f}/s")
         return 0
     finally:

@@ -6,7 +6,8 @@ objects, batches its writes per event-loop turn (one TLS record for many
 stanzas), and does nothing it does not need: stream open, STARTTLS (or direct
 TLS, XEP-0368), SASL SCRAM-SHA-256 / SCRAM-SHA-1 / PLAIN, bind, optional roster
 get, initial presence, and a ping round trip that proves the presence was
-processed.
+processed. Or, with `fast=`, SASL2 + Bind2 with a FAST token (XEP-0388,
+XEP-0386, XEP-0484): SCRAM asking for a token once, then the token.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import base64
+import hashlib
+import hmac
 import itertools
 import os
+import uuid
 import socket
 import ssl
 from collections import deque
@@ -31,6 +35,13 @@ NS_CLIENT = "jabber:client"
 NS_ROSTER = "jabber:iq:roster"
 NS_PING = "urn:xmpp:ping"
 NS_SM = "urn:xmpp:sm:3"
+NS_SASL2 = "urn:xmpp:sasl:2"
+NS_BIND2 = "urn:xmpp:bind:0"
+NS_FAST = "urn:xmpp:fast:0"
+#: FAST mechanisms we can run, best first: -ENDP binds the token to the
+#: server certificate (tls-server-end-point, RFC 5929); Python's ssl module
+#: has no tls-exporter or tls-unique for TLS 1.3, so no -EXPR / -UNIQ
+FAST_MECHANISMS = ("HT-SHA-256-ENDP", "HT-SHA-256-NONE")
 
 #: enable XEP-0198 stream management after bind (loadgen/compare --sm):
 #: the server's <r/> is answered with the count of stanzas received
@@ -104,6 +115,32 @@ def xml_escape(text: str) -> str:
     """Escape text for element content and single-quoted attributes."""
     return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace("'", "&apos;").replace('"', "&quot;"))
+
+
+class FastCredentials:
+    """One device's FAST state (XEP-0484): its user-agent id and, once the
+    server issued one, the token and the mechanism it is bound to. Shared
+    by the logins of one account: without a token, `login(fast=...)`
+    authenticates with SCRAM over SASL2 and asks for one; with a token,
+    it logs in with it in one round trip (and keeps a rotated one)."""
+
+    __slots__ = ("device", "mechanism", "token", "scram_logins", "token_logins")
+
+    def __init__(self, mechanism: Optional[str] = None) -> None:
+        self.device = str(uuid.uuid4())
+        #: the HT-* mechanism to ask a token for (None: the best the server offers)
+        self.mechanism = mechanism
+        self.token: Optional[str] = None
+        self.scram_logins = 0
+        self.token_logins = 0
+
+
+def tls_server_end_point(transport: asyncio.BaseTransport) -> Optional[bytes]:
+    """RFC 5929 channel binding: SHA-256 of the server's certificate (right for
+    certificates signed with SHA-256, SHA-1 or MD5, as the benchmark's are)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return hashlib.sha256(der).digest() if der else None
 
 
 class XmppConnection(asyncio.Protocol):
@@ -282,19 +319,112 @@ async def login(host: str, port: int, domain: str, username: str, password: str,
                 ssl_ctx: Optional[ssl.SSLContext] = None, resource: Optional[str] = None,
                 roster: bool = False, presence: Optional[str] = "<presence/>",
                 mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"),
+                fast: Optional[FastCredentials] = None,
                 timeout: float = 30.0) -> XmppConnection:
     """Connect and log in; returns the connection with initial presence processed.
+
+    With `fast`: SASL2 (XEP-0388) and Bind2 (XEP-0386) instead of RFC 6120
+    SASL and bind, and a FAST token (XEP-0484): asked for with a SCRAM
+    login when `fast` has none, used when it has one.
 
     Raises:
         LoginError: naming the step that failed (or asyncio.TimeoutError past `timeout`).
     """
     return await asyncio.wait_for(
         _login(host, port, domain, username, password, starttls, direct_tls,
-               ssl_ctx or make_ssl_context(), resource, roster, presence, mechanisms), timeout)
+               ssl_ctx or make_ssl_context(), resource, roster, presence, mechanisms, fast), timeout)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _child_text(el: El, tag: str) -> Optional[str]:
+    child = el.find(tag)
+    return child.text if child is not None else None
+
+
+async def _sasl2_login(conn: XmppConnection, features: El, username: str, password: str,
+                       fast: FastCredentials, resource: Optional[str], timeout: float) -> None:
+    """XEP-0388 authentication with an inline Bind2 request (the stream is
+    bound when it returns): SCRAM-SHA-256 with a FAST token request, or the
+    FAST token with its HT-* mechanism. Verifies the server's proof."""
+    from . import scram
+
+    auth = features.find(NS_SASL2 + " authentication")
+    if auth is None:
+        raise LoginError("server offers no SASL2")
+    inline = auth.find(NS_SASL2 + " inline")
+    fast_el = inline.find(NS_FAST + " fast") if inline is not None else None
+    offered_ht = [m.text.strip() for m in fast_el.children] if fast_el is not None else []
+    cb = tls_server_end_point(conn.transport) if conn.transport is not None else None
+    usable = [m for m in FAST_MECHANISMS if m in offered_ht and (m.endswith("-NONE") or cb)]
+    bind_inner = f"<tag>{xml_escape(resource or 'bench')}</tag>"
+    if SM_ENABLED:
+        bind_inner += f"<enable xmlns='{NS_SM}' resume='true'/>"
+    common = (f"<user-agent id='{fast.device}'><software>xmppload</software>"
+              f"<device>bench</device></user-agent><bind xmlns='{NS_BIND2}'>{bind_inner}</bind>")
+    client = None
+    expected: Optional[bytes] = None
+    if fast.token is not None:
+        mech = fast.mechanism or ""
+        if mech not in usable:
+            raise LoginError(f"FAST {mech} not offered (offered {offered_ht})")
+        cb_data = cb if mech.endswith("-ENDP") and cb is not None else b""
+        token = fast.token.encode()
+        proof = hmac.digest(token, b"Initiator" + cb_data, "sha256")
+        expected = hmac.digest(token, b"Responder" + cb_data, "sha256")
+        initial = username.encode() + b"\0" + proof
+        extra = f"<fast xmlns='{NS_FAST}'/>"
+        fast.token_logins += 1
+    else:
+        mechs = [m.text.strip() for m in auth.children if m.tag == NS_SASL2 + " mechanism"]
+        mech = "SCRAM-SHA-256"
+        if mech not in mechs:
+            raise LoginError(f"no SCRAM-SHA-256 in SASL2 mechanisms {mechs}")
+        if fast.mechanism is None:
+            if not usable:
+                raise LoginError(f"no usable FAST mechanism in {offered_ht}")
+            fast.mechanism = usable[0]
+        client = scram.ScramClient(mech, username, password)
+        initial = client.first()
+        extra = f"<request-token xmlns='{NS_FAST}' mechanism='{fast.mechanism}'/>"
+        fast.scram_logins += 1
+    conn.send(f"<authenticate xmlns='{NS_SASL2}' mechanism='{mech}'><initial-response>"
+              f"{_b64(initial)}</initial-response>{common}{extra}</authenticate>".encode())
+    while True:
+        answer = await conn.recv(timeout)
+        kind = answer.tag.split(" ")[-1]
+        if kind == "challenge" and client is not None and not client.server_signature:
+            final = client.final(base64.b64decode(answer.text or ""))
+            conn.send(f"<response xmlns='{NS_SASL2}'>{_b64(final)}</response>".encode())
+        elif kind == "success":
+            break
+        else:
+            cond = answer.children[0].tag.split(" ")[-1] if answer.children else kind
+            raise LoginError(f"SASL2 {mech} failed: {cond}")
+    additional = base64.b64decode(_child_text(answer, NS_SASL2 + " additional-data") or "")
+    if client is not None and not client.verify(additional):
+        raise LoginError("server signature mismatch")
+    if expected is not None and not hmac.compare_digest(additional, expected):
+        raise LoginError("FAST: the server's answer does not prove it knows the token")
+    token_el = answer.find(NS_FAST + " token")
+    if token_el is not None:  # issued, or rotated (XEP-0484 §3.5)
+        fast.token = token_el.get("token")
+    elif fast.token is None:
+        raise LoginError("FAST: no token in <success/>")
+    bound = answer.find(NS_BIND2 + " bound")
+    if bound is None:
+        raise LoginError("Bind2: no <bound/> in <success/>")
+    conn.jid = _child_text(answer, NS_SASL2 + " authorization-identifier") or ""
+    if SM_ENABLED:
+        if bound.find(T_SM_ENABLED) is None:
+            raise LoginError("Bind2: stream management was not enabled")
+        conn.sm_handled = 0
 
 
 async def _login(host, port, domain, username, password, starttls, direct_tls, ssl_ctx,
-                 resource, roster, presence, mechanisms) -> XmppConnection:
+                 resource, roster, presence, mechanisms, fast=None) -> XmppConnection:
     from . import scram  # local: keeps the module importable without side effects
 
     loop = asyncio.get_running_loop()
@@ -329,6 +459,9 @@ async def _login(host, port, domain, username, password, starttls, direct_tls, s
             conn.open_stream()
             features = await conn.recv_until(lambda el: el.tag == T_FEATURES, step_timeout)
 
+        if fast is not None:
+            await _sasl2_login(conn, features, username, password, fast, resource, step_timeout)
+            return await _after_bind(conn, domain, roster, presence)
         mechs_el = features.find(NS_SASL + " mechanisms")
         offered = [m.text.strip() for m in mechs_el.children] if mechs_el is not None else []
         mech = scram.choose_mechanism(offered, mechanisms)
@@ -375,14 +508,20 @@ async def _login(host, port, domain, username, password, starttls, direct_tls, s
         session = features.find(NS_SESSION + " session")
         if session is not None and session.find(NS_SESSION + " optional") is None:
             await conn.iq("set", f"<session xmlns='{NS_SESSION}'/>")
-        if roster:
-            conn.user_data = await conn.iq("get", f"<query xmlns='{NS_ROSTER}'/>")
-        if presence:
-            conn.send(presence.encode())
-            # Stanzas are processed in order: the ping's answer means the presence was handled.
-            await conn.iq("get", f"<ping xmlns='{NS_PING}'/>", to=domain)
-        return conn
+        return await _after_bind(conn, domain, roster, presence)
     except BaseException:
         if conn.transport is not None:
             conn.transport.abort()  # type: ignore[attr-defined]
         raise
+
+
+async def _after_bind(conn: XmppConnection, domain: str, roster: bool,
+                      presence: Optional[str]) -> XmppConnection:
+    """Roster get (optional), initial presence and the ping that proves it was handled."""
+    if roster:
+        conn.user_data = await conn.iq("get", f"<query xmlns='{NS_ROSTER}'/>")
+    if presence:
+        conn.send(presence.encode())
+        # Stanzas are processed in order: the ping's answer means the presence was handled.
+        await conn.iq("get", f"<ping xmlns='{NS_PING}'/>", to=domain)
+    return conn

@@ -9,6 +9,7 @@ from typing import Iterable, Optional, TextIO
 # figure -> (column label, how to read it: "higher" or "lower" is better)
 FIGURES = {
     "login_rate": ("login rate", "higher"),
+    "login_rate_fast": ("login rate with FAST (SASL2 + Bind2, token)", "higher"),
     "throughput": ("throughput", "higher"),
     "throughput_p50": ("throughput p50 latency", "lower"),
     "throughput_p99": ("throughput p99 latency", "lower"),
@@ -34,7 +35,7 @@ def emit(res: dict, out: TextIO = sys.stdout) -> None:
 def figures(res: dict) -> list[tuple[str, float, str]]:
     """Split a scenario result into table figures (name, value, unit)."""
     name = res["scenario"]
-    if res.get("error"):
+    if res.get("error") or res.get("skipped"):
         return []
     if name == "throughput":
         return [("throughput", res["value"], "msgs/s"), ("throughput_p50", res["p50_ms"], "ms"),

@@ -64,6 +64,9 @@ async def run_one(name: str, target: Target, params: Params, rate: Optional[floa
             "login_rate": lambda: scenarios.login_rate(
                 target, users=params.login_users, count=params.login_count,
                 concurrency=params.login_concurrency, duration=params.login_duration),
+            "login_rate_fast": lambda: scenarios.login_rate(
+                target, users=params.login_users, count=params.login_count,
+                concurrency=params.login_concurrency, duration=params.login_duration, fast=True),
             "throughput": lambda: scenarios.throughput(
                 target, pairs=params.pairs, window=params.window, duration=params.duration,
                 warmup=params.warmup),

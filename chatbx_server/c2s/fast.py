@@ -34,7 +34,9 @@ yields no usable token, and the key file alone yields none either;
 losing the key file invalidates every token (clients fall back to their
 password, XEP-0484 §4.1). Nodes of a cluster must share the key file.
 Revocation is read at every FAST login, so it takes effect at once for
-new logins and resumptions; connections already open stay up.
+new logins and resumptions; connections already open stay up. A token
+login is a login like a password one: a disabled account is refused, and
+the login is recorded (``last_login``; a pending removal is cancelled).
 
 Not supported: TLS 0-RTT (no ``tls-0rtt`` is advertised), so the replay
 counter (``count``) is not needed and is ignored.
@@ -156,6 +158,8 @@ class FastExchange:
         self.mechanism = request.mechanism
         #: the stored token that authenticated the client
         self.token: Optional[FastToken] = None
+        #: the account as the login read it (storage.accounts.AccountInfo)
+        self.account: Any = None
 
     def step(self, data: bytes) -> defer.Deferred:
         return defer.fail(SASLFailure("malformed-request"))  # one round trip only
@@ -190,25 +194,41 @@ class FastExchange:
         if device is None:
             # XEP-0484 §4.1: tokens are bound to the user-agent id.
             raise SASLFailure("not-authorized", "FAST needs a user-agent id", account=account)
+        if not throttle.allowed(address, account):
+            raise SASLFailure("temporary-auth-failure", account=account, counted=True)
+        tokens = await server.stores.fast.tokens(account, device)
+        # The guess is charged here, after the read: the check below runs
+        # at once (no other attempt can be checked meanwhile, which is what
+        # charging first is for), and concurrent logins from one address (a
+        # NAT after an outage) do not hold charges across the read, which
+        # refused right tokens with temporary-auth-failure.
         if not throttle.charge(address, account):
             raise SASLFailure("temporary-auth-failure", account=account, counted=True)
-        try:
-            tokens = await server.stores.fast.tokens(account, device)
-        except Exception:
-            throttle.refund(address, account)  # our fault, not a guess
-            raise
         cb_name = MECHANISMS[self.mechanism]
         cb_data = bindings[cb_name] if cb_name is not None else b""
         key = self.feature.key
+        matched: Optional[tuple[FastToken, str]] = None
         for stored in tokens:
             if stored.mechanism != self.mechanism:
                 continue  # XEP-0484 §3.4: bound to the mechanism it was issued for
             token = derive_token(key, stored.nonce, account, device, stored.mechanism)
-            if not hmac.compare_digest(initiator_hash(token, cb_data), proof):
-                continue
+            if hmac.compare_digest(initiator_hash(token, cb_data), proof):
+                matched = (stored, token)
+                break
+        if matched is not None:
+            stored, token = matched
             throttle.refund(address, account)  # the right token: not a guess
             if stored.expires_at <= server.clock.seconds():
                 raise SASLFailure("credentials-expired", account=account, counted=True)
+            # As after a password (c2s/sasl.py): a disabled account is
+            # refused (RFC 6120 §6.5.1), the login is recorded (which also
+            # cancels a pending removal), and the row read serves the
+            # session/bound handlers.
+            state, self.account = await server.stores.accounts.login_info(account)
+            if state == "disabled":
+                raise SASLFailure("account-disabled", account=account, counted=True)
+            if state != "ok":
+                raise SASLFailure("not-authorized", account=account, counted=True)
             if stored.slot == NEW:
                 # §5.1: the new token is in use; the older one stops working.
                 await server.stores.fast.promote(account, device, stored.nonce)

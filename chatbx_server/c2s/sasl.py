@@ -110,6 +110,8 @@ class SASLExchange:
         self.throttle: AuthThrottle = server.auth_throttle
         self.scram: Optional[ScramServer] = None
         self.jid: Optional[JID] = None
+        #: the account as the login read it (storage.accounts.AccountInfo)
+        self.account: Any = None
 
     def _refused(self, account: Optional[str]) -> SASLFailure:
         """Too many recent failures: RFC 6120 §6.5.12, try again later."""
@@ -172,9 +174,10 @@ class SASLExchange:
         """The password was right: refuse a disabled account (RFC 6120
         §6.5.1 account-disabled, told only to who knows the password), else
         record the login, which also cancels a pending removal."""
-        d = self.server.stores.accounts.login(jid.bare)
+        d = self.server.stores.accounts.login_info(jid.bare)
 
-        def decide(state: str) -> tuple[str, Any]:
+        def decide(result: tuple[str, Any]) -> tuple[str, Any]:
+            state, self.account = result
             if state == "disabled":
                 raise SASLFailure("account-disabled", account=jid.bare, counted=True)
             if state != "ok":

@@ -20,7 +20,6 @@ import base64
 import os
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
-from uuid import uuid4
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -79,6 +78,11 @@ class C2SStream(Protocol):
     serializer: StreamSerializer = CLIENT_STREAMS
     #: the class of the session a bound resource gets (test fakes record)
     session_class: type[ClientSession] = ClientSession
+    #: the account as the password login read it (storage.accounts.AccountInfo),
+    #: from authentication until the session is bound: ``session/bound``
+    #: handlers use it instead of reading the account again. A class
+    #: default, so a bound stream holds no instance entry for it.
+    account_info: Any = None
 
     def __init__(self, factory: "C2SFactory") -> None:
         self.factory = factory
@@ -268,7 +272,8 @@ class C2SStream(Protocol):
         """The connection is going away; connectionLost cleans up."""
 
     def _send_header(self) -> None:
-        self.stream_id = uuid4().hex
+        # 128 random bits, as uuid4().hex was, without building a UUID object
+        self.stream_id = os.urandom(16).hex()
         host = self.host or next(iter(sorted(self.server.hosts)))
         # RFC 6120 §4.7.2: 'to' is the initiating entity's JID when known;
         # like Prosody, the 'from' of the client's header.
@@ -534,6 +539,7 @@ class C2SStream(Protocol):
         # belongs to the restarted stream.
         self._release(replay=False)
         jid, additional = data
+        self._keep_account_info(self.sasl)
         self.sasl = None
         self.user = jid
         self.factory.throttle.succeeded(self.peer)
@@ -542,6 +548,11 @@ class C2SStream(Protocol):
         self.send_element(_with_b64(domish.Element((ns.SASL, "success")), additional))
         log.info("c2s {peer} authenticated as {user}", peer=self.peer, user=jid.bare)
         self._reset_parser()  # RFC 6120 §6.4.6: stream restart
+
+    def _keep_account_info(self, exchange: Any) -> None:
+        info = getattr(exchange, "account", None)
+        if info is not None:
+            self.account_info = info
 
     def _sasl_failed(self, failure: Failure) -> None:
         failure.trap(SASLFailure)
@@ -581,6 +592,7 @@ class C2SStream(Protocol):
         request = self.sasl2
         assert request is not None
         outcome = sasl2.Outcome(self, request, jid, self.sasl)
+        self._keep_account_info(self.sasl)
         self.sasl = None
         self.user = jid
         self.factory.throttle.succeeded(self.peer)
@@ -704,6 +716,8 @@ class C2SStream(Protocol):
         if reply is not None:
             self.send_element(reply)
         self.server.events.fire_all("session/bound", session)
+        if "account_info" in self.__dict__:
+            del self.account_info  # only the handlers above needed it
         return session
 
     def resume_session(self, session: ClientSession) -> None:
@@ -712,6 +726,8 @@ class C2SStream(Protocol):
         belongs to this stream's account and detached its old stream."""
         session.stream = self
         self._attach(session)
+        if "account_info" in self.__dict__:
+            del self.account_info  # no session/bound: nobody needs it
 
     def _attach(self, session: ClientSession) -> None:
         self.session = session

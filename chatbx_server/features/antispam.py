@@ -126,14 +126,21 @@ class AntispamFeature(Feature):
         user = session.bare
         if user in self._created:
             return
-        self._created[user] = None
-        self._reading[user] = []
-
         def got(info: Any) -> None:
             if user in self._created:
                 # Accounts an operator created are not limited.
                 self._created[user] = (info.created_at if info is not None
                                        and info.self_registered else float("-inf"))
+
+        # The password login read the account already (c2s/stream.py): its
+        # creation time and origin never change, so that copy is good.
+        known = getattr(session.stream, "account_info", None)
+        if known is not None and known.jid == user:
+            self._created[user] = None
+            got(known)
+            return
+        self._created[user] = None
+        self._reading[user] = []
 
         def release(_: Any) -> None:
             for waiter in self._reading.pop(user, []):

@@ -33,6 +33,15 @@ One delivery per account runs at a time; on a cluster a Redis lock per
 account (cluster/locks.py) extends that to every node, so two sessions
 logging in at once on two nodes do not both get the stored messages.
 
+Most logins find nothing stored, and asking costs a database transaction
+per login. So a server that is not part of a cluster remembers (for the
+last ``empty_memory`` accounts) which accounts it found empty: only this
+feature stores offline messages, and it forgets an account the moment it
+starts storing one for it, so the next login of a remembered account
+skips the query. A delivery that saw a message being stored while it ran
+remembers nothing. On a cluster (workers included) other nodes store too:
+every login asks.
+
 Presence is seen on ``pre-presence/bare`` above DELIVER (the presence
 module has no ``presence/available`` event), while the session still shows
 its previous state: the handler returns None, so the presence module still
@@ -41,6 +50,7 @@ handles the stanza.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -122,12 +132,17 @@ class OfflineFeature(Feature):
         max_per_user: int = 1000
         #: bytes of stored XML per account; a message that would pass it bounces too
         max_bytes: int = 10 * 1024 * 1024
+        #: accounts remembered as having nothing stored (their logins skip
+        #: the query; the least recently seen are forgotten first); 0: none
+        empty_memory: int = 10000
 
         def __post_init__(self) -> None:
             if self.max_per_user < 1:
                 raise ValueError("max_per_user must be at least 1")
             if self.max_bytes < 1:
                 raise ValueError("max_bytes must be at least 1")
+            if self.empty_memory < 0:
+                raise ValueError("empty_memory must not be negative")
 
     def setup(self) -> None:
         #: accounts whose stored messages are being fetched and sent
@@ -136,8 +151,26 @@ class OfflineFeature(Feature):
         #: well inside the c2s output buffer a client is dropped past
         self.page_messages = PAGE_MESSAGES
         self.page_bytes = max(1, min(PAGE_BYTES, self.server.config.limits.max_output_buffer // 4))
+        #: accounts found with nothing stored, least recently seen first
+        self._empty: OrderedDict[str, None] = OrderedDict()
+        #: accounts being delivered for which no message was stored since
+        #: their delivery began (one entry per delivery at most)
+        self._untouched: set[str] = set()
         self.hook("message/bare", self.on_offline_message, OFFLINE)
         self.hook("pre-presence/bare", self.on_presence, PRESENCE_PRIORITY)
+        self.hook("user/deleted", self.on_user_deleted)
+
+    def teardown(self) -> None:
+        super().teardown()
+        self._empty.clear()
+
+    def on_user_deleted(self, jid: str) -> None:
+        self._forget_empty(jid)
+
+    def _forget_empty(self, user: str) -> None:
+        """Something is (or may be) stored for ``user`` now."""
+        self._empty.pop(user, None)
+        self._untouched.discard(user)
 
     # -- storing -------------------------------------------------------------
     def on_offline_message(self, event: StanzaEvent) -> Any:
@@ -148,6 +181,7 @@ class OfflineFeature(Feature):
         if decision is False:
             return True
         user = event.to.bare
+        self._forget_empty(user)  # before the store starts: a login now must look
         d = self.server.stores.offline.store(user, self._serialize(event),
                                              self.options.max_per_user, self.options.max_bytes)
         d.addCallbacks(lambda stored: self._stored(stanza, user, stored),
@@ -228,9 +262,14 @@ class OfflineFeature(Feature):
             if delivery.target is None:
                 delivery.target = session
             return defer.succeed(0)
-        delivery = self._deliveries[user] = _Delivery(session)
         cluster = self.server.cluster
+        if cluster is None and user in self._empty:
+            self._empty.move_to_end(user)
+            return defer.succeed(0)  # nothing was stored since we found it empty
+        delivery = self._deliveries[user] = _Delivery(session)
         if cluster is None:
+            if self.options.empty_memory:
+                self._untouched.add(user)
             d = defer.ensureDeferred(self._deliver(user, delivery))
         else:
             # Another node may be delivering to a session of this account
@@ -249,8 +288,11 @@ class OfflineFeature(Feature):
             while self._target(user, delivery) is not None:
                 page = await store.fetch(user, after=after, max_messages=self.page_messages,
                                          max_bytes=self.page_bytes)
+                if not page:
+                    self._found_empty(user)
+                    break
                 target = self._target(user, delivery)
-                if not page or target is None:
+                if target is None:
                     break
                 sent: list[int] = []
                 for message in page:
@@ -265,9 +307,21 @@ class OfflineFeature(Feature):
                     await store.delete(user, sent)
                     handed_over += len(sent)
         finally:
+            self._untouched.discard(user)
             if self._deliveries.get(user) is delivery:
                 del self._deliveries[user]
         return handed_over
+
+    def _found_empty(self, user: str) -> None:
+        """The store holds nothing more for ``user``: remember it, unless a
+        message was stored for it while this delivery ran."""
+        if user not in self._untouched:
+            return
+        empty = self._empty
+        empty[user] = None
+        empty.move_to_end(user)
+        while len(empty) > self.options.empty_memory:
+            empty.popitem(last=False)
 
     def _target(self, user: str, delivery: _Delivery) -> Optional[Any]:
         """The session the next page goes to: the delivery's own while it

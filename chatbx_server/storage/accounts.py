@@ -162,14 +162,32 @@ def register_txn(conn: Connection, jid: str, creds: dict[str, ScramCredentials],
 def login_txn(conn: Connection, jid: str, now: float) -> str:
     """Record a successful password check: 'ok' (last login set, a pending
     removal cancelled), 'disabled', or 'unknown'."""
-    row = conn.execute(sa.select(users.c.id, users.c.disabled_at).where(_where(jid))).first()
+    return login_info_txn(conn, jid, now)[0]
+
+
+#: the hot login statements, built once (building a select costs more than
+#: running it on SQLite); the values are bound per call
+_LOGIN_ROW = sa.select(users).where(users.c.username == sa.bindparam("username"),
+                                    users.c.domain == sa.bindparam("domain"))
+_LOGIN_SET = (sa.update(users).where(users.c.id == sa.bindparam("user_id"))
+              .values(last_login=sa.bindparam("now"), delete_at=None))
+
+
+def login_info_txn(conn: Connection, jid: str, now: float
+                   ) -> tuple[str, Optional[AccountInfo]]:
+    """:func:`login_txn` that also returns the account's row as it was
+    before the login (what ``info`` reads), so that a login needs one
+    transaction for both: features that look at the account when its
+    session is bound (antispam: its age) take it from the login."""
+    username, domain = split_jid(jid)
+    row = conn.execute(_LOGIN_ROW, {"username": username, "domain": domain}).first()
     if row is None:
-        return "unknown"
+        return "unknown", None
+    info = _info(jid, row)
     if row.disabled_at is not None:
-        return "disabled"
-    conn.execute(sa.update(users).where(users.c.id == row.id)
-                 .values(last_login=now, delete_at=None))
-    return "ok"
+        return "disabled", info
+    conn.execute(_LOGIN_SET, {"user_id": row.id, "now": now})
+    return "ok", info
 
 
 def set_disabled_txn(conn: Connection, jid: str, disabled: bool, now: float) -> None:
@@ -199,6 +217,10 @@ def info_txn(conn: Connection, jid: str) -> Optional[AccountInfo]:
     row = conn.execute(sa.select(users).where(_where(jid))).first()
     if row is None:
         return None
+    return _info(jid, row)
+
+
+def _info(jid: str, row: Any) -> AccountInfo:
     return AccountInfo(jid, float(row.created_at), row.last_login, row.disabled_at,
                        row.delete_at, bool(row.admin), bool(row.self_registered))
 
@@ -286,7 +308,12 @@ class AccountStore:
         return self.db.run("accounts.register", register_txn, jid, creds, token, self.now())
 
     def login(self, jid: str) -> Deferred[str]:
-        return self.db.run("accounts.login", login_txn, jid, self.now())
+        return self.login_info(jid).addCallback(lambda result: result[0])
+
+    def login_info(self, jid: str) -> Deferred[tuple[str, Optional[AccountInfo]]]:
+        """Record a login ('ok', 'disabled', 'unknown') and read the
+        account (as ``info``) in the same transaction."""
+        return self.db.run("accounts.login", login_info_txn, jid, self.now())
 
     def set_disabled(self, jid: str, disabled: bool) -> Deferred[None]:
         return self.db.run("accounts.set_disabled", set_disabled_txn, jid, disabled, self.now())

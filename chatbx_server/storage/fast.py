@@ -23,9 +23,8 @@ from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred
 
 from chatbx_server.storage.database import Database
-from chatbx_server.storage.errors import UnknownUser
-from chatbx_server.storage.schema import fast_tokens
-from chatbx_server.storage.users import now_function, user_id_txn
+from chatbx_server.storage.schema import fast_tokens, users
+from chatbx_server.storage.users import now_function, split_jid, user_id_txn
 
 __all__ = ["FastStore", "FastToken", "NEW", "CURRENT"]
 
@@ -55,13 +54,24 @@ def _row(r: Any) -> FastToken:
 _COLUMNS = (_t.device, _t.slot, _t.mechanism, _t.nonce, _t.label, _t.issued_at, _t.expires_at)
 
 
+#: read at every FAST login: one statement (the account by name, joined),
+#: built once; values bound per call
+_DEVICE_TOKENS = (
+    sa.select(*_COLUMNS).select_from(fast_tokens.join(users, users.c.id == _t.user_id))
+    .where(users.c.username == sa.bindparam("username"), users.c.domain == sa.bindparam("domain"),
+           _t.device == sa.bindparam("device"))
+)
+
+
 def tokens_txn(conn: Connection, user: str, device: str) -> list[FastToken]:
-    """The device's tokens, 'new' first (XEP-0484 §5.1 checks it first)."""
+    """The device's tokens, 'new' first (XEP-0484 §5.1 checks it first);
+    none for an unknown account."""
     try:
-        user_id = user_id_txn(conn, user)
-    except UnknownUser:
+        username, domain = split_jid(user)
+    except ValueError:
         return []
-    rows = conn.execute(sa.select(*_COLUMNS).where(_t.user_id == user_id, _t.device == device))
+    rows = conn.execute(_DEVICE_TOKENS, {"username": username, "domain": domain,
+                                         "device": device})
     return sorted((_row(r) for r in rows), key=lambda t: t.slot != NEW)
 
 

@@ -75,18 +75,24 @@ def _usage_txn(conn: Connection, user_id: int) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+#: the first query of every login's delivery (usually finding nothing),
+#: built once; values bound per call
+_PAGE_SIZES = (sa.select(_t.id, _t.stanza_bytes)
+               .where(_t.user_id == sa.bindparam("user_id"), _t.id > sa.bindparam("after"))
+               .order_by(_t.id).limit(sa.bindparam("limit")))
+
+
 def fetch_txn(conn: Connection, user: str, after: int, max_messages: int,
               max_bytes: int) -> list[StoredMessage]:
     """The oldest messages with an id above ``after``: at most ``max_messages``,
     and no more than ``max_bytes`` of XML unless one message alone is bigger
     (a page always holds at least one message, or none is ever delivered)."""
     user_id = user_id_txn(conn, user)
-    window = (_t.user_id == user_id, _t.id > after)
-    sizes = conn.execute(
-        sa.select(_t.id, _t.stanza_bytes).where(*window).order_by(_t.id).limit(max_messages)
-    ).all()
+    sizes = conn.execute(_PAGE_SIZES, {"user_id": user_id, "after": after,
+                                       "limit": max_messages}).all()
     if not sizes:
         return []
+    window = (_t.user_id == user_id, _t.id > after)
     last: int | None = None
     total = 0
     for row in sizes:

@@ -115,12 +115,32 @@ _ITEM_COLUMNS = (
 )
 
 
+#: what every login reads, built once (values bound per call)
+_ITEMS_OF = sa.select(*_ITEM_COLUMNS).where(roster_items.c.user_id == sa.bindparam("user_id"))
+_VERSION_OF = sa.select(roster_versions.c.version).where(
+    roster_versions.c.user_id == sa.bindparam("user_id"))
+_REQUESTS_OF = (
+    sa.select(subscription_requests.c.contact, subscription_requests.c.status)
+    .where(subscription_requests.c.user_id == sa.bindparam("user_id"))
+    .order_by(subscription_requests.c.created_at, subscription_requests.c.contact)
+)
+
+
 def get_roster_txn(conn: Connection, user: str) -> tuple[int, list[RosterItem]]:
     """(version, items sorted by JID)."""
-    user_id = user_id_txn(conn, user)
-    rows = conn.execute(sa.select(*_ITEM_COLUMNS).where(roster_items.c.user_id == user_id))
+    return _roster_by_id_txn(conn, user_id_txn(conn, user))
+
+
+def _roster_by_id_txn(conn: Connection, user_id: int) -> tuple[int, list[RosterItem]]:
+    params = {"user_id": user_id}
+    rows = conn.execute(_ITEMS_OF, params)
     items = sorted((_row_to_item(r) for r in rows), key=lambda i: i.jid)
-    return get_version_by_id_txn(conn, user_id), items
+    version = conn.execute(_VERSION_OF, params).scalar()
+    return int(version or 0), items
+
+
+def _requests_by_id_txn(conn: Connection, user_id: int) -> list[tuple[str, str | None]]:
+    return [(r.contact, r.status) for r in conn.execute(_REQUESTS_OF, {"user_id": user_id})]
 
 
 def get_item_txn(conn: Connection, user: str, contact: str) -> RosterItem | None:
@@ -218,23 +238,19 @@ def remove_request_txn(conn: Connection, user: str, contact: str) -> bool:
 
 def list_requests_txn(conn: Connection, user: str) -> list[tuple[str, str | None]]:
     """Pending inbound requests (contact, status), oldest first."""
-    user_id = user_id_txn(conn, user)
-    rows = conn.execute(
-        sa.select(subscription_requests.c.contact, subscription_requests.c.status)
-        .where(subscription_requests.c.user_id == user_id)
-        .order_by(subscription_requests.c.created_at, subscription_requests.c.contact)
-    )
-    return [(r.contact, r.status) for r in rows]
+    return _requests_by_id_txn(conn, user_id_txn(conn, user))
 
 
 def load_txn(conn: Connection, user: str
              ) -> tuple[int, list[RosterItem], list[tuple[str, str | None]]]:
     """(version, items, pending requests) in one transaction.
 
-    What the roster cache needs at login: one round trip instead of two.
+    What the roster cache needs at login: one round trip instead of two,
+    and one account lookup for both.
     """
-    version, items = get_roster_txn(conn, user)
-    return version, items, list_requests_txn(conn, user)
+    user_id = user_id_txn(conn, user)
+    version, items = _roster_by_id_txn(conn, user_id)
+    return version, items, _requests_by_id_txn(conn, user_id)
 
 
 class RosterStore:

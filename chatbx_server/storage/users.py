@@ -69,6 +69,13 @@ def split_jid(jid: str) -> tuple[str, str]:
     return username, domain
 
 
+#: built once: every store looks the account up, and building a select
+#: costs more than running it on SQLite; values are bound per call
+_USER_ID = sa.select(users.c.id).where(users.c.username == sa.bindparam("username"),
+                                       users.c.domain == sa.bindparam("domain"))
+_USER_ID_FOR_UPDATE = _USER_ID.with_for_update()
+
+
 def user_id_txn(conn: Connection, jid: str, *, for_update: bool = False) -> int:
     """The users.id of a local account.
 
@@ -80,10 +87,8 @@ def user_id_txn(conn: Connection, jid: str, *, for_update: bool = False) -> int:
         UnknownUser: no such account.
     """
     username, domain = split_jid(jid)
-    query = sa.select(users.c.id).where(users.c.username == username, users.c.domain == domain)
-    if for_update:
-        query = query.with_for_update()
-    user_id = conn.execute(query).scalar()
+    query = _USER_ID_FOR_UPDATE if for_update else _USER_ID
+    user_id = conn.execute(query, {"username": username, "domain": domain}).scalar()
     if user_id is None:
         raise UnknownUser(jid)
     return int(user_id)
@@ -221,26 +226,30 @@ def list_users_txn(conn: Connection, domain: str | None) -> list[str]:
     return sorted(f"{u}@{d}" for u, d in conn.execute(query))
 
 
+_CREDENTIALS = (
+    sa.select(
+        scram_credentials.c.salt,
+        scram_credentials.c.iterations,
+        scram_credentials.c.stored_key,
+        scram_credentials.c.server_key,
+    )
+    .select_from(scram_credentials.join(users))
+    .where(
+        users.c.username == sa.bindparam("username"),
+        users.c.domain == sa.bindparam("domain"),
+        scram_credentials.c.mechanism == sa.bindparam("mechanism"),
+    )
+)
+
+
 def get_credentials_txn(conn: Connection, jid: str, mechanism: str) -> ScramCredentials | None:
     """The stored SCRAM credentials, or None (no account / mechanism)."""
     try:
         username, domain = split_jid(jid)
     except ValueError:
         return None
-    row = conn.execute(
-        sa.select(
-            scram_credentials.c.salt,
-            scram_credentials.c.iterations,
-            scram_credentials.c.stored_key,
-            scram_credentials.c.server_key,
-        )
-        .select_from(scram_credentials.join(users))
-        .where(
-            users.c.username == username,
-            users.c.domain == domain,
-            scram_credentials.c.mechanism == _normalise_mechanism(mechanism),
-        )
-    ).first()
+    row = conn.execute(_CREDENTIALS, {"username": username, "domain": domain,
+                                      "mechanism": _normalise_mechanism(mechanism)}).first()
     if row is None:
         return None
     return ScramCredentials(bytes(row.salt), int(row.iterations), bytes(row.stored_key),

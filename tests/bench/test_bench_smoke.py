@@ -70,7 +70,8 @@ def _quick_compare(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     assert [r for r in results if r.get("error")] == [], log
     by_name = {r["scenario"]: r for r in results}
-    assert {"login_rate", "throughput", "latency", "presence_fanout", "throughput_after_logins"} <= set(by_name), log
+    assert {"login_rate", "login_rate_fast", "throughput", "latency", "presence_fanout",
+            "throughput_after_logins"} <= set(by_name), log
     assert any(name.startswith("idle_memory_") for name in by_name), log
     assert by_name["login_rate"]["completed"] > 0 and by_name["login_rate"]["failures"] == 0
     for name in ("throughput", "latency", "presence_fanout", "throughput_after_logins",
@@ -82,6 +83,55 @@ def _quick_compare(tmp_path: Path) -> None:
     for name, res in by_name.items():
         if name.startswith("idle_memory_"):
             assert res["connections"] > 0 and res["login_failures"] == 0, res
+    assert proc.returncode == 0, log
+
+
+def test_table_shows_a_skipped_scenario_as_a_dash() -> None:
+    """login_rate_fast is chatbx only: Prosody's skipped result is "-", no ratio."""
+    results = [{"scenario": "login_rate_fast", "server": "chatbx", "value": 300.0, "unit": "logins/s"},
+               {"scenario": "login_rate_fast", "server": "prosody", "value": 0.0, "unit": "",
+                "skipped": "no FAST"}]
+    row = next(line for line in report.table(results, ["chatbx", "prosody"]).splitlines()
+               if line.startswith("login rate with FAST"))
+    assert row.split()[-3:] == ["300.00", "-", "-"]
+
+
+@pytest.mark.integration
+def test_quick_login_rates_with_scram_and_with_fast(tmp_path: Path) -> None:
+    """`compare --quick --only chatbx --scenarios login_rate login_rate_fast`: SCRAM
+    logins, and FAST logins (SASL2 + Bind2): one SCRAM login per user asks for a
+    token, every measured login uses it; none fails."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
+                           "--scenarios", "login_rate", "login_rate_fast", "--json", str(out),
+                           "--time-limit", "60"],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log = proc.stdout.decode(errors="replace")
+    results = {r["scenario"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {"login_rate", "login_rate_fast"}, log
+    for res in results.values():
+        assert not res.get("error") and res["failures"] == 0 and res["completed"] > 0, res
+        assert res["server_cpu_us_per_login"] > 0, res
+    fast = results["login_rate_fast"]
+    assert fast["mechanism"] in ("HT-SHA-256-ENDP", "HT-SHA-256-NONE"), fast
+    assert fast["scram_logins"] == 10 and fast["token_logins"] >= fast["completed"], fast
+    assert proc.returncode == 0, log
+
+
+@pytest.mark.integration
+def test_fast_login_rate_is_skipped_by_a_server_without_fast(tmp_path: Path) -> None:
+    """Against a server that offers no FAST (chatbx without its fast module,
+    as Prosody 0.12 through loadgen.py), login_rate_fast says skipped, not failed."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
+                           "--chatbx-disable", "fast", "--scenarios", "login_rate_fast",
+                           "--json", str(out), "--time-limit", "60"],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    log = proc.stdout.decode(errors="replace")
+    [res] = json.loads(out.read_text())
+    assert "FAST" in res.get("skipped", "") and not res.get("error"), res
     assert proc.returncode == 0, log
 
 

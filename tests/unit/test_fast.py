@@ -280,6 +280,62 @@ def test_revoked_device_cannot_log_in(server, factory):
     assert answer(c).name == "failure"
 
 
+def test_token_login_is_a_login_a_disabled_account_is_refused(server, factory):
+    """A token login records the login (last_login, a pending removal
+    cancelled) as a password login does; once the account is disabled its
+    token gets account-disabled (RFC 6120 §6.5.1), and works again when it
+    is enabled."""
+    token, _ = get_token(factory)
+    accounts = server.stores.accounts
+    accounts.schedule_deletion("alice@localhost", server.clock.seconds() + DAY)
+    server.clock.advance(60)
+    c = connect(factory)
+    authenticate(c, "HT-SHA-256-NONE", ht(token), f"<fast xmlns='{FAST}'/>")
+    assert answer(c).name == "success"
+    info = accounts.info("alice@localhost").result
+    assert info.delete_at is None and info.last_login == server.clock.seconds()
+    accounts.set_disabled("alice@localhost", True)
+    c = connect(factory)
+    authenticate(c, "HT-SHA-256-NONE", ht(token), f"<fast xmlns='{FAST}'/>")
+    server.clock.advance(30)
+    failure = answer(c)
+    assert failure.name == "failure" and failure.firstChildElement().name == "account-disabled"
+    accounts.set_disabled("alice@localhost", False)
+    c = connect(factory)
+    authenticate(c, "HT-SHA-256-NONE", ht(token), f"<fast xmlns='{FAST}'/>")
+    assert answer(c).name == "success"
+
+
+def test_many_token_logins_at_once_from_one_address_all_succeed(server, factory, monkeypatch):
+    """More concurrent token logins from one address (a NAT) than the
+    failure limit allows, all waiting on the token read at once: each is
+    charged only while its token is checked, so none is refused with
+    temporary-auth-failure."""
+    from twisted.internet import defer
+    token, _ = get_token(factory)
+    reads: list[defer.Deferred] = []
+    real = server.stores.fast.tokens
+
+    def slow_tokens(account: str, device: str) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        real(account, device).addCallback(lambda rows: reads.append((d, rows)))
+        return d
+
+    monkeypatch.setattr(server.stores.fast, "tokens", slow_tokens)
+    clients = []
+    for _ in range(server.config.limits.auth_max_failures + 2):
+        c = Client(factory, peer="10.2.0.1")
+        c.header()
+        c.features()
+        authenticate(c, "HT-SHA-256-NONE", ht(token), f"<fast xmlns='{FAST}'/>")
+        clients.append(c)
+    assert len(reads) == len(clients)
+    for d, rows in reads:
+        d.callback(rows)
+    server.clock.advance(30)
+    assert [answer(c).name for c in clients] == ["success"] * len(clients)
+
+
 def test_no_token_without_user_agent_or_for_an_unoffered_mechanism(server, factory):
     """Tokens are per device: no user-agent id, no token; nor for
     HT-SHA-256-ENDP when this connection has no tls-server-end-point."""

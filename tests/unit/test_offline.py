@@ -508,3 +508,76 @@ def test_rest_goes_to_another_available_resource_when_the_first_one_leaves() -> 
     held.release_all()
     assert [m["id"] for m in messages(laptop)] == [f"m{i}" for i in range(100, 150)]
     assert count(server) == 0
+
+
+class CountedFetches:
+    """Counts the store's fetch calls (the real fetch still runs)."""
+
+    def __init__(self, server) -> None:
+        self.store = server.stores.offline
+        self.real = self.store.fetch
+        self.calls = 0
+        self.store.fetch = self.fetch
+
+    def fetch(self, user, **kwargs):
+        self.calls += 1
+        return self.real(user, **kwargs)
+
+
+def _relogin(server, resource: str):
+    session = bind(server, f"alice@localhost/{resource}")
+    come_online(server, session)
+    return session
+
+
+def test_an_account_found_empty_is_not_asked_again_until_something_is_stored() -> None:
+    """A login that found nothing stored is remembered: the next login of
+    the account skips the query; a message stored meanwhile makes the next
+    login ask (and get it) again."""
+    server, bob = setup_server()
+    fetches = CountedFetches(server)
+    first = _relogin(server, "one")
+    assert fetches.calls == 1 and first.take() == []
+    second = _relogin(server, "two")
+    assert fetches.calls == 1 and second.take() == []
+    for session in (first, second):
+        session.presence = None
+        session.stream.connectionLost(None)
+    send(server, bob, "<message to='alice@localhost' type='chat' id='m1'><body>hi</body></message>")
+    third = _relogin(server, "three")
+    assert fetches.calls >= 2
+    assert [m["id"] for m in third.take() if m.name == "message"] == ["m1"]
+    fetches.calls = 0
+    fourth = _relogin(server, "four")
+    assert fetches.calls == 0 and fourth.take() == []
+
+
+def test_a_message_stored_while_the_empty_answer_is_on_its_way_is_delivered_next_time() -> None:
+    """The fetch found nothing, but a message was stored before its answer
+    came back: the account is not remembered as empty."""
+    server, bob = setup_server()
+    held = HeldFetches(server)
+    first = bind(server, "alice@localhost/one")
+    come_online(server, first)
+    rows = []
+    user, kwargs, d = held.calls.pop(0)
+    held.real(user, **kwargs).addCallback(rows.extend)  # read now: empty
+    first.presence = None
+    first.stream.connectionLost(None)
+    send(server, bob, "<message to='alice@localhost' type='chat' id='m1'><body>hi</body></message>")
+    d.callback(rows)
+    assert rows == []
+    held.restore()
+    second = _relogin(server, "two")
+    assert [m["id"] for m in second.take() if m.name == "message"] == ["m1"]
+
+
+def test_with_no_empty_memory_every_login_asks() -> None:
+    """empty_memory = 0 keeps nothing: each login queries the store."""
+    server = make_server(config_text="[modules]\nenabled = [\"message\", \"offline\"]\n"
+                                     "[modules.offline]\nempty_memory = 0\n")
+    create_user(server, "alice@localhost")
+    fetches = CountedFetches(server)
+    for resource in ("one", "two", "three"):
+        _relogin(server, resource)
+    assert fetches.calls == 3
