@@ -29,8 +29,13 @@ KINDS = ("account", "contact")
 
 
 def new_token() -> str:
-    """A URL-safe random secret (128 bits)."""
-    return secrets.token_urlsafe(16)
+    """A URL-safe random secret (128 bits) that does not start with "-":
+    one in 64 did, and ``chatbxctl invite revoke TOKEN`` then took the
+    token for an option (argparse) and refused to run."""
+    while True:
+        token = secrets.token_urlsafe(16)
+        if not token.startswith("-"):
+            return token
 
 
 @dataclass(frozen=True)

@@ -340,15 +340,20 @@ class MucStore:
         #: room -> fires when the last write queued for it has finished
         self._tails: dict[str, defer.Deferred[None]] = {}
 
-    def _in_order(self, room: str, desc: str, fn: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        """Run a write for ``room`` after the previous one for it finished.
+    def _in_order(self, room: str, desc: str, fn: Callable[..., T], *args: Any,
+                  wait: Optional[defer.Deferred[Any]] = None) -> defer.Deferred[T]:
+        """Run a write for ``room`` after the previous one for it finished
+        (and after ``wait``, when given).
 
         PostgreSQL's pool runs transactions side by side: two saves of one
         room (password set, then cleared) could commit in either order and
-        leave the older state in the database for the next start."""
+        leave the older state in the database for the next start. The
+        room's place in line is taken now, so a read asked for after this
+        call (:meth:`_after_writes`) sees the write."""
         previous = self._tails.get(room)
+        gates = [g for g in (previous, wait) if g is not None]
         d: defer.Deferred[T]
-        if previous is None:
+        if not gates:
             d = self.db.run(desc, fn, *args)
         else:
             d = defer.Deferred()
@@ -356,7 +361,8 @@ class MucStore:
             def start(_: Any) -> None:
                 self.db.run(desc, fn, *args).chainDeferred(d)
 
-            previous.addCallback(start)
+            gate = gates[0] if len(gates) == 1 else defer.DeferredList(gates, consumeErrors=True)
+            gate.addBoth(start)
         done: defer.Deferred[None] = defer.Deferred()
         self._tails[room] = done
 
@@ -367,6 +373,19 @@ class MucStore:
             return result
 
         d.addBoth(finished)
+        return d
+
+    def _after_writes(self, room: str) -> defer.Deferred[None]:
+        """Fires once the writes queued for ``room`` so far have finished
+        and the archive's queued rows are written: a read after a
+        moderation must find the tombstone (XEP-0425), not the message."""
+        flushed = self.flushed()
+        tail = self._tails.get(room)
+        if tail is None:
+            return flushed
+        d: defer.Deferred[None] = defer.Deferred()
+        both = defer.DeferredList([flushed, tail], consumeErrors=True)
+        both.addBoth(lambda _: d.callback(None))
         return d
 
     def load_rooms(self, services: list[str]) -> defer.Deferred[list[RoomRecord]]:
@@ -413,8 +432,9 @@ class MucStore:
         return self.writer.flushed()
 
     def query(self, room: str, **kwargs: Any) -> defer.Deferred[tuple[list[ArchiveRow], bool, int]]:
-        """One page (archive_query_txn), after the queued rows are written."""
-        d: defer.Deferred[Any] = self.flushed()
+        """One page (archive_query_txn), after the queued rows and the
+        room's pending writes (a retraction) are done."""
+        d: defer.Deferred[Any] = self._after_writes(room)
         d.addCallback(lambda _: self.db.run("muc.archive.query", _query, room, kwargs))
         return d
 
@@ -422,15 +442,15 @@ class MucStore:
         return self.db.run("muc.archive.recent", archive_recent_txn, room, limit)
 
     def get(self, room: str, stanza_id: str) -> defer.Deferred[Optional[ArchiveRow]]:
-        d: defer.Deferred[Any] = self.flushed()
+        d: defer.Deferred[Any] = self._after_writes(room)
         d.addCallback(lambda _: self.db.run("muc.archive.get", archive_get_txn, room, stanza_id))
         return d
 
     def retract(self, room: str, stanza_id: str, tombstone: str) -> defer.Deferred[bool]:
-        d: defer.Deferred[Any] = self.flushed()
-        d.addCallback(lambda _: self.db.run("muc.archive.retract", archive_retract_txn, room,
-                                            stanza_id, tombstone))
-        return d
+        """Replace a message by its tombstone, after the queued rows (it may
+        be among them) and in line with the room's other writes."""
+        return self._in_order(room, "muc.archive.retract", archive_retract_txn, room, stanza_id,
+                              tombstone, wait=self.flushed())
 
 
 def _query(conn: Connection, room: str, kwargs: dict[str, Any]) -> tuple[list[ArchiveRow], bool, int]:

@@ -135,3 +135,39 @@ def test_writes_for_one_room_run_one_after_another() -> None:
     defer.gatherResults([first, second, third, other]).addCallback(got.append)
     assert got == [[1, 1, True, True]]
     assert store._tails == {}
+
+
+def test_a_read_after_a_retraction_waits_for_it() -> None:
+    """A MAM query (or a lookup) asked for after a moderation runs after the
+    tombstone is written: on PostgreSQL's pool the two would otherwise run
+    side by side and the query could still return the retracted message."""
+    from twisted.internet import defer
+    from twisted.internet.task import Clock
+
+    from chatbx_server.storage.muc import MucStore
+
+    class PendingDatabase:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, Any, Any]] = []
+
+        def run(self, desc: str, fn: Any, *args: Any) -> Any:
+            d: Any = defer.Deferred()
+            self.calls.append((desc, args, d))
+            return d
+
+    db = PendingDatabase()
+    store = MucStore(db, Clock())  # type: ignore[arg-type]
+    retracted = store.retract(ROOM, "sid1", "<message/>")
+    page = store.query(ROOM, limit=1, last=True)
+    found = store.get(ROOM, "sid1")
+    other = store.query("other@conference.localhost", limit=1, last=True)
+    assert [c[0] for c in db.calls] == ["muc.archive.retract", "muc.archive.query"]
+    assert db.calls[1][1][0] == "other@conference.localhost"  # another room is not held
+    db.calls[0][2].callback(True)
+    assert [c[0] for c in db.calls[2:]] == ["muc.archive.query", "muc.archive.get"]
+    for call in db.calls[1:]:
+        call[2].callback(None)
+    got: list[Any] = []
+    defer.gatherResults([retracted, page, found, other]).addCallback(got.append)
+    assert got and got[0][0] is True
+    assert store._tails == {}

@@ -609,3 +609,15 @@ def test_fast_list_and_revoke(ctl, config: str) -> None:
     assert ctl("--config", config, "fast", "list", "alice@localhost")[1] == ""
     code, _, err = ctl("--config", config, "fast", "list", "nobody@localhost")
     assert code == 1 and "unknown user" in err
+
+
+def test_invite_tokens_never_look_like_an_option(monkeypatch: Any) -> None:
+    """A token starting with "-" (1 in 64 of token_urlsafe's) was taken by
+    argparse for an option: `chatbxctl invite revoke TOKEN` refused it."""
+    import secrets
+
+    from chatbx_server.storage import invites
+
+    drawn = iter(["-leading-dash", "_fine_token"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n: next(drawn))
+    assert invites.new_token() == "_fine_token"
