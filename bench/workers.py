@@ -147,6 +147,10 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             cmd += ["--cpu", *map(str, args.loadgen_cpus)]
         if args.quick:
             cmd.append("--quick")
+        if args.pairs:
+            cmd += ["--pairs", str(args.pairs)]
+        if args.window:
+            cmd += ["--window", str(args.window)]
         peak: dict[str, int] = {}
         done = threading.Event()
 
@@ -199,6 +203,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="A,B pairs (default 2)")
     ap.add_argument("--scenarios", nargs="+", default=["throughput", "login_rate"])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--pairs", type=int, help="throughput: chatting pairs (at most 150; "
+                    "default the loadgen's 50)")
+    ap.add_argument("--window", type=int, help="throughput: messages in flight per direction "
+                    "(default the loadgen's 10); more pairs and a larger window load the "
+                    "workers until they, not the round trip, bound the rate")
     ap.add_argument("--server-cpus", type=int, nargs="+")
     ap.add_argument("--loadgen-cpus", type=int, nargs="+")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
