@@ -74,7 +74,7 @@ class InboundCounter:
         self._done: Optional[set[int]] = None
         #: called with the handled count after each completion
         self.on_advance: Optional[Callable[[int], None]] = None
-        #: more writes the stanza being handled waits for (see hold_ack)
+        #: more writes the stanza being handled waits for (see also_wait)
         self._also: Optional[list[defer.Deferred]] = None
         #: (writer, mark): rows of a batch writer the stanza being handled
         #: waits for, without a Deferred per row (see hold_write)
@@ -139,7 +139,7 @@ class InboundCounter:
     def _completed(self, result: Any, seq: int) -> None:
         # The route's own errback has answered a failure already: swallow it.
         # A handler that went on asynchronously (e.g. after loading a block
-        # list) may have called hold_ack from this Deferred's callbacks: those
+        # list) may have called hold_write from this Deferred's callbacks: those
         # writes belong to this stanza too.
         held, self._held = self._held, None
         if held is not None:
@@ -184,32 +184,18 @@ def _written(writer: Any, mark: int) -> defer.Deferred:
     return d
 
 
-def acks_wait(session: Any) -> bool:
-    """Whether an acknowledgement waits on what ``session`` sends (SM is on):
-    then a durable write for its stanza should be handed to :func:`hold_ack`."""
-    return session is not None and getattr(session, "sm", None) is not None
-
-
-def hold_ack(session: Any, d: defer.Deferred) -> bool:
-    """Make the XEP-0198 ack of the stanza ``session`` is sending wait for ``d``.
+def hold_write(session: Any, writer: Any) -> bool:
+    """Make the XEP-0198 ack of the stanza ``session`` is sending wait for
+    the rows just given to ``writer.submit`` (a BatchWriter).
 
     For writes a handler does beside the stanza's own result (the archive
     row written through the batch writer while delivery goes on): DESIGN,
     "an acknowledgement that promises storage is sent only after the batch
-    that holds the row has committed". Call it while the stanza is being
-    routed. Returns False (nothing waits) when SM is not enabled.
+    that holds the row has committed". The ack waits until the writer has
+    finished every row accepted so far, with no Deferred per row. Call it
+    while the stanza is being routed. Returns False (nothing waits) when SM
+    is not enabled.
     """
-    sm = getattr(session, "sm", None)
-    if sm is None:
-        return False
-    sm.inbound.also_wait(d)
-    return True
-
-
-def hold_write(session: Any, writer: Any) -> bool:
-    """Like :func:`hold_ack`, for the rows just given to ``writer.submit``
-    (a BatchWriter): the ack waits until the writer has finished every row
-    accepted so far, with no Deferred per row. False when SM is off."""
     sm = getattr(session, "sm", None)
     if sm is None:
         return False

@@ -20,7 +20,7 @@
   item-not-found, with the old session's 'h' when it is remembered (1.6:
   the client learns which of its stanzas arrived).
 - Acks also wait for writes a handler makes beside the stanza's own
-  result (the archive's batched rows: ``c2s.smacks.hold_ack``), and a
+  result (the archive's batched rows: ``c2s.smacks.hold_write``), and a
   ``<resume/>`` whose session still has stanzas being committed is
   answered once they are, so its 'h' covers them. ``<resume/>`` may also
   come inside a SASL2 ``<authenticate/>`` (XEP-0388 inline feature
