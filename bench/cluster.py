@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from workers import (create_database, drop_database, offline_count, redis_cli,  # noqa: E402
-                     server_cpu, start_redis)
+                     server_cpu, start_redis, stop_server)
 from xmppload import client, run, scenarios, servers  # noqa: E402
 
 DOMAIN = "localhost"
@@ -83,16 +82,6 @@ def start_node(cfg: str, args: argparse.Namespace) -> subprocess.Popen:
                                 preexec_fn=servers._preexec_pin(args.server_cpus))
     finally:
         out.close()
-
-
-def stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(40)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def clear_offline(url: str) -> None:
@@ -149,7 +138,7 @@ def one_round(args: argparse.Namespace, mode: str, index: int) -> list[dict[str,
         return out
     finally:
         for proc in procs:
-            stop_node(proc)
+            stop_server(proc)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -93,6 +93,17 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM a chatbx we started (its workers stop with it), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(40)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def server_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
@@ -189,12 +200,7 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             print(res.stdout[-2000:], res.stderr[-2000:], file=sys.stderr)
         return results
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_server(proc)
         out.close()
 
 

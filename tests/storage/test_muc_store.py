@@ -98,6 +98,20 @@ def test_writer_groups_rows(stores: Any, result_of: Any, db_clock: Any) -> None:
     assert count == 3
 
 
+class PendingDatabase:
+    """A Database stand-in whose transactions finish when the test says so."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, Any]] = []
+
+    def run(self, desc: str, fn: Any, *args: Any) -> Any:
+        from twisted.internet import defer
+
+        d: Any = defer.Deferred()
+        self.calls.append((desc, args, d))
+        return d
+
+
 def test_writes_for_one_room_run_one_after_another() -> None:
     """Two saves of a room (password set, then cleared) never run side by
     side: on PostgreSQL's pool they could commit in either order and the
@@ -106,15 +120,6 @@ def test_writes_for_one_room_run_one_after_another() -> None:
     from twisted.internet.task import Clock
 
     from chatbx_server.storage.muc import MucStore
-
-    class PendingDatabase:
-        def __init__(self) -> None:
-            self.calls: list[tuple[str, Any]] = []
-
-        def run(self, desc: str, fn: Any, *args: Any) -> Any:
-            d: Any = defer.Deferred()
-            self.calls.append((desc, args, d))
-            return d
 
     db = PendingDatabase()
     store = MucStore(db, Clock())  # type: ignore[arg-type]
@@ -145,15 +150,6 @@ def test_a_read_after_a_retraction_waits_for_it() -> None:
     from twisted.internet.task import Clock
 
     from chatbx_server.storage.muc import MucStore
-
-    class PendingDatabase:
-        def __init__(self) -> None:
-            self.calls: list[tuple[str, Any, Any]] = []
-
-        def run(self, desc: str, fn: Any, *args: Any) -> Any:
-            d: Any = defer.Deferred()
-            self.calls.append((desc, args, d))
-            return d
 
     db = PendingDatabase()
     store = MucStore(db, Clock())  # type: ignore[arg-type]
