@@ -15,7 +15,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from . import client, scram
 from .client import T_IQ, T_MESSAGE, T_PRESENCE, El, LoginError, XmppConnection
@@ -67,8 +67,10 @@ def result(scenario: str, target: Target, value: float, unit: str, **extra) -> d
 
 
 async def login_many(target: Target, indices: Iterable[int], concurrency: int, timeout: float,
+                     kwargs_for: Optional[Callable[[int], dict]] = None,
                      **kw) -> tuple[list[XmppConnection], list[str]]:
-    """Log in many users, at most `concurrency` handshakes at a time, all within `timeout`."""
+    """Log in many users, at most `concurrency` handshakes at a time, all within `timeout`
+    (`kwargs_for(n)`: login options of user n on top of `kw`, e.g. its FAST credentials)."""
     sem = asyncio.Semaphore(concurrency)
     conns: list[XmppConnection] = []
     errors: list[str] = []
@@ -81,7 +83,8 @@ async def login_many(target: Target, indices: Iterable[int], concurrency: int, t
                 errors.append("deadline")
                 return
             try:
-                conns.append(await target.login(n, timeout=min(30.0, remaining), **kw))
+                extra = kwargs_for(n) if kwargs_for is not None else {}
+                conns.append(await target.login(n, timeout=min(30.0, remaining), **kw, **extra))
             except (LoginError, OSError, asyncio.TimeoutError) as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -136,7 +139,8 @@ async def login_rate(target: Target, users: int = 200, count: int = 2000, concur
     creds: dict[int, client.FastCredentials] = {}
     if fast:
         creds = {n: client.FastCredentials() for n in range(base, base + users)}
-        warm, errs = await _login_each(target, creds, concurrency, 60.0)
+        warm, errs = await login_many(target, creds, concurrency, 60.0,
+                                      kwargs_for=lambda n: {"fast": creds[n]})
         unsupported = [e for e in errs if "no SASL2" in e or "no usable FAST" in e]
         if not warm and errs and len(unsupported) == len(errs):
             # A server without SASL2/FAST (Prosody 0.12): nothing to measure.
@@ -186,26 +190,6 @@ async def login_rate(target: Target, users: int = 200, count: int = 2000, concur
                    p99_ms=round(percentile(latencies, 99) * 1000, 2),
                    concurrency=concurrency, seconds=round(elapsed, 2),
                    first_failure=(failures + errs)[0] if failures or errs else None, **cpu)]
-
-
-async def _login_each(target: Target, creds: dict[int, client.FastCredentials], concurrency: int,
-                      timeout: float) -> tuple[list[XmppConnection], list[str]]:
-    """login_many with each user's own FAST credentials (SASL2 + Bind2)."""
-    sem = asyncio.Semaphore(concurrency)
-    conns: list[XmppConnection] = []
-    errors: list[str] = []
-    deadline = time.monotonic() + timeout
-
-    async def one(n: int) -> None:
-        async with sem:
-            try:
-                conns.append(await target.login(n, fast=creds[n],
-                                                timeout=max(1.0, min(30.0, deadline - time.monotonic()))))
-            except (LoginError, OSError, asyncio.TimeoutError) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-
-    await asyncio.gather(*(one(n) for n in creds))
-    return conns, errors
 
 
 # ------------------------------------------------------------------ messages
