@@ -60,14 +60,20 @@ def test_quick_compare_against_chatbx_delivers_everything(tmp_path: Path) -> Non
     _quick_compare(tmp_path)
 
 
-def _quick_compare(tmp_path: Path) -> None:
+def _compare_chatbx(tmp_path: Path, *args: str, time_limit: int = 60,
+                    timeout: int = 120) -> tuple[str, list[dict], int]:
+    """`bench/compare --quick --only chatbx ARGS`: its output, its JSON results
+    and its exit code."""
     out = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
-                           "--json", str(out), "--time-limit", "90"],
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=150,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    log = proc.stdout.decode(errors="replace")
-    results = json.loads(out.read_text())
+                           *args, "--json", str(out), "--time-limit", str(time_limit)],
+                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    return proc.stdout.decode(errors="replace"), json.loads(out.read_text()), proc.returncode
+
+
+def _quick_compare(tmp_path: Path) -> None:
+    log, results, returncode = _compare_chatbx(tmp_path, time_limit=90, timeout=150)
     assert [r for r in results if r.get("error")] == [], log
     by_name = {r["scenario"]: r for r in results}
     assert {"login_rate", "login_rate_fast", "throughput", "latency", "presence_fanout",
@@ -83,7 +89,7 @@ def _quick_compare(tmp_path: Path) -> None:
     for name, res in by_name.items():
         if name.startswith("idle_memory_"):
             assert res["connections"] > 0 and res["login_failures"] == 0, res
-    assert proc.returncode == 0, log
+    assert returncode == 0, log
 
 
 def test_table_shows_a_skipped_scenario_as_a_dash() -> None:
@@ -101,14 +107,9 @@ def test_quick_login_rates_with_scram_and_with_fast(tmp_path: Path) -> None:
     """`compare --quick --only chatbx --scenarios login_rate login_rate_fast`: SCRAM
     logins, and FAST logins (SASL2 + Bind2): one SCRAM login per user asks for a
     token, every measured login uses it; none fails."""
-    out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
-                           "--scenarios", "login_rate", "login_rate_fast", "--json", str(out),
-                           "--time-limit", "60"],
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    log = proc.stdout.decode(errors="replace")
-    results = {r["scenario"]: r for r in json.loads(out.read_text())}
+    log, found, returncode = _compare_chatbx(tmp_path, "--scenarios", "login_rate",
+                                             "login_rate_fast")
+    results = {r["scenario"]: r for r in found}
     assert set(results) == {"login_rate", "login_rate_fast"}, log
     for res in results.values():
         assert not res.get("error") and res["failures"] == 0 and res["completed"] > 0, res
@@ -116,42 +117,31 @@ def test_quick_login_rates_with_scram_and_with_fast(tmp_path: Path) -> None:
     fast = results["login_rate_fast"]
     assert fast["mechanism"] in ("HT-SHA-256-ENDP", "HT-SHA-256-NONE"), fast
     assert fast["scram_logins"] == 10 and fast["token_logins"] >= fast["completed"], fast
-    assert proc.returncode == 0, log
+    assert returncode == 0, log
 
 
 @pytest.mark.integration
 def test_fast_login_rate_is_skipped_by_a_server_without_fast(tmp_path: Path) -> None:
     """Against a server that offers no FAST (chatbx without its fast module,
     as Prosody 0.12 through loadgen.py), login_rate_fast says skipped, not failed."""
-    out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
-                           "--chatbx-disable", "fast", "--scenarios", "login_rate_fast",
-                           "--json", str(out), "--time-limit", "60"],
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    log = proc.stdout.decode(errors="replace")
-    [res] = json.loads(out.read_text())
+    log, [res], returncode = _compare_chatbx(tmp_path, "--chatbx-disable", "fast",
+                                             "--scenarios", "login_rate_fast")
     assert "FAST" in res.get("skipped", "") and not res.get("error"), res
-    assert proc.returncode == 0, log
+    assert returncode == 0, log
 
 
 @pytest.mark.integration
 def test_quick_group_chat_scenarios_deliver_every_copy(tmp_path: Path) -> None:
     """`compare --quick --scenarios muc_room muc_rooms` against chatbx: one
     room and several small rooms, every occupant gets every message."""
-    out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "compare"), "--quick", "--only", "chatbx",
-                           "--scenarios", "muc_room", "muc_rooms", "--json", str(out),
-                           "--time-limit", "90"],
-                          cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=150,
-                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    log = proc.stdout.decode(errors="replace")
-    results = {r["scenario"]: r for r in json.loads(out.read_text())}
+    log, found, returncode = _compare_chatbx(tmp_path, "--scenarios", "muc_room", "muc_rooms",
+                                             time_limit=90, timeout=150)
+    results = {r["scenario"]: r for r in found}
     assert set(results) == {"muc_room_10", "muc_rooms_3x3"}, log
     for res in results.values():
         assert not res.get("error") and res["value"] > 0 and res["lost"] == 0, res
     assert results["muc_rooms_3x3"]["messages"] == 15
-    assert proc.returncode == 0, log
+    assert returncode == 0, log
 
 
 def test_muc_bench_runs() -> None:
