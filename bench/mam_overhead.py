@@ -27,6 +27,20 @@ from chatbx_server.features import DEFAULT_MODULES  # noqa: E402
 from tests.unit.fakes import bind, create_user, make_server  # noqa: E402
 
 
+def chat_messages(number: int) -> list[bytes]:
+    """alice's chat messages to bob, as her client sends them."""
+    return [(f"<message to='bob@localhost' type='chat' id='m{i:08d}'>"
+             f"<body>Hi Bob, message number {i} of the benchmark, about sixty bytes.</body>"
+             f"<active xmlns='http://jabber.org/protocol/chatstates'/></message>").encode()
+            for i in range(number)]
+
+
+def report(label: str, figures: list[float]) -> None:
+    """One line per case: the best run and every run."""
+    print(f"{label}: {min(figures):.1f} µs/message (min of {len(figures)}: "
+          + ", ".join(f"{f:.1f}" for f in figures) + ")", flush=True)
+
+
 def run(disable: list[str], number: int, batch: int, profile: bool, no_writes: bool = False) -> float:
     server = make_server(modules=[m for m in DEFAULT_MODULES if m not in disable])
     for user in ("alice@localhost", "bob@localhost"):
@@ -40,10 +54,7 @@ def run(disable: list[str], number: int, batch: int, profile: bool, no_writes: b
 
     bob.stream.transport.write = discard  # type: ignore[method-assign]
     feed = alice.stream.dataReceived
-    data = [(f"<message to='bob@localhost' type='chat' id='m{i:08d}'>"
-             f"<body>Hi Bob, message number {i} of the benchmark, about sixty bytes.</body>"
-             f"<active xmlns='http://jabber.org/protocol/chatstates'/></message>").encode()
-            for i in range(number)]
+    data = chat_messages(number)
     archive = getattr(server.stores, "archive", None)
     if no_writes:
         archive.writer.submit = lambda row: None
@@ -84,8 +95,7 @@ def main() -> None:
     for label, disable, no_writes in cases:
         figures = [run(disable, args.number, args.batch, args.profile, no_writes)
                    for _ in range(args.repeat)]
-        print(f"{label}: {min(figures):.1f} µs/message (min of {args.repeat}: "
-              + ", ".join(f"{f:.1f}" for f in figures) + ")", flush=True)
+        report(label, figures)
 
 
 if __name__ == "__main__":

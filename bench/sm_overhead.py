@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """In-process cost of stream management (XEP-0198) per delivered message.
 
-The harness of ``bench/mam_overhead.py`` (unit-test server, threadless
+The harness of ``bench/mam_overhead.py`` (its messages and report line) (unit-test server, threadless
 in-memory SQLite, MemoryReactorClock): alice's stream is fed N chat
 messages as bytes; they are routed, archived and delivered into bob's
 stream. With ``--sm`` both sessions enable stream management; bob's
@@ -22,8 +22,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from chatbx_server.features import DEFAULT_MODULES  # noqa: E402
+from mam_overhead import chat_messages, report  # noqa: E402
 from tests.unit.fakes import bind, create_user, make_server  # noqa: E402
 
 SM = b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
@@ -54,10 +56,7 @@ def run(disable: list[str], sm: bool, number: int, batch: int, client_r: int,
     alice.stream.transport.write = lambda data: None  # type: ignore[method-assign]
     feed_alice = alice.stream.dataReceived
     feed_bob = bob.stream.dataReceived
-    data = [(f"<message to='bob@localhost' type='chat' id='m{i:08d}'>"
-             f"<body>Hi Bob, message number {i} of the benchmark, about sixty bytes.</body>"
-             f"<active xmlns='http://jabber.org/protocol/chatstates'/></message>").encode()
-            for i in range(number)]
+    data = chat_messages(number)
     request = b"<r xmlns='urn:xmpp:sm:3'/>"
     prof = cProfile.Profile() if profile else None
     start = time.process_time()
@@ -100,8 +99,7 @@ def main() -> None:
     for label, disable, sm in cases:
         figures = [run(disable, sm, args.number, args.batch, args.client_r, args.profile)
                    for _ in range(args.repeat)]
-        print(f"{label}: {min(figures):.1f} µs/message (min of {args.repeat}: "
-              + ", ".join(f"{f:.1f}" for f in figures) + ")", flush=True)
+        report(label, figures)
 
 
 if __name__ == "__main__":
