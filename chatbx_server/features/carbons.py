@@ -219,6 +219,20 @@ class CarbonsFeature(Feature):
                     targets.append(stub)
         return targets
 
+    def copies_sent(self, origin: Any) -> bool:
+        """Whether a message ``origin`` sends now gets a sent carbon (§8):
+        another resource of the account has carbons on. Asked before the
+        archive stamps the sender's stanza-id on a copy for carbons."""
+        user = origin.bare
+        local = self._enabled.get(user)
+        if local is not None:
+            for session in local.values():
+                if session is not origin:
+                    return True
+        if self._remote_of is None:
+            return False
+        return any(s is not origin for s in self._targets(user))
+
     def _forget(self, session: Any) -> None:
         user, resource = session.bare, session.resource
         resources = self._enabled.get(user)

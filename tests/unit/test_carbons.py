@@ -288,3 +288,34 @@ def test_disco_advertises_carbons() -> None:
     [reply] = desk.take()
     features = {f["var"] for f in reply.firstChildElement().elements(ns.DISCO_INFO, "feature")}
     assert {NS_CARBONS, "urn:xmpp:carbons:rules:0"} <= features
+
+
+def test_copies_sent_only_when_another_resource_has_carbons() -> None:
+    """What the archive asks before it stamps the sender's id on a copy (§8: never
+    to the sending resource itself)."""
+    server = setup()
+    feature = server.modules.get("carbons")
+    desk = online(server, f"{ALICE}/desk")
+    assert not feature.copies_sent(desk)
+    phone = online(server, f"{ALICE}/phone", carbons=False)
+    assert not feature.copies_sent(desk) and feature.copies_sent(phone)
+    enable(server, phone)
+    assert feature.copies_sent(desk)
+    enable(server, desk, "disable")
+    assert feature.copies_sent(desk) and not feature.copies_sent(phone)
+
+
+def test_sent_carbon_carries_the_senders_archive_id() -> None:
+    """With the archive on, the sent carbon has the id of the sender's archive entry
+    (XEP-0313 §3.5 via XEP-0280); the message bob gets has only his own."""
+    server = make_server(modules=MODULES + ["mam"])
+    create_user(server, ALICE)
+    create_user(server, BOB)
+    desk = online(server, f"{ALICE}/desk", carbons=False)
+    phone = online(server, f"{ALICE}/phone")
+    bob = online(server, f"{BOB}/home", carbons=False)
+    send(server, desk, f"<message to='{BOB}' type='chat' id='m1'><body>hi</body></message>")
+    [(_, _, inner)] = carbons(phone)
+    assert [c["by"] for c in inner.elements("urn:xmpp:sid:0", "stanza-id")] == [ALICE]
+    [got] = messages(bob)
+    assert [c["by"] for c in got.elements("urn:xmpp:sid:0", "stanza-id")] == [BOB]

@@ -194,9 +194,14 @@ class FakeCarbons(Feature):
 
     name = "carbons"
     seen: list[domish.Element] = []
+    #: whether another resource of the sender has carbons on
+    others = True
 
     def setup(self) -> None:
         self.hook("pre-message/bare", lambda ev: FakeCarbons.seen.append(ev.stanza), COPY)
+
+    def copies_sent(self, origin: Any) -> bool:
+        return FakeCarbons.others
 
 
 def test_sent_copy_carries_the_senders_id_but_the_message_does_not(monkeypatch: Any) -> None:
@@ -207,6 +212,7 @@ def test_sent_copy_carries_the_senders_id_but_the_message_does_not(monkeypatch: 
 
     monkeypatch.setitem(features.REGISTRY, "carbons", f"{__name__}.FakeCarbons")
     FakeCarbons.seen = []
+    FakeCarbons.others = True
     server = setup_server(modules=MODULES + ["carbons"])
     alice = bind(server, f"{ALICE}/desk", available=True)
     bob = bind(server, f"{BOB}/phone", available=True)
@@ -218,6 +224,28 @@ def test_sent_copy_carries_the_senders_id_but_the_message_does_not(monkeypatch: 
     [got] = bob.take()
     assert [b for b, _ in stanza_ids(got)] == [BOB]
     assert stanza_ids(copy) == [(ALICE, uid)]
+
+
+def test_no_sender_id_is_stamped_when_no_carbon_will_be_sent(monkeypatch: Any) -> None:
+    """With no other carbons-enabled resource, the sender's id is not put on a copy
+    (nothing would read it), and the message is still in the sender's archive."""
+    from chatbx_server import features
+
+    monkeypatch.setitem(features.REGISTRY, "carbons", f"{__name__}.FakeCarbons")
+    FakeCarbons.seen = []
+    FakeCarbons.others = False
+    try:
+        server = setup_server(modules=MODULES + ["carbons"])
+        alice = bind(server, f"{ALICE}/desk", available=True)
+        bob = bind(server, f"{BOB}/phone", available=True)
+        bob.take()
+        chat(server, alice, BOB, "no carbon")
+    finally:
+        FakeCarbons.others = True
+    [copy] = FakeCarbons.seen
+    assert ALICE not in [by for by, _ in stanza_ids(copy)]
+    [stored] = archive(server, ALICE).messages
+    assert "no carbon" in stored.stanza
 
 
 def test_forged_archive_ids_are_removed_others_kept(pair: Any) -> None:

@@ -238,7 +238,9 @@ class MamFeature(Feature):
         if local:
             self._shared = (stanza, stanza.children, len(stanza.children), wire, xml, body)
         archive_id, nonce = self._append(owner, to, body, xml, rule is None, event.origin)
-        if "carbons" in self.server.modules:
+        # Only a copy that will be carbon-copied carries the sender's id.
+        carbons: Any = self.server.modules.get("carbons")
+        if carbons is not None and carbons.copies_sent(event.origin):
             event.stanza = OutgoingCopy(stanza, StanzaId(owner, encode_uid(archive_id, nonce)))
         return None
 
