@@ -77,10 +77,13 @@ def categorize(raw_path: str) -> tuple[Counter, int, Counter]:
 
 def start(workdir: str, users: int, fan: bool, cpus: list[int], memprobe: bool,
           trace: bool = False, release_buffers: bool = False,
-          malloc_stats: bool = False, heaptrack: str = "") -> servers.ServerHandle:
+          malloc_stats: bool = False, heaptrack: str = "",
+          database_url: str = "") -> servers.ServerHandle:
     os.makedirs(workdir, exist_ok=True)
     port, tls_port = servers.free_port(), servers.free_port()
-    cfg = servers.write_chatbx_config(workdir, "localhost", port, tls_port)
+    cfg = servers.write_chatbx_config(workdir, "localhost", port, tls_port, database_url=database_url or None)
+    if database_url:
+        servers.upgrade_chatbx_database(cfg)
     if not os.path.exists(os.path.join(workdir, "users.txt")):
         names = [f"bench{n}" for n in range(users)]
         servers.provision_chatbx(cfg, "localhost", names, "secret", workdir)
@@ -122,6 +125,8 @@ def main() -> int:
     ap.add_argument("--settle", type=float, default=2.0,
                     help="idle: seconds between the last login and the second report (25: after "
                          "chatbx freed the parsers of quiet connections)")
+    ap.add_argument("--database", metavar="URL", default="",
+                    help="an empty PostgreSQL database for chatbx instead of SQLite in its workdir")
     ap.add_argument("--sm", action="store_true",
                     help="clients enable XEP-0198 stream management (resumable) after bind")
     args = ap.parse_args()
@@ -140,7 +145,7 @@ def main() -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="chatbx-profile-")
     handle = start(workdir, max(200, args.idle_count), False, server_cpus, memprobe=args.scenario == "idle",
                    trace=args.tracemalloc, release_buffers=args.release_buffers,
-                   malloc_stats=args.malloc_stats, heaptrack=args.heaptrack)
+                   malloc_stats=args.malloc_stats, heaptrack=args.heaptrack, database_url=args.database)
     if gen_cpus:
         os.sched_setaffinity(0, set(gen_cpus))
     target = Target("chatbx", "127.0.0.1", handle.port, "localhost", server_pid=handle.pid)
