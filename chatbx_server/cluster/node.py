@@ -115,6 +115,8 @@ class Cluster:
         #: inbox entries delivered this reactor turn, acknowledged together
         #: (one XACK and one XDEL for all), with what waits for that
         self._acks: list[tuple[str, defer.Deferred]] = []
+        #: fires once the first heartbeat has read which nodes are live
+        self._first_tick: defer.Deferred = defer.Deferred()
         #: group chat rooms: which node owns which (cluster/rooms.py)
         self.rooms = RoomOwnership(self)
         #: stream management sessions moving between nodes (cluster/handover.py)
@@ -151,6 +153,7 @@ class Cluster:
         events.on("roster/changed", self._on_roster_changed)
         self.live.add(self.node)
         self.server.router.hold = self.lookup.hold
+        self._end_previous_run()
         self.rooms.install()
         self._heartbeat = task.LoopingCall(self._tick)
         self._heartbeat.clock = self.clock
@@ -201,6 +204,51 @@ class Cluster:
         await self.redis.publish(CHANNEL, json.dumps({"n": self.node, "gone": True}))
         await self._drain(self.node)
         await self.handover.forget_node(self.node)
+
+    def _end_previous_run(self) -> None:
+        """End the sessions a previous run under this node name left listed.
+
+        A node killed and restarted under a fixed ``node`` name within
+        NODE_TTL is never seen dead: its heartbeat goes on. Its old sessions
+        would stay in the directory for good (contacts seeing them online,
+        stanzas forwarded to them). So, first thing at start (on the command
+        connection before any session of this run is listed), one script
+        takes them out of the directory and the accounts' entries
+        atomically; then every node's cache drops them, as for a session
+        that closed, and contacts get unavailable from here (RFC 6121
+        §4.5.2), as for a dead node's sessions. The inbox's unacknowledged
+        entries are read first by the inbox reader (they take the
+        undelivered path, the sessions being gone).
+        """
+        stale = self.redis.eval(END_PREVIOUS_RUN_SCRIPT, [_sessions_key(self.node)],
+                                [self.node, PREFIX])
+        self._track(stale.addCallback(self._previous_sessions_ended).addErrback(self._failed))
+        self._track(self.handover.forget_node(self.node).addErrback(self._failed))
+
+    def _previous_sessions_ended(self, raw: Any) -> None:
+        stubs = []
+        for full, state in _pairs(raw).items():
+            # Not "gone" for the whole node: that would take this run's
+            # sessions, listed meanwhile, out of the caches too.
+            self.redis.publish(CHANNEL, json.dumps({"n": self.node, "f": full})
+                               ).addErrback(self._failed)
+            stub = RemoteSession(self, self.node, JID.parse(full))
+            stub.update(json.loads(state))
+            stub.closed = True
+            stubs.append(stub)
+        if not stubs:
+            return
+        log.warn("cluster: node {node} restarted; {count} sessions of its previous run ended",
+                 node=self.node, count=len(stubs))
+
+        def broadcast(_: Any) -> None:
+            # Once the live nodes are known: the unavailable presence goes
+            # to contacts on other nodes too.
+            for stub in stubs:
+                self.server.events.fire_all("session/closed", stub)
+
+        # Not tracked: a stop() before any heartbeat got through must not wait for it.
+        self._first_tick.addCallback(broadcast).addErrback(self._failed)
 
     # -- local sessions -> directory ----------------------------------------------
     def session_added(self, session: Any) -> None:
@@ -359,6 +407,8 @@ class Cluster:
         limit = now - NODE_TTL * 1000
         self.live = {n for n, s in scores.items() if s >= limit} | {self.node}
         self.rooms.seen_live(self.live)
+        if not self._first_tick.called:
+            self._first_tick.callback(None)
         dead = {n for n, s in scores.items() if s < limit}
         for node in set(self.sessions.nodes()) - self.live:
             dead.add(node)
@@ -657,6 +707,25 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if tonumber(score) < now - tonumber(ARGV[2]) then return false end
 return redis.call('XADD', KEYS[2], '*', 'b', ARGV[3])
+"""
+
+
+#: this node name's sessions hash (KEYS[1]) as a previous run left it: each
+#: session out of its account's entry (as FORGET_NODE_SCRIPT), the hash
+#: deleted, its contents returned (flat field/value list)
+END_PREVIOUS_RUN_SCRIPT = """
+local raw = redis.call('HGETALL', KEYS[1])
+for i = 1, #raw, 2 do
+  local full = raw[i]
+  local slash = string.find(full, '/', 1, true)
+  local bare = slash and string.sub(full, 1, slash - 1) or full
+  local key = ARGV[2] .. 'user:' .. bare
+  if redis.call('HGET', key, full) == ARGV[1] then
+    redis.call('HDEL', key, full)
+  end
+end
+redis.call('DEL', KEYS[1])
+return raw
 """
 
 

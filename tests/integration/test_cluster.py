@@ -247,6 +247,41 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
     run(main(), timeout=120)
 
 
+def test_node_restarted_under_its_name_ends_its_old_sessions(redis_url, postgres_url, chatbx_server):
+    """node1 (Bob's) is killed with SIGKILL and started again at once under
+    the same name, so its heartbeat never looks stale: Alice still sees Bob's
+    old session go unavailable, and a message to it waits offline."""
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url)
+
+    async def main() -> None:
+        (alice, a_pres, _), (bob, _, _) = await _friends(node0, node1)
+        try:
+            proc = node1.proc
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            node1.proc = None
+            killed = time.monotonic()
+            node1.start()
+            print(f"node1 listening again {time.monotonic() - killed:.1f}s after the kill")
+            await a_pres.wait(lambda p: p["type"] == "unavailable" and p["from"].full == f"{BOB}/phone",
+                              timeout=OFFLINE_WITHIN, what="bob's unavailable presence")
+            alice.send_message(mto=f"{BOB}/phone", mbody="after the restart", mtype="chat")
+        finally:
+            bob.abort()
+        try:
+            bob2 = await slix_login(node1, f"{BOB}/laptop")
+            msgs = Inbox(bob2, "message")
+            bob2.send_presence()
+            try:
+                await msgs.wait(lambda m: m["body"] == "after the restart", what="the offline message")
+            finally:
+                await slix_close(bob2)
+        finally:
+            await slix_close(alice)
+
+    run(main(), timeout=120)
+
+
 def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_server):
     """Alice, Bob and Carol, each on their own node, join one persistent
     room: every node sends the room's stanzas to the node that owns it, each

@@ -41,6 +41,8 @@ class FakeRedis:
 
     def eval(self, script: str, keys: list[str], args: list[str]) -> Any:
         self.commands.append(("EVAL", *keys, *args))
+        if script == cluster_node.END_PREVIOUS_RUN_SCRIPT:
+            return defer.succeed(self.replies.get("END_PREVIOUS_RUN", []))
         return defer.succeed(self.replies.get("EVAL", "1-0"))
 
     def publish(self, channel: str, message: str) -> Any:

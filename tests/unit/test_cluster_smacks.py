@@ -92,6 +92,13 @@ class Bus(FakeRedis):
             if entries.get(args[0]) == args[1]:
                 del entries[args[0]]
             return defer.succeed(1)
+        if script == cluster_node.END_PREVIOUS_RUN_SCRIPT:
+            stale = self.keys.pop(keys[0], {})
+            for full in stale:
+                entries = self.keys.get("chatbx:user:" + full.split("/")[0], {})
+                if entries.get(full) == args[0]:
+                    del entries[full]
+            return defer.succeed([x for pair in stale.items() for x in pair])
         if script == lookup.FORGET_NODE_SCRIPT:
             for full in list(self.keys.get(keys[0], {})):
                 entries = self.keys.get("chatbx:user:" + full.split("/")[0], {})
