@@ -194,6 +194,7 @@ class FastExchange:
         if device is None:
             # XEP-0484 §4.1: tokens are bound to the user-agent id.
             raise SASLFailure("not-authorized", "FAST needs a user-agent id", account=account)
+        await throttle.refresh(address, account)
         if not throttle.allowed(address, account):
             raise SASLFailure("temporary-auth-failure", account=account, counted=True)
         tokens = await server.stores.fast.tokens(account, device)

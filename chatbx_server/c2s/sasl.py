@@ -195,6 +195,7 @@ class SASLExchange:
             raise SASLFailure(exc.condition) from None
         self.jid = self._user_jid(username, self.scram.authzid)
         account = self.jid.bare
+        yield self.throttle.refresh(self.address, account)
         if not self.throttle.allowed(self.address, account):
             raise self._refused(account)  # before any database work
         users = self.server.stores.users
@@ -220,6 +221,7 @@ class SASLExchange:
             raise SASLFailure("not-authorized")
         jid = self._user_jid(authcid, authzid or None)
         account = jid.bare
+        yield self.throttle.refresh(self.address, account)
         if not self.throttle.charge(self.address, account):
             raise self._refused(account)  # without hashing the password
         try:
@@ -274,6 +276,9 @@ class AuthThrottle:
         #: key -> (score, time of the score); oldest first
         self._addresses: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._accounts: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        #: in a cluster, the scores every node sees (cluster/limits.py
+        #: SharedAuthScores): changes go there too, checks take the larger
+        self.shared: Any = None
 
     @classmethod
     def from_limits(cls, clock: Any, limits: Any) -> "AuthThrottle":
@@ -289,10 +294,15 @@ class AuthThrottle:
         if key is None:
             return 0.0
         entry = table.get(key)
+        shared = self.shared
         if entry is None:
-            return 0.0
-        score, then = entry
-        return max(0.0, score - (now - then) * self._leak)
+            local = 0.0
+        else:
+            score, then = entry
+            local = max(0.0, score - (now - then) * self._leak)
+        if shared is None:
+            return local
+        return max(local, shared.score("a" if table is self._addresses else "u", key, now))
 
     def _add(self, table: OrderedDict[str, tuple[float, float]], key: Optional[str],
              amount: float) -> None:
@@ -308,6 +318,8 @@ class AuthThrottle:
         table.pop(key, None)
         if score > 0:
             table[key] = (score, now)
+        if self.shared is not None:
+            self.shared.add("a" if table is self._addresses else "u", key, amount)
         # Drop leaked-out entries from the old end, then enforce the cap.
         while table:
             oldest = next(iter(table))
@@ -333,6 +345,13 @@ class AuthThrottle:
         now = self.clock.seconds()
         return max(self._score(self._addresses, self.address_key(address), now),
                    self._score(self._accounts, account, now))
+
+    def refresh(self, address: Optional[str], account: Optional[str] = None) -> defer.Deferred:
+        """In a cluster, learn the scores other nodes gave ``address`` and
+        ``account`` before a password or token is checked; at once on one node."""
+        if self.shared is None:
+            return defer.succeed(None)
+        return self.shared.refresh([("a", self.address_key(address)), ("u", account)])
 
     def allowed(self, address: Optional[str], account: Optional[str] = None) -> bool:
         """Whether a new attempt may be checked (neither limit reached)."""

@@ -121,6 +121,8 @@ class C2SStream(Protocol):
         self._cb_cache: Optional[dict[str, bytes]] = None
         #: counted in the factory's per-address connection limit
         self.admitted = False
+        #: and in the cluster's (cluster/limits.py)
+        self.counted_in_cluster = False
         #: bytes written while the transport says its buffer is full; None
         #: while the client keeps up
         self._backlog: Optional[int] = None
@@ -142,6 +144,12 @@ class C2SStream(Protocol):
         # The same timer becomes the keepalive once bound (_attach).
         self._timeout = self.server.clock.callLater(
             self.factory.limits.negotiation_timeout, self._keepalive_timer)
+
+    def refuse_over_limit(self) -> None:
+        """The address has too many connections across the cluster: this
+        one goes, as one over the local limit does (unanswered)."""
+        if self.state != CLOSED:
+            self.transport.abortConnection()
 
     def _keepalive_timer(self) -> None:
         """The connection's one timer: the negotiation deadline until the
@@ -987,12 +995,20 @@ class C2SFactory(Factory):
             return False
         self._per_ip[stream.peer] = count + 1
         stream.admitted = True
+        cluster = self.server.cluster
+        if cluster is not None:
+            # The same limit over every node (cluster/limits.py).
+            stream.counted_in_cluster = cluster.connections.connected(
+                stream.peer, self.limits.max_connections_per_ip, stream.refuse_over_limit)
         return True
 
     def release(self, stream: C2SStream) -> None:
         if not stream.admitted:
             return
         stream.admitted = False
+        if stream.counted_in_cluster:
+            stream.counted_in_cluster = False
+            self.server.cluster.connections.disconnected(stream.peer)
         count = self._per_ip.get(stream.peer, 1) - 1
         if count <= 0:
             self._per_ip.pop(stream.peer, None)

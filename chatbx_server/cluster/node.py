@@ -44,6 +44,7 @@ from twisted.words.xish import domish
 from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, session_state
 from chatbx_server.cluster.handover import SM_TARGET, Handover
 from chatbx_server.cluster.locks import ClusterLocks
+from chatbx_server.cluster.limits import SharedAuthScores, SharedConnectionCounts, connections_key
 from chatbx_server.cluster.lookup import (FORGET_NODE_SCRIPT, UNSET_SCRIPT, DirectoryLookup,
                                           user_key)
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
@@ -121,6 +122,8 @@ class Cluster:
         self.rooms = RoomOwnership(self)
         #: stream management sessions moving between nodes (cluster/handover.py)
         self.handover = Handover(self, PREFIX)
+        #: c2s connections per address over the live nodes (cluster/limits.py)
+        self.connections = SharedConnectionCounts(self, PREFIX, NODES, NODE_TTL)
         #: per-account locks shared by the nodes (cluster/locks.py)
         self.locks = ClusterLocks(self, PREFIX)
         #: asks Redis before a stanza takes the no-session path (cluster/lookup.py)
@@ -153,6 +156,9 @@ class Cluster:
         events.on("roster/changed", self._on_roster_changed)
         self.live.add(self.node)
         self.server.router.hold = self.lookup.hold
+        throttle = self.server.auth_throttle
+        throttle.shared = SharedAuthScores(self, PREFIX, throttle.max_failures / throttle.window,
+                                           throttle.window, throttle.max_entries)
         self._end_previous_run()
         self.rooms.install()
         self._heartbeat = task.LoopingCall(self._tick)
@@ -174,6 +180,7 @@ class Cluster:
             self._heartbeat.stop()
         self._flush()  # still running: what is queued goes to its nodes
         self._running = False
+        self.server.auth_throttle.shared = None
         leave = defer.ensureDeferred(self._leave())
         # Redis may be gone: shutting down does not wait for it forever
         # (what is left in the inbox is then reaped by another node).
@@ -200,7 +207,8 @@ class Cluster:
     async def _leave(self) -> None:
         await self.redis.execute_command("ZREM", NODES, self.node)
         await self._forget_users(self.node)
-        await self.redis.execute_command("DEL", _sessions_key(self.node))
+        await self.redis.execute_command("DEL", _sessions_key(self.node),
+                                         connections_key(PREFIX, self.node))
         await self.redis.publish(CHANNEL, json.dumps({"n": self.node, "gone": True}))
         await self._drain(self.node)
         await self.handover.forget_node(self.node)
@@ -220,7 +228,8 @@ class Cluster:
         entries are read first by the inbox reader (they take the
         undelivered path, the sessions being gone).
         """
-        stale = self.redis.eval(END_PREVIOUS_RUN_SCRIPT, [_sessions_key(self.node)],
+        stale = self.redis.eval(END_PREVIOUS_RUN_SCRIPT,
+                                [_sessions_key(self.node), connections_key(PREFIX, self.node)],
                                 [self.node, PREFIX])
         self._track(stale.addCallback(self._previous_sessions_ended).addErrback(self._failed))
         self._track(self.handover.forget_node(self.node).addErrback(self._failed))
@@ -441,7 +450,7 @@ class Cluster:
         yield self._drain(node)
         yield self.handover.forget_node(node)
         yield self._forget_users(node)
-        yield self.redis.execute_command("DEL", _sessions_key(node))
+        yield self.redis.execute_command("DEL", _sessions_key(node), connections_key(PREFIX, node))
         yield self.redis.execute_command("ZREM", NODES, node)
 
     @defer.inlineCallbacks
@@ -711,8 +720,9 @@ return redis.call('XADD', KEYS[2], '*', 'b', ARGV[3])
 
 
 #: this node name's sessions hash (KEYS[1]) as a previous run left it: each
-#: session out of its account's entry (as FORGET_NODE_SCRIPT), the hash
-#: deleted, its contents returned (flat field/value list)
+#: session out of its account's entry (as FORGET_NODE_SCRIPT), the hash and
+#: the run's connection counts (KEYS[2]) deleted, the sessions returned
+#: (flat field/value list)
 END_PREVIOUS_RUN_SCRIPT = """
 local raw = redis.call('HGETALL', KEYS[1])
 for i = 1, #raw, 2 do
@@ -724,7 +734,7 @@ for i = 1, #raw, 2 do
     redis.call('HDEL', key, full)
   end
 end
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 return raw
 """
 

@@ -73,12 +73,13 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
 
 # The fixtures are asked for as redis_url, postgres_url, chatbx_server: the
 # nodes stop before the database and Redis they use.
-def _nodes(chatbx_server: Any, postgres_url: str, redis_url: str, count: int = 2) -> list[Any]:
+def _nodes(chatbx_server: Any, postgres_url: str, redis_url: str, count: int = 2,
+           limits: str = "") -> list[Any]:
     nodes = []
     for i in range(count):
         nodes.append(chatbx_server(
             db_url=postgres_url, users=None if i == 0 else {},
-            extra_config=f'[cluster]\nredis = "{redis_url}"\nnode = "node{i}"\n'))
+            extra_config=f'[cluster]\nredis = "{redis_url}"\nnode = "node{i}"\n{limits}'))
     for node in nodes[1:]:
         node.users = nodes[0].users
     return nodes
@@ -280,6 +281,79 @@ def test_node_restarted_under_its_name_ends_its_old_sessions(redis_url, postgres
             await slix_close(alice)
 
     run(main(), timeout=120)
+
+
+def _sasl_condition(element: Any) -> str:
+    from rawclient import NS_SASL, q
+    if element.tag == q(NS_SASL, "success"):
+        return "success"
+    return [c.tag.split("}")[1] for c in element if c.tag != q(NS_SASL, "text")][0]
+
+
+def _plain(port: int, user: str, password: str) -> str:
+    from rawclient import RawClient
+    client = RawClient(port)
+    try:
+        client.open_stream()
+        client.starttls()
+        return _sasl_condition(client.plain(user, password))
+    finally:
+        client.close()
+
+
+def _closed_by_server(sock: Any, timeout: float) -> bool:
+    """Whether the server ends the TCP connection within ``timeout`` seconds."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except OSError:  # socket.timeout
+        return False
+
+
+def test_login_and_connection_limits_hold_across_nodes(redis_url, postgres_url, chatbx_server):
+    """The failed-login limit and the connections per address are the
+    cluster's, not each node's: three wrong passwords for Alice spread over
+    two nodes refuse her right one on either; with three connections
+    allowed per address, a fourth is closed even though each node has only
+    two (cluster/limits.py)."""
+    limits = ("[limits]\nauth_failure_delay = 0.01\nauth_max_failures = 3\n"
+              "max_connections_per_ip = 3\n")
+    node0, node1 = _nodes(chatbx_server, postgres_url, redis_url, limits=limits)
+    right = node0.users[ALICE]
+    assert [_plain(node0.c2s_port, "alice", "guess"), _plain(node1.c2s_port, "alice", "guess"),
+            _plain(node0.c2s_port, "alice", "guess")] == ["not-authorized"] * 3
+    assert _plain(node1.c2s_port, "alice", right) == "temporary-auth-failure"
+
+    # The logins' connections are closed; their counts leave Redis shortly.
+    deadline = time.monotonic() + 10
+    while any(_redis_cli(redis_url, "HLEN", f"chatbx:conns:{n}") != "0" for n in ("node0", "node1")):
+        assert time.monotonic() < deadline, "connection counts stayed in Redis"
+        time.sleep(0.05)  # polling Redis, bounded by the deadline
+    import socket
+    held = []
+    try:
+        for port in (node0.c2s_port, node1.c2s_port, node0.c2s_port):
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        assert not any(_closed_by_server(s, 0.5) for s in held)
+        fourth = socket.create_connection(("127.0.0.1", node1.c2s_port))
+        held.append(fourth)
+        assert _closed_by_server(fourth, 10)
+        assert not any(_closed_by_server(s, 0.2) for s in held[:3])
+        # A closed connection no longer counts.
+        held.pop(0).close()
+        deadline = time.monotonic() + 10
+        while sum(int(_redis_cli(redis_url, "HGET", f"chatbx:conns:{n}", "127.0.0.1") or 0)
+                  for n in ("node0", "node1")) != 2:
+            assert time.monotonic() < deadline, "the closed connection stayed counted"
+            time.sleep(0.05)  # polling Redis, bounded by the deadline
+        again = socket.create_connection(("127.0.0.1", node1.c2s_port))
+        held.append(again)
+        assert not _closed_by_server(again, 1.0)
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_server):
