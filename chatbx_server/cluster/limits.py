@@ -132,8 +132,10 @@ class SharedAuthScores:
         if call is not None and call.active():
             call.cancel()
         pending, self._pending = self._pending, {}
-        if pending:
-            self._send(pending.items()).addErrback(self._failed)
+        # A right password's charge and refund come in one turn: nothing to send.
+        changes = [(pair, amount) for pair, amount in pending.items() if amount]
+        if changes:
+            self._send(changes).addErrback(self._failed)
 
     def refresh(self, pairs: Iterable[tuple[str, Optional[str]]]) -> defer.Deferred:
         """Read the shared scores of ``pairs`` ((kind, key); None keys are

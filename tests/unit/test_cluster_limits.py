@@ -85,3 +85,13 @@ def test_one_node_has_no_shared_scores() -> None:
     done: list[Any] = []
     server.auth_throttle.refresh("10.0.0.4", "alice@localhost").addCallback(done.append)
     assert done == [None]
+
+
+def test_a_charge_refunded_in_the_same_turn_sends_nothing(buckets: Buckets) -> None:
+    """A right password: charged and refunded at once, no Redis call."""
+    server = cluster_server()
+    throttle = server.auth_throttle
+    assert throttle.charge("10.0.0.5", "alice@localhost")
+    throttle.refund("10.0.0.5", "alice@localhost")
+    server.clock.advance(0)
+    assert buckets.calls == []
