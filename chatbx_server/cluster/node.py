@@ -45,11 +45,13 @@ from chatbx_server.cluster.directory import ClusterSessions, RemoteSession, sess
 from chatbx_server.cluster.handover import SM_TARGET, Handover
 from chatbx_server.cluster.locks import ClusterLocks
 from chatbx_server.cluster.limits import SharedAuthScores, SharedConnectionCounts, connections_key
+from chatbx_server.cluster.metrics import NodeMetrics
 from chatbx_server.cluster.lookup import (FORGET_NODE_SCRIPT, UNSET_SCRIPT, DirectoryLookup,
                                           user_key)
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
 from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
+from chatbx_server.http.metrics import own_metrics
 from chatbx_server.logs import log_observer
 from chatbx_server.xmpp.jid import JID, parse_or_none
 from chatbx_server.xmpp.serializer import CLIENT_STREAMS
@@ -122,6 +124,8 @@ class Cluster:
         self.rooms = RoomOwnership(self)
         #: stream management sessions moving between nodes (cluster/handover.py)
         self.handover = Handover(self, PREFIX)
+        #: every node's metrics in one scrape (cluster/metrics.py)
+        self.metrics = NodeMetrics(self, PREFIX, lambda: own_metrics(server))
         #: c2s connections per address over the live nodes (cluster/limits.py)
         self.connections = SharedConnectionCounts(self, PREFIX, NODES, NODE_TTL)
         #: per-account locks shared by the nodes (cluster/locks.py)
@@ -160,6 +164,7 @@ class Cluster:
         throttle.shared = SharedAuthScores(self, PREFIX, throttle.max_failures / throttle.window,
                                            throttle.window, throttle.max_entries)
         self._end_previous_run()
+        self.metrics.start()
         self.rooms.install()
         self._heartbeat = task.LoopingCall(self._tick)
         self._heartbeat.clock = self.clock
@@ -181,6 +186,7 @@ class Cluster:
         self._flush()  # still running: what is queued goes to its nodes
         self._running = False
         self.server.auth_throttle.shared = None
+        self.metrics.stop()
         leave = defer.ensureDeferred(self._leave())
         # Redis may be gone: shutting down does not wait for it forever
         # (what is left in the inbox is then reaped by another node).

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.web import resource
+from twisted.web import resource, server
 
 from chatbx_server.config import parse_networks
 
@@ -82,6 +82,16 @@ class ServerCollector:
         yield workers
 
 
+def own_metrics(chatbx: "Server") -> bytes:
+    """This process's metrics as exposition text (what one node reports)."""
+    registry = getattr(chatbx, "metrics_registry", None)
+    if registry is None:
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(ServerCollector(chatbx))
+        chatbx.metrics_registry = registry  # type: ignore[attr-defined]
+    return generate_latest(REGISTRY) + generate_latest(registry)
+
+
 class MetricsResource(resource.Resource):
     isLeaf = True
 
@@ -90,8 +100,7 @@ class MetricsResource(resource.Resource):
         config = chatbx.config.http
         self.allowed = parse_networks(config.metrics_allow, "http.metrics_allow")
         self.token = config.metrics_token.encode("utf-8")
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(ServerCollector(chatbx))
+        self.chatbx = chatbx
 
     def _permitted(self, request: Any) -> bool:
         from chatbx_server.http.server import in_networks
@@ -102,7 +111,7 @@ class MetricsResource(resource.Resource):
                 return True
         return in_networks(request.client_ip(), self.allowed)
 
-    def render_GET(self, request: Any) -> bytes:
+    def render_GET(self, request: Any) -> Any:
         HTTP_REQUESTS.labels("metrics").inc()
         if not self._permitted(request):
             request.setResponseCode(403)
@@ -110,4 +119,17 @@ class MetricsResource(resource.Resource):
             return b"forbidden\n"
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
-        return generate_latest(REGISTRY) + generate_latest(self.registry)
+        cluster = self.chatbx.cluster
+        if cluster is None or not cluster.running:
+            return own_metrics(self.chatbx)
+        # Every node's, labelled by node (cluster/metrics.py).
+        finished: list[bool] = []
+        request.notifyFinish().addBoth(finished.append)
+
+        def write(body: bytes) -> None:
+            if not finished:
+                request.write(body)
+                request.finish()
+
+        cluster.metrics.gather().addCallback(write)
+        return server.NOT_DONE_YET

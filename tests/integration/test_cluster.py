@@ -644,6 +644,20 @@ def test_workers_share_the_sockets_and_chat_across_them(redis_url, postgres_url,
 
     run(main(), timeout=90)
 
+    # HTTP is worker 0's, and /metrics there has both workers' figures, by
+    # node (w1's from its latest snapshot in Redis: cluster/metrics.py).
+    from test_http_upload import fetch
+    deadline = time.monotonic() + 20
+    while True:
+        code, _, body = fetch(server, "GET", "https://localhost/metrics")
+        assert code == 200
+        sent = {w: re.search(rb'chatbx_stanzas_total\{direction="in",kind="message",node="%s"\} (\d+)'
+                             % w.encode(), body) for w in workers}
+        if all(m and float(m.group(1)) >= 1 for m in sent.values()):
+            break
+        assert time.monotonic() < deadline, body.decode()[-3000:]
+        time.sleep(0.5)  # the next snapshot, bounded by the deadline
+
     # A worker killed with SIGKILL is restarted under a new name; the dead
     # incarnation is reaped by the other worker like any dead node.
     os.kill(int(started["wk-w1"]), signal.SIGKILL)
