@@ -71,7 +71,7 @@ from sqlalchemy.engine import Connection
 from twisted.internet.defer import Deferred
 
 from chatbx_server.storage.batch import BatchWriter
-from chatbx_server.storage.database import Database
+from chatbx_server.storage.database import Database, checks_own_references
 from chatbx_server.storage.errors import StorageError
 from chatbx_server.storage.schema import archive_messages, archive_prefs, roster_items, users
 from chatbx_server.storage.users import now_function, split_jid, user_id_txn
@@ -357,6 +357,7 @@ def _postgresql_insert_txn(conn: Connection, values: list[tuple[Any, ...]]) -> N
         cursor.close()
 
 
+@checks_own_references
 def append_txn(conn: Connection, rows: list[ArchiveRow]) -> list[bool]:
     """Store a batch of rows; True for each row stored.
 

@@ -16,6 +16,7 @@ from chatbx_server.storage import schema
 from chatbx_server.storage.database import (
     MAX_RETRIES,
     Database,
+    checks_own_references,
     default_sqlite_url,
     is_transient_error,
 )
@@ -76,6 +77,35 @@ def test_sqlite_file_creates_parent_and_sets_pragmas(tmp_path: Path, result_of: 
         assert mode == "wal"
         assert fks == 1
         assert temp == 2  # MEMORY: statement journals of batch inserts write no temp file
+    finally:
+        db.stop()
+
+
+def test_foreign_keys_off_only_for_marked_transactions(tmp_path: Path, result_of: Any) -> None:
+    """A txn marked checks_own_references runs on SQLite without foreign-key
+    enforcement (a row without its parent goes in), and the next one, on
+    the same connection, has it again, also after the marked one failed."""
+    db = Database(default_sqlite_url(tmp_path), threadless=True)
+    db.start()
+    schema.metadata.create_all(db.engine)
+    orphan = sa.insert(schema.archive_messages).values(
+        id=1, user_id=999, nonce=0, with_hash=0, with_jid="x@y", stanza="<message/>")
+
+    @checks_own_references
+    def marked(conn: Any, fail: bool = False) -> Any:
+        conn.execute(orphan)
+        if fail:
+            raise KeyError("boom")
+        return conn.exec_driver_sql("PRAGMA foreign_keys").scalar()
+
+    try:
+        with pytest.raises(KeyError):
+            result_of(db.run("t", marked, fail=True))
+        assert result_of(db.run("t", lambda c: c.exec_driver_sql("PRAGMA foreign_keys").scalar())) == 1
+        assert result_of(db.run("t", marked)) == 0
+        assert result_of(db.run("t", lambda c: c.exec_driver_sql("PRAGMA foreign_keys").scalar())) == 1
+        with pytest.raises(IntegrityError):
+            result_of(db.run("t", lambda c: c.execute(orphan.values(id=2))))
     finally:
         db.stop()
 
