@@ -356,6 +356,34 @@ def test_login_and_connection_limits_hold_across_nodes(redis_url, postgres_url, 
             sock.close()
 
 
+def test_federation_with_a_cluster(redis_url, postgres_url, chatbx_server):
+    """Domain a.localhost is served by two nodes; b.localhost (one server)
+    reaches it through node1's s2s port only, without bidirectional streams,
+    while Alice is on node0: her stanzas leave on node0's own outgoing
+    stream, Bob's arrive on node1 (dialback verified there with the key
+    node0 made: the secret is the database's) and reach her through the
+    cluster. Subscriptions, presence both ways, chat, IQs, unavailable."""
+    from test_federation import A, ALICE, B, BOB, scenario, wait_status
+
+    ports = {"a0": free_port(), "a1": free_port(), "b": free_port()}
+    nodes = []
+    for i in range(2):
+        nodes.append(chatbx_server(
+            db_url=postgres_url, users={ALICE: "pw-alice"} if i == 0 else {}, domains=[A],
+            s2s_port=ports[f"a{i}"],
+            extra_config=(f'[cluster]\nredis = "{redis_url}"\nnode = "node{i}"\n'
+                          f'[s2s]\nbidi = false\nstatic_routes = {{ "{B}" = "127.0.0.1:{ports["b"]}" }}\n')))
+    nodes[1].users = nodes[0].users
+    remote = chatbx_server(users={BOB: "pw-bob"}, domains=[B], s2s_port=ports["b"],
+                           extra_config=(f'[s2s]\nbidi = false\n'
+                                         f'static_routes = {{ "{A}" = "127.0.0.1:{ports["a1"]}" }}\n'))
+    run(scenario(nodes[0], remote), 120)
+    in1 = wait_status(nodes[1], lambda s: any(B in i["remote"] for i in s["incoming"]))
+    assert any(B in i["remote"] and i.get("auth") == "dialback" for i in in1["incoming"]), in1
+    out0 = wait_status(nodes[0], lambda s: any(o["remote"] == B for o in s["outgoing"]))
+    assert any(o["remote"] == B and o.get("auth") == "dialback" for o in out0["outgoing"]), out0
+
+
 def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_server):
     """Alice, Bob and Carol, each on their own node, join one persistent
     room: every node sends the room's stanzas to the node that owns it, each
