@@ -182,6 +182,7 @@ class SharedConnectionCounts:
         self.prefix = prefix
         self.nodes_key = nodes_key
         self.ttl_ms = str(int(node_ttl * 1000))
+        self._warned = False
 
     def _change(self, address: str, amount: int) -> defer.Deferred:
         cluster = self.cluster
@@ -210,6 +211,9 @@ class SharedConnectionCounts:
         if self.cluster.running:
             self._change(address, -1).addErrback(self._failed)
 
-    @staticmethod
-    def _failed(failure: Any) -> None:
-        log.failure("cluster: counting connections per address failed", failure)
+    def _failed(self, failure: Any) -> None:
+        # Once: with Redis gone, every connection would log it again.
+        if not self._warned:
+            self._warned = True
+            log.failure("cluster: counting connections per address failed; local limit only",
+                        failure)
