@@ -388,6 +388,27 @@ def test_file_syncer_closes_files_when_the_job_cannot_run(tmp_path: Path) -> Non
     assert syncer.running == 0
 
 
+def test_upload_store_refuses_syncs_after_close(tmp_path: Path) -> None:
+    """Once the store is closed (server stopping), a finished upload's sync
+    fails at once (its PUT gets a 500) and its file is closed; no sync
+    thread is started for it."""
+    from twisted.internet.task import Clock
+
+    from chatbx_server.storage.upload import UploadStore
+
+    class ThreadedDb:
+        threadless = False
+
+    store = UploadStore(ThreadedDb(), Clock())  # type: ignore[arg-type]
+    results: list[Any] = []
+    store.close().addBoth(results.append)
+    assert results == [None]
+    fh = open(tmp_path / "body", "wb")
+    store.syncer.sync(fh).addBoth(results.append)
+    assert isinstance(results[1].value, OSError) and fh.closed
+    assert store._sync_pool is None
+
+
 def test_whole_file_download_over_tls_is_intact(tmp_path: Path) -> None:
     """A whole-file GET over real TLS (memory BIOs, paused and resumed like
     a TCP transport) arrives as headers then every byte in order; the
