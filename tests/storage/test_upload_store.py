@@ -46,6 +46,23 @@ def test_complete_batched_one_transaction(stores: Any, result_of: Any, db_clock:
     assert result_of(up.get("b2".ljust(32, "0"))).completed_at == 1000.0
 
 
+def test_complete_many_keeps_each_rows_time_and_answer(stores: Any, result_of: Any) -> None:
+    """A batch of completions (one SELECT, one executemany UPDATE) stamps
+    each slot with its own time and answers like one UPDATE a row: unknown
+    and already used slots False, a repeat in the batch False."""
+    from chatbx_server.storage.upload import complete_many_txn
+
+    up = stores.upload
+    slots = [s.ljust(32, "0") for s in ("c1", "c2", "c3")]
+    for slot in slots:
+        result_of(up.reserve(rec(slot, 10, 1000.0), 0, 0))
+    assert result_of(up.complete(slots[2])) is True
+    rows = [(slots[0], 1001.0), (slots[1], 1002.0), (slots[0], 1003.0), (slots[2], 1004.0),
+            ("f" * 32, 1005.0)]
+    assert result_of(stores.db.run("t", complete_many_txn, rows)) == [True, True, False, False, False]
+    assert [result_of(up.get(s)).completed_at for s in slots] == [1001.0, 1002.0, 1000.0]
+
+
 def test_quotas(stores: Any, result_of: Any, db_clock: Any) -> None:
     """Total and daily quotas count reservations; the daily one forgets after a day;
     other uploaders are not counted."""

@@ -290,8 +290,9 @@ def test_client_gone_while_saving_still_installs_committed_file(tmp_path: Path) 
 
 
 def test_file_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
-    """Files queued while a sync job runs go in the next job together; each
-    file is closed; an fsync error fails only that file's Deferred."""
+    """With one job at a time, files queued while it runs go in the next
+    job together; each file is closed; an fsync error fails only that
+    file's Deferred."""
     from twisted.internet.defer import Deferred
 
     from chatbx_server.storage.upload import FileSyncer
@@ -315,7 +316,7 @@ def test_file_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
         def close(self) -> None:
             self.closed = True
 
-    syncer = FileSyncer(run)
+    syncer = FileSyncer(run, jobs=1)
     files = [open(tmp_path / f"f{i}", "wb") for i in range(3)]
     broken = Broken()
     results: list[Any] = []
@@ -330,6 +331,82 @@ def test_file_syncer_batches_and_reports_errors(tmp_path: Path) -> None:
     assert results[:2] == [None, None] and results[3] is None
     assert isinstance(results[2].value, OSError)
     assert all(fh.closed for fh in files) and broken.closed
+
+
+def test_file_syncer_runs_jobs_in_parallel_and_shares_the_backlog(tmp_path: Path) -> None:
+    """Up to ``jobs`` sync jobs run at once (one thread syncing a burst of
+    files in turn held every 201 back for up to half a second); files that
+    queue while all are busy are shared among the jobs as they free up, not
+    handed to the first one; every file is synced and closed."""
+    from twisted.internet.defer import Deferred
+
+    from chatbx_server.storage.upload import FileSyncer
+
+    jobs: list[tuple[Any, Any, Deferred[Any]]] = []
+
+    def run(fn: Any, arg: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        jobs.append((fn, arg, d))
+        return d
+
+    syncer = FileSyncer(run, jobs=2)
+    files = [open(tmp_path / f"f{i}", "wb") for i in range(6)]
+    done: list[Any] = []
+    for fh in files:
+        syncer.sync(fh).addBoth(done.append)
+    assert [arg for _, arg, _ in jobs] == [[files[0]], [files[1]]]
+    assert syncer.running == 2
+    fn, arg, d = jobs[0]
+    d.callback(fn(arg))
+    # Four queued, two jobs: the freed job takes its half, not all four.
+    assert [arg for _, arg, _ in jobs[2:]] == [files[2:4]]
+    fn, arg, d = jobs[1]
+    d.callback(fn(arg))
+    # Two left, one job free (the other still syncs files 2 and 3): one file.
+    assert [arg for _, arg, _ in jobs[3:]] == [[files[4]]]
+    fn, arg, d = jobs[2]
+    d.callback(fn(arg))
+    assert [arg for _, arg, _ in jobs[4:]] == [[files[5]]]
+    for fn, arg, d in jobs[3:]:
+        d.callback(fn(arg))
+    assert done == [None] * 6 and syncer.running == 0
+    assert all(fh.closed for fh in files)
+
+
+def test_file_syncer_closes_files_when_the_job_cannot_run(tmp_path: Path) -> None:
+    """A job that fails as a whole (the sync threads are stopped) fails its
+    files' Deferreds and still closes the files: no descriptor is leaked."""
+    from twisted.internet import defer
+
+    from chatbx_server.storage.upload import FileSyncer
+
+    syncer = FileSyncer(lambda fn, arg: defer.fail(OSError("upload store closed")))
+    fh = open(tmp_path / "f", "wb")
+    results: list[Any] = []
+    syncer.sync(fh).addBoth(results.append)
+    assert isinstance(results[0].value, OSError) and fh.closed
+    assert syncer.running == 0
+
+
+def test_upload_store_refuses_syncs_after_close(tmp_path: Path) -> None:
+    """Once the store is closed (server stopping), a finished upload's sync
+    fails at once (its PUT gets a 500) and its file is closed; no sync
+    thread is started for it."""
+    from twisted.internet.task import Clock
+
+    from chatbx_server.storage.upload import UploadStore
+
+    class ThreadedDb:
+        threadless = False
+
+    store = UploadStore(ThreadedDb(), Clock())  # type: ignore[arg-type]
+    results: list[Any] = []
+    store.close().addBoth(results.append)
+    assert results == [None]
+    fh = open(tmp_path / "body", "wb")
+    store.syncer.sync(fh).addBoth(results.append)
+    assert isinstance(results[1].value, OSError) and fh.closed
+    assert store._sync_pool is None
 
 
 def test_whole_file_download_over_tls_is_intact(tmp_path: Path) -> None:
