@@ -857,7 +857,9 @@ class C2SStream(Protocol):
         except Exception:
             log.failure("routing a {name} from {user} failed", name=stanza.name, user=session.bare)
             return self.server.router.bounce(stanza, "internal-server-error")
-        if isinstance(result, defer.Deferred):
+        # None and True first: isinstance against Deferred (an ABC through
+        # Awaitable) is slow for what is not one.
+        if result is not None and result is not True and isinstance(result, defer.Deferred):
             result.addErrback(self._route_failed, stanza)
         return result
 

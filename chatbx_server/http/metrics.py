@@ -14,10 +14,13 @@ bound to the running server.
 from __future__ import annotations
 
 import hmac
+import math
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web import resource, server
 
@@ -28,21 +31,72 @@ if TYPE_CHECKING:
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-STANZAS = Counter("chatbx_stanzas", "Stanzas by kind and direction", ["kind", "direction"],
-                  registry=REGISTRY)
+
+class ReactorCounter:
+    """A counter bumped on the reactor thread only: a plain number.
+    prometheus_client's values take a lock per change, which was 3 % of the
+    CPU of a delivered message (two changes per stanza)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class ReactorHistogram:
+    """A histogram observed on the reactor thread only (see ReactorCounter)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds + (math.inf,)
+        #: observations per bucket, not cumulative: counts[i] for bounds[i - 1] < x <= bounds[i]
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.sum += amount
+        self.counts[bisect_left(self.bounds, amount)] += 1
+
+
+#: per stanza kind, counted on the c2s hot path (see HotPathCollector)
+STANZAS_IN = {name: ReactorCounter() for name in ("message", "presence", "iq")}
+STANZAS_OUT = {name: ReactorCounter() for name in ("message", "presence", "iq")}
+ROUTE_SECONDS = ReactorHistogram((.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .05))
+
+
+class HotPathCollector:
+    """Exposes the reactor-thread counters in prometheus_client's format."""
+
+    def collect(self) -> Iterator[Any]:
+        stanzas = CounterMetricFamily("chatbx_stanzas", "Stanzas by kind and direction",
+                                      labels=["kind", "direction"])
+        for direction, table in (("in", STANZAS_IN), ("out", STANZAS_OUT)):
+            for kind, counter in table.items():
+                stanzas.add_metric([kind, direction], counter.value)
+        yield stanzas
+        route = ROUTE_SECONDS
+        buckets = []
+        total = 0
+        for bound, count in zip(route.bounds, route.counts):
+            total += count
+            buckets.append(("+Inf" if bound == math.inf else floatToGoString(bound), total))
+        yield HistogramMetricFamily(
+            "chatbx_route_seconds", "Time to route a stanza from a local client (synchronous part)",
+            buckets=buckets, sum_value=route.sum)
+
+
+REGISTRY.register(HotPathCollector())
+
 AUTH = Counter("chatbx_auth", "SASL authentication outcomes", ["outcome"], registry=REGISTRY)
 UPLOAD_BYTES = Counter("chatbx_upload_bytes", "Bytes stored by HTTP File Upload",
                        registry=REGISTRY)
-ROUTE_SECONDS = Histogram("chatbx_route_seconds",
-                          "Time to route a stanza from a local client (synchronous part)",
-                          buckets=(.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .05),
-                          registry=REGISTRY)
 HTTP_REQUESTS = Counter("chatbx_http_requests", "HTTP requests by service", ["service"],
                         registry=REGISTRY)
 
-#: pre-bound children for the hot path (no label lookup per stanza)
-STANZAS_IN = {name: STANZAS.labels(name, "in") for name in ("message", "presence", "iq")}
-STANZAS_OUT = {name: STANZAS.labels(name, "out") for name in ("message", "presence", "iq")}
 AUTH_SUCCESS = AUTH.labels("success")
 AUTH_FAILURE = AUTH.labels("failure")
 
