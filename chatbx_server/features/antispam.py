@@ -206,13 +206,16 @@ class AntispamFeature(Feature):
 
     def on_message(self, event: StanzaEvent) -> Optional[bool]:
         origin = event.origin
-        stanza = event.stanza
-        if (origin is None or stanza.getAttribute("type") in ("groupchat", "error")
-                or event.to.host in self.server.router.services
-                or not any(c.name == "body" for c in stanza.elements())):
+        if origin is None:
             return None
         user = origin.bare
-        if not self.is_new(user) or not self._stranger(user, event.to.bare):
+        if not self.is_new(user):
+            return None  # most senders: one look-up, nothing else per message
+        stanza = event.stanza
+        if (stanza.getAttribute("type") in ("groupchat", "error")
+                or event.to.host in self.server.router.services
+                or not any(c.name == "body" for c in stanza.elements())
+                or not self._stranger(user, event.to.bare)):
             return None
         waiting = self._after_read(user, event)
         if waiting is not None:
