@@ -56,7 +56,13 @@ class MessageFeature(Feature):
         mtype = event.stanza.getAttribute("type", "normal")
         if mtype in ("groupchat", "error"):
             return None
-        sessions = [s for s in self.server.sessions.available(event.to.bare) if s.priority >= 0]
+        sessions = self.server.sessions.available(event.to.bare)
+        if len(sessions) == 1:  # the common case, without the filtering below
+            if sessions[0].priority < 0:
+                return None
+            sessions[0].send(event.stanza)
+            return True
+        sessions = [s for s in sessions if s.priority >= 0]
         if not sessions:
             return None
         if mtype != "headline":
