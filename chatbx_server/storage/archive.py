@@ -270,27 +270,37 @@ def _user_ids_txn(conn: Connection, owners: Iterable[str]) -> dict[str, int]:
         except ValueError:
             continue
     found: dict[str, int] = {}
-    keys = list(pairs)
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start:start + _CHUNK]
-        rows = conn.execute(
-            sa.select(users.c.id, users.c.username, users.c.domain)
-            .where(sa.tuple_(users.c.username, users.c.domain).in_(chunk)))
-        for row in rows:
-            found[pairs[(row.username, row.domain)]] = int(row.id)
+    by_domain: dict[str, list[str]] = {}
+    for username, domain in pairs:
+        by_domain.setdefault(domain, []).append(username)
+    # Per domain, "username IN (...)": an index range per name. SQLite
+    # plans a row-value IN ((username, domain), ...) as a scan of every
+    # account (12 ms per archive batch with 100,000 accounts).
+    for domain, names in by_domain.items():
+        for start in range(0, len(names), _CHUNK):
+            rows = conn.execute(
+                sa.select(users.c.id, users.c.username)
+                .where(users.c.domain == domain, users.c.username.in_(names[start:start + _CHUNK])))
+            for row in rows:
+                found[pairs[(row.username, domain)]] = int(row.id)
     return found
 
 
 def _in_roster_txn(conn: Connection, pairs: set[tuple[int, str]]) -> set[tuple[int, str]]:
-    """The (user_id, contact) pairs that are roster items."""
+    """The (user_id, contact) pairs that are roster items (per account,
+    ``contact IN (...)``: index ranges, where SQLite plans a row-value IN as
+    a scan of every roster item)."""
     found: set[tuple[int, str]] = set()
-    keys = list(pairs)
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start:start + _CHUNK]
-        rows = conn.execute(
-            sa.select(roster_items.c.user_id, roster_items.c.contact)
-            .where(sa.tuple_(roster_items.c.user_id, roster_items.c.contact).in_(chunk)))
-        found.update((int(r.user_id), r.contact) for r in rows)
+    by_user: dict[int, list[str]] = {}
+    for user_id, contact in pairs:
+        by_user.setdefault(user_id, []).append(contact)
+    for user_id, contacts in by_user.items():
+        for start in range(0, len(contacts), _CHUNK):
+            rows = conn.execute(
+                sa.select(roster_items.c.contact)
+                .where(roster_items.c.user_id == user_id,
+                       roster_items.c.contact.in_(contacts[start:start + _CHUNK])))
+            found.update((user_id, r.contact) for r in rows)
     return found
 
 
