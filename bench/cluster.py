@@ -55,9 +55,13 @@ class SplitTarget(scenarios.Target):
     throughput pair (2i, 2i+1) end up on different nodes."""
 
     ports: tuple[int, ...] = ()
+    #: log both users of a pair in on the same node instead (no message
+    #: crosses Redis: what two processes cost without the crossing)
+    together: bool = False
 
     async def login(self, n: int, **kw: Any) -> Any:
-        port = self.ports[n % len(self.ports)] if self.ports else self.port
+        slot = n // 2 if self.together else n
+        port = self.ports[slot % len(self.ports)] if self.ports else self.port
         return await client.login(self.host, port, self.domain, self.user(n), self.password,
                                   starttls=self.starttls, direct_tls=self.direct_tls, **kw)
 
@@ -116,7 +120,8 @@ def one_round(args: argparse.Namespace, mode: str, index: int) -> list[dict[str,
         pids = [p.pid for p in procs] + ([args.redis_pid] if mode == "two" else [])
         ports = tuple(port for _, port in cfgs)
         target = SplitTarget(f"{mode} node{'s' if mode == 'two' else ''}", "127.0.0.1", ports[0],
-                             DOMAIN, "bench{n}", PASSWORD, ports=ports, cpu_pids=tuple(pids))
+                             DOMAIN, "bench{n}", PASSWORD, ports=ports, cpu_pids=tuple(pids),
+                             together=args.together)
         p = args.params
         offline = 0
         for repeat in range(args.repeat):
@@ -157,6 +162,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="throughput runs per round against the same node(s), each with new logins")
     ap.add_argument("--modes", nargs="+", choices=("one", "two"), default=["one", "two"],
                     help="what each round runs (default: one node, then two)")
+    ap.add_argument("--together", action="store_true",
+                    help="two nodes: both users of a pair on the same node (nothing crosses Redis)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args(argv)
     if shutil.which("redis-server") is None:
