@@ -8,7 +8,13 @@ sockets. Each round starts ``twistd -n chatbx``, waits until its workers
 have joined Redis, runs ``bench/loadgen.py`` (default: throughput and
 login_rate) against it, and stops the server by PID (SIGTERM to the
 parent, which stops its workers). Server CPU is the sum over the parent
-and its workers from /proc.
+and its workers from /proc: over the whole round ("us/msg", logins
+included, Redis added) and over the throughput scenario's measured window
+alone ("win us": workers and Redis, passed to the load generator as
+``--cpu-pids``). "cross" is the share of the throughput pairs whose two
+users were on different workers (their messages go through Redis); the
+kernel decides it, so it varies from round to round. The last lines give
+workers = 2 against the workers = 1 round before it.
 
 Nothing is pinned unless ``--server-cpus``/``--loadgen-cpus`` are given:
 on a 2-core machine the load generator and the workers share both cores.
