@@ -15,7 +15,8 @@ lost messages, offline-stored messages afterwards (every user is online,
 so any is a misdelivery), and server CPU per delivered message: utime +
 stime of every chatbx process and of redis-server (two nodes only) from
 /proc, over the whole round (logins included), divided by the messages
-delivered in it. The load generator runs in this process.
+delivered in it; and the same over the measured window alone ("win us":
+no logins in it). The load generator runs in this process.
 
 Nothing is pinned unless ``--server-cpus``/``--loadgen-cpus`` are given.
 
@@ -54,9 +55,13 @@ class SplitTarget(scenarios.Target):
     throughput pair (2i, 2i+1) end up on different nodes."""
 
     ports: tuple[int, ...] = ()
+    #: log both users of a pair in on the same node instead (no message
+    #: crosses Redis: what two processes cost without the crossing)
+    together: bool = False
 
     async def login(self, n: int, **kw: Any) -> Any:
-        port = self.ports[n % len(self.ports)] if self.ports else self.port
+        slot = n // 2 if self.together else n
+        port = self.ports[slot % len(self.ports)] if self.ports else self.port
         return await client.login(self.host, port, self.domain, self.user(n), self.password,
                                   starttls=self.starttls, direct_tls=self.direct_tls, **kw)
 
@@ -115,7 +120,8 @@ def one_round(args: argparse.Namespace, mode: str, index: int) -> list[dict[str,
         pids = [p.pid for p in procs] + ([args.redis_pid] if mode == "two" else [])
         ports = tuple(port for _, port in cfgs)
         target = SplitTarget(f"{mode} node{'s' if mode == 'two' else ''}", "127.0.0.1", ports[0],
-                             DOMAIN, "bench{n}", PASSWORD, ports=ports)
+                             DOMAIN, "bench{n}", PASSWORD, ports=ports, cpu_pids=tuple(pids),
+                             together=args.together)
         p = args.params
         offline = 0
         for repeat in range(args.repeat):
@@ -131,6 +137,9 @@ def one_round(args: argparse.Namespace, mode: str, index: int) -> list[dict[str,
                      server_cpu_pct_whole_run=round(100 * cpu / elapsed, 1),
                      cpu_us_per_msg=round(1e6 * cpu / r["received"], 1) if r.get("received") else None)
             offline = stored
+            if r.get("value") and "server_cpu_pct" in r:
+                # over the measured window alone (no logins)
+                r["window_cpu_us_per_msg"] = round(1e4 * r["server_cpu_pct"] / r["value"], 1)
             if mode == "two":
                 r["redis_cpu_s"] = round(server_cpu([args.redis_pid]) - redis0, 3)
             print(json.dumps(r), flush=True)
@@ -153,6 +162,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="throughput runs per round against the same node(s), each with new logins")
     ap.add_argument("--modes", nargs="+", choices=("one", "two"), default=["one", "two"],
                     help="what each round runs (default: one node, then two)")
+    ap.add_argument("--together", action="store_true",
+                    help="two nodes: both users of a pair on the same node (nothing crosses Redis)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args(argv)
     if shutil.which("redis-server") is None:
@@ -187,11 +198,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(f"{'round':>5} {'nodes':>5} {'msgs/s':>9} {'lost':>5} {'errors':>6} {'offline':>7} "
-          f"{'srv cpu%':>8} {'us/msg':>7} {'redis s':>7}")
+          f"{'srv cpu%':>8} {'us/msg':>7} {'win us':>7} {'redis s':>7}")
     for r in results:
         print(f"{r['round']:>5} {r['nodes']:>5} {r.get('value', 0):>9} {r.get('lost', ''):>5} "
               f"{r.get('error_replies', ''):>6} {r['offline_after']:>7} {r['server_cpu_pct_whole_run']:>8} "
-              f"{r.get('cpu_us_per_msg') or '':>7} {r.get('redis_cpu_s', ''):>7}")
+              f"{r.get('cpu_us_per_msg') or '':>7} {r.get('window_cpu_us_per_msg', ''):>7} "
+              f"{r.get('redis_cpu_s', ''):>7}")
     one = [r["value"] for r in results if r["mode"] == "one" and r["repeat"] == 0]
     two = [r["value"] for r in results if r["mode"] == "two" and r["repeat"] == 0]
     if one and two and all(one):

@@ -32,6 +32,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-starttls", action="store_true", help="plain TCP (only if the server allows it)")
     ap.add_argument("--direct-tls", action="store_true", help="XEP-0368 direct TLS port")
     ap.add_argument("--server-pid", type=int, help="server PID, for idle_memory (reads /proc/PID/status)")
+    ap.add_argument("--cpu-pids", type=int, nargs="+", default=[],
+                    help="throughput: more PIDs whose CPU counts as the server's in the measured "
+                    "window (workers, Redis)")
     ap.add_argument("--server-name", default="server")
     ap.add_argument("--scenarios", nargs="+", default=list(scenarios.SCENARIOS),
                     choices=scenarios.SCENARIOS + scenarios.EXTRA_SCENARIOS)
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         fanout_contacts=args.fanout_contacts, fanout_base=args.fanout_base, login_count=args.login_count)
     target = scenarios.Target(args.server_name, args.host, args.port, args.domain, args.user_pattern,
                               args.password, starttls=not args.no_starttls, direct_tls=args.direct_tls,
-                              server_pid=args.server_pid)
+                              server_pid=args.server_pid, cpu_pids=tuple(args.cpu_pids))
     results = asyncio.run(run.run_all(target, args.scenarios, params))
     print()
     print(report.table(results))

@@ -8,7 +8,13 @@ sockets. Each round starts ``twistd -n chatbx``, waits until its workers
 have joined Redis, runs ``bench/loadgen.py`` (default: throughput and
 login_rate) against it, and stops the server by PID (SIGTERM to the
 parent, which stops its workers). Server CPU is the sum over the parent
-and its workers from /proc.
+and its workers from /proc: over the whole round ("us/msg", logins
+included, Redis added) and over the throughput scenario's measured window
+alone ("win us": workers and Redis, passed to the load generator as
+``--cpu-pids``). "cross" is the share of the throughput pairs whose two
+users were on different workers (their messages go through Redis); the
+kernel decides it, so it varies from round to round. The last lines give
+workers = 2 against the workers = 1 round before it.
 
 Nothing is pinned unless ``--server-cpus``/``--loadgen-cpus`` are given:
 on a 2-core machine the load generator and the workers share both cores.
@@ -127,6 +133,17 @@ def offline_count(url: str) -> int:
         engine.dispose()
 
 
+def cross_pairs(where: dict[str, str], pairs: int) -> Optional[float]:
+    """The share of the throughput pairs (bench2i, bench2i+1) whose two
+    users were on different workers: their messages cross through Redis.
+    The kernel decides it (whichever worker is in accept), so it varies
+    from round to round, and with it the cost per message."""
+    seen = [(where.get(f"bench{2 * i}@localhost"), where.get(f"bench{2 * i + 1}@localhost"))
+            for i in range(pairs)]
+    seen = [(a, b) for a, b in seen if a and b]
+    return round(sum(a != b for a, b in seen) / len(seen), 2) if seen else None
+
+
 def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port: int, workers: int,
               index: int, redis_pid: int) -> list[dict[str, Any]]:
     cfg = os.path.join(workdir, f"chatbx-{index}.toml")
@@ -162,7 +179,13 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             cmd += ["--pairs", str(args.pairs)]
         if args.window:
             cmd += ["--window", str(args.window)]
+        if args.duration:
+            cmd += ["--duration", str(args.duration)]
+        # CPU over the measured window: every server process and Redis
+        cmd += ["--cpu-pids", *map(str, pids + [redis_pid])]
         peak: dict[str, int] = {}
+        #: bare JID -> the worker its session was last seen on
+        where: dict[str, str] = {}
         done = threading.Event()
 
         def sample() -> None:
@@ -170,8 +193,10 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             # spread the connections over the workers accepting on one socket
             while not done.wait(0.5):
                 for name in redis_cli(redis_port, "ZRANGE", "chatbx:nodes", "0", "-1").split():
-                    count = int(redis_cli(redis_port, "HLEN", f"chatbx:sessions:{name}") or 0)
-                    peak[name] = max(peak.get(name, 0), count)
+                    fulls = redis_cli(redis_port, "HKEYS", f"chatbx:sessions:{name}").split()
+                    peak[name] = max(peak.get(name, 0), len(fulls))
+                    for full in fulls:
+                        where[full.split("/", 1)[0]] = name
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -192,9 +217,14 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
             r["offline_after"] = offline
             r["redis_cpu_pct_whole_run"] = round(100 * redis_cpu / elapsed, 1)
             r["peak_sessions_per_worker"] = sorted(peak.values(), reverse=True)
+            r["cross_pairs"] = cross_pairs(where, r.get("pairs") or 0)
             if r.get("scenario") == "throughput" and len(args.scenarios) == 1 and r.get("received"):
                 # CPU of chatbx and Redis over the whole run (logins included) per message
                 r["cpu_us_per_msg"] = round(1e6 * (cpu + redis_cpu) / r["received"], 1)
+            if r.get("scenario") == "throughput" and r.get("value") and "server_cpu_pct" in r:
+                # the same over the measured window alone (no logins): the figure
+                # to compare, workers = 2 against workers = 1
+                r["window_cpu_us_per_msg"] = round(1e4 * r["server_cpu_pct"] / r["value"], 1)
             print(json.dumps(r), flush=True)
         if res.returncode != 0:
             print(res.stdout[-2000:], res.stderr[-2000:], file=sys.stderr)
@@ -202,6 +232,25 @@ def one_round(args: argparse.Namespace, workdir: str, cfg_base: str, redis_port:
     finally:
         stop_server(proc)
         out.close()
+
+
+def print_ratios(results: list[dict[str, Any]]) -> None:
+    """workers = 2 against the workers = 1 round before it: msgs/s, and CPU
+    per message over the measured window (workers and Redis). 1.7x the
+    msgs/s on two cores of its own needs at most 2 / 1.7 = 1.18x the CPU
+    per message."""
+    one: dict[str, dict[str, Any]] = {}
+    for r in results:
+        name = r.get("scenario", "?")
+        if r["workers"] == 1:
+            one[name] = r
+        elif name in one and one[name].get("value") and r.get("value"):
+            base = one[name]
+            line = f"{name}: workers = 2 / workers = 1: {r['value'] / base['value']:.2f}x {base.get('unit', '')}"
+            if base.get("window_cpu_us_per_msg") and r.get("window_cpu_us_per_msg"):
+                line += (f", {r['window_cpu_us_per_msg'] / base['window_cpu_us_per_msg']:.2f}x CPU per message"
+                         f" ({r.get('cross_pairs')} of the pairs across workers)")
+            print(line)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -214,6 +263,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--window", type=int, help="throughput: messages in flight per direction "
                     "(default the loadgen's 10); more pairs and a larger window load the "
                     "workers until they, not the round trip, bound the rate")
+    ap.add_argument("--duration", type=float, help="throughput: measured seconds (default the loadgen's 5)")
     ap.add_argument("--server-cpus", type=int, nargs="+")
     ap.add_argument("--loadgen-cpus", type=int, nargs="+")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
@@ -239,12 +289,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                 results += one_round(args, workdir, cfg, redis_port, workers, 2 * i + j, redis.pid)
         print()
         print(f"{'scenario':28} {'workers':>7} {'value':>10} {'unit':10} {'p50_ms':>8} {'p99_ms':>8} "
-              f"{'lost':>5} {'srv cpu%':>8} {'redis%':>6} {'us/msg':>7}  peak sessions per worker")
+              f"{'lost':>5} {'srv cpu%':>8} {'redis%':>6} {'us/msg':>7} {'win us':>7} {'cross':>5}  "
+              "peak sessions per worker")
         for r in results:
             print(f"{r.get('scenario', '?'):28} {r['workers']:>7} {r.get('value', 0):>10} "
                   f"{r.get('unit', ''):10} {r.get('p50_ms', ''):>8} {r.get('p99_ms', ''):>8} "
                   f"{r.get('lost', ''):>5} {r['server_cpu_pct_whole_run']:>8} {r['redis_cpu_pct_whole_run']:>6} "
-                  f"{r.get('cpu_us_per_msg', ''):>7}  {r['peak_sessions_per_worker']}")
+                  f"{r.get('cpu_us_per_msg', ''):>7} {r.get('window_cpu_us_per_msg', ''):>7} "
+                  f"{r.get('cross_pairs', ''):>5}  {r['peak_sessions_per_worker']}")
+        print_ratios(results)
     finally:
         redis.terminate()
         redis.wait(10)

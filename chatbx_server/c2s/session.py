@@ -20,6 +20,7 @@ from twisted.words.xish import domish
 from chatbx_server.http.metrics import STANZAS_OUT
 from chatbx_server.c2s.smacks import StreamManagement
 from chatbx_server.xmpp.jid import JID
+from chatbx_server.xmpp.serializer import CLIENT_STREAMS
 
 
 class ClientSession:
@@ -71,6 +72,26 @@ class ClientSession:
         if csi is not None and csi.hold(self, element):
             return
         self.write(element)
+
+    def send_serialized(self, name: str, data: bytes) -> bool:
+        """Deliver a stanza the client streams' serializer wrote already
+        (one another cluster node forwarded), without its element, when
+        nothing on the way needs the element: no CSI buffer (it looks
+        inside what it holds), no XEP-0198 queue, a stream that writes
+        client-stream XML (not WebSocket framing or BOSH). The bytes are
+        those :meth:`send` would write. Returns False (nothing sent) when
+        the element is needed: the caller parses it and calls :meth:`send`.
+        """
+        if (self.csi is not None or self.sm is not None
+                or getattr(self.stream, "serializer", None) is not CLIENT_STREAMS):
+            return False
+        if self.closed:
+            return True  # as send(): dropped
+        counter = STANZAS_OUT.get(name)
+        if counter is not None:
+            counter.inc()
+        self.stream.send_data(data)
+        return True
 
     def write(self, element: domish.Element) -> None:
         """Past the CSI buffer: into the SM queue when enabled, then out.

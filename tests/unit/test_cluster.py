@@ -442,3 +442,68 @@ def test_a_heartbeat_in_flight_when_the_node_stops_does_not_list_it_again(fake_r
     pending.callback([str(T0), "0"])
     names = [c[0] for c in fake_redis.commands if c[0] in ("ZADD", "ZREM")]
     assert names[-1] == "ZREM", names
+
+
+def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The XML of every forwarded stanza the receiving node parses."""
+    parsed: list[str] = []
+    real = cluster_node.parse_stanza
+
+    def counting(xml: str) -> Any:
+        parsed.append(xml)
+        return real(xml)
+
+    monkeypatch.setattr(cluster_node, "parse_stanza", counting)
+    return parsed
+
+
+def test_forwarded_message_is_written_as_it_came_without_parsing(
+        fake_redis: FakeRedis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forwarded message for a session that only writes it goes out as
+    the bytes another node serialized, never parsed here; a presence (a
+    roster change may come with it) is still parsed."""
+    server = cluster_server()
+    bob = bind(server, "bob@localhost/b", available=True)
+    bob.take()
+    bob.stream.transport.clear()
+    parsed = _count_parses(monkeypatch)
+    xml = "<message from='alice@localhost/a' to='bob@localhost/b' type='chat' id='m1'><body>hi</body></message>"
+    server.cluster._deliver_entry("1-0", ["b", json.dumps([["bob@localhost/b", xml]])])
+    assert bob.stream.transport.value() == xml.encode()
+    assert parsed == []
+    pres = "<presence from='alice@localhost/a' to='bob@localhost/b'/>"
+    server.cluster._deliver_entry("2-0", ["b", json.dumps([["bob@localhost/b", pres]])])
+    assert parsed == [pres]
+    assert [e.name for e in bob.take()] == ["message", "presence"]
+
+
+def test_forwarded_message_to_an_inactive_session_waits_in_its_csi_buffer(
+        fake_redis: FakeRedis) -> None:
+    """XEP-0352: a chat state forwarded to a session that said <inactive/>
+    is held like a local one; a message with a body sends it and itself."""
+    server = cluster_server('"message", "offline", "roster", "presence", "csi"')
+    bob = bind(server, "bob@localhost/b", available=True)
+    bob.stream.dataReceived(b"<inactive xmlns='urn:xmpp:csi:0'/>")
+    bob.take()
+    state = ("<message from='alice@localhost/a' to='bob@localhost/b' type='chat'>"
+             "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+    server.cluster._deliver_entry("1-0", ["b", json.dumps([["bob@localhost/b", state]])])
+    assert bob.take() == []
+    chat = "<message from='alice@localhost/a' to='bob@localhost/b' type='chat'><body>hi</body></message>"
+    server.cluster._deliver_entry("2-0", ["b", json.dumps([["bob@localhost/b", chat]])])
+    got = bob.take()
+    assert [e.firstChildElement().name for e in got] == ["composing", "body"]
+
+
+def test_forwarded_message_to_a_stream_management_session_is_queued(fake_redis: FakeRedis) -> None:
+    """XEP-0198: a forwarded message to a session with stream management
+    enabled is written and kept in its queue until acknowledged."""
+    server = cluster_server('"message", "offline", "roster", "presence", "smacks"')
+    bob = bind(server, "bob@localhost/b", available=True)
+    bob.stream.dataReceived(b"<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+    bob.take()
+    assert bob.sm is not None and bob.sm.sent == 0
+    chat = "<message from='alice@localhost/a' to='bob@localhost/b' type='chat'><body>hi</body></message>"
+    server.cluster._deliver_entry("1-0", ["b", json.dumps([["bob@localhost/b", chat]])])
+    assert [str(e.body) for e in bob.take() if e.name == "message"] == ["hi"]
+    assert bob.sm.sent == 1 and list(bob.sm.queue) == [chat.encode()]
