@@ -177,9 +177,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.workdir = workdir = tempfile.mkdtemp(prefix="chatbx-cluster-bench-")
     redis, args.redis_port = start_redis(workdir)
     args.redis_pid = redis.pid
-    args.url, db = create_database()
     results: list[dict[str, Any]] = []
+    db = None
     try:
+        # In here: a failure to make the database must still stop redis-server.
+        args.url, db = create_database()
         args.one = [node_config(workdir, "single", args.url, None)]
         args.two = [node_config(workdir, f"c{i}", args.url, args.redis_port) for i in range(2)]
         servers.upgrade_chatbx_database(args.one[0][0])
@@ -191,7 +193,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         redis.terminate()
         redis.wait(10)
-        drop_database(db)
+        if db is not None:
+            drop_database(db)
         if args.keep:
             print(f"kept {workdir}")
         else:

@@ -274,8 +274,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     servers.raise_nofile()
     workdir = tempfile.mkdtemp(prefix="chatbx-workers-bench-")
     redis, redis_port = start_redis(workdir)
-    url, db = create_database()
+    db = None
     try:
+        # In here: a failure to make the database must still stop redis-server.
+        url, db = create_database()
         port, tls_port = servers.free_port(), servers.free_port()
         cfg = servers.write_chatbx_config(workdir, "localhost", port, tls_port, database_url=url)
         args.port_of = {cfg: port}
@@ -301,7 +303,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         redis.terminate()
         redis.wait(10)
-        drop_database(db)
+        if db is not None:
+            drop_database(db)
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
