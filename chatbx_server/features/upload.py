@@ -32,7 +32,7 @@ from twisted.words.xish import domish
 from chatbx_server.logs import log_observer
 from chatbx_server.events import StanzaEvent
 from chatbx_server.modules import Feature
-from chatbx_server.storage.upload import QuotaExceeded, UploadFiles, UploadRecord
+from chatbx_server.storage.upload import QuotaExceeded, SpareBodyFiles, UploadFiles, UploadRecord
 from chatbx_server.xmpp import ns
 from chatbx_server.xmpp.jid import parse_or_none
 from chatbx_server.xmpp.stanzas import StanzaError, error_reply, result_reply
@@ -139,10 +139,15 @@ class UploadFeature(Feature):
         self._again: Any = None
         root = options.store_dir or os.path.join(self.server.config.data_dir, "uploads")
         self.files = UploadFiles(os.path.abspath(root))
+        store = self.server.stores.upload
+        #: empty files for upload bodies, made ahead off the reactor
+        self.bodies = SpareBodyFiles(self.files.tmp, None if self.server.database.threadless
+                                     else store.in_thread)
         if not http_enabled(self.server):
             log.warn("upload: no [listen] http and no [http] external_url: no upload service")
             return
         self.files.ensure()
+        self.bodies.fill()  # the first uploads find files ready
         for host in sorted(self.server.hosts):
             service = f"{options.subdomain}.{host}"
             self.services[service] = host
@@ -158,6 +163,7 @@ class UploadFeature(Feature):
         self.secret = secret
 
     def teardown(self) -> None:
+        self.bodies.close()
         for service in self.services:
             if self.server.router.services.get(service) == self.on_stanza:
                 del self.server.router.services[service]

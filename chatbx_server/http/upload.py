@@ -99,19 +99,6 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _temp_file(directory: str, slot: str) -> tuple[Any, str]:
-    """A new private file for a body, unbuffered (twisted.web hands it
-    16 KiB TLS records; a Python buffer would only copy them)."""
-    for _ in range(100):
-        path = os.path.join(directory, f"{slot}.{os.urandom(6).hex()}")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        except FileExistsError:
-            continue
-        return os.fdopen(fd, "w+b", buffering=0), path
-    raise OSError("no unused temporary file name")
-
-
 class _FileProducer(static.StaticProducer):
     """A whole file (no Range) as a push producer.
 
@@ -257,7 +244,7 @@ class UploadResource(resource.Resource, BodyHandler):
             if (main and canonical_type(main) != content_type
                     and content_type != "application/octet-stream"):
                 raise Refused(400, f"Content-Type {main} differs from the slot's {content_type}")
-        fh, tmp_path = _temp_file(feature.files.tmp, slot)
+        fh, tmp_path = feature.bodies.take()
         request.upload_body = _Body(fh, tmp_path, slot, size, uploader)  # type: ignore[attr-defined]
         return fh, size
 

@@ -540,3 +540,46 @@ def test_download_stops_reading_when_the_client_goes(tmp_path: Path) -> None:
     channel.connectionLost(Failure(ConnectionLost()))
     producer.resumeProducing()  # a late resume after the connection is gone
     assert reads == [] and fh.closed
+
+
+def test_spare_body_files_are_made_ahead_and_removed_at_close(tmp_path: Any) -> None:
+    """Upload bodies go into files made earlier in a thread (no file creation on
+    the reactor); with none ready one is made on the spot; close() removes the
+    unused ones, also those a late thread job brings."""
+    from twisted.internet import defer
+
+    from chatbx_server.storage.upload import SpareBodyFiles
+
+    jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred]] = []
+
+    def run(fn: Any, *args: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        jobs.append((fn, args, d))
+        return d
+
+    def finish_job() -> None:
+        fn, args, d = jobs.pop(0)
+        d.callback(fn(*args))
+
+    spares = SpareBodyFiles(str(tmp_path), run, spare=3)
+    spares.fill()
+    assert len(jobs) == 1 and list(tmp_path.iterdir()) == []
+    finish_job()
+    assert len(list(tmp_path.iterdir())) == 3
+    fh, path = spares.take()  # a spare: nothing made now
+    assert len(list(tmp_path.iterdir())) == 3 and os.path.dirname(path) == str(tmp_path)
+    fh.write(b"body")
+    fh.close()
+    assert len(jobs) == 1  # one more asked for, in the background
+    taken = [path]
+    for _ in range(2):
+        fh, path = spares.take()
+        fh.close()
+        taken.append(path)
+    fh, path = spares.take()  # none ready: made on the spot
+    fh.close()
+    taken.append(path)
+    assert len(list(tmp_path.iterdir())) == 4 and len(jobs) == 1
+    spares.close()
+    finish_job()  # arrives after close: its file is removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(os.path.basename(p) for p in taken)
