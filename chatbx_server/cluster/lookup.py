@@ -89,8 +89,9 @@ return 0
 
 #: Forget every session of a node that stopped or died in the user keys.
 #: KEYS: sessions:<node>; ARGV: node, key prefix.
-FORGET_NODE_SCRIPT = """
-local fulls = redis.call('HKEYS', KEYS[1])
+#: Lua: each full JID of the table ``fulls`` out of its account's entry
+#: while the entry names node ARGV[1] (ARGV[2]: the key prefix)
+FORGET_FULLS_LUA = """
 for _, full in ipairs(fulls) do
   local slash = string.find(full, '/', 1, true)
   local bare = slash and string.sub(full, 1, slash - 1) or full
@@ -99,8 +100,10 @@ for _, full in ipairs(fulls) do
     redis.call('HDEL', key, full)
   end
 end
-return #fulls
 """
+
+FORGET_NODE_SCRIPT = ("local fulls = redis.call('HKEYS', KEYS[1])\n" + FORGET_FULLS_LUA
+                      + "return #fulls\n")
 
 
 class _Waiting:

@@ -46,8 +46,8 @@ from chatbx_server.cluster.handover import SM_TARGET, Handover
 from chatbx_server.cluster.locks import ClusterLocks
 from chatbx_server.cluster.limits import SharedAuthScores, SharedConnectionCounts, connections_key
 from chatbx_server.cluster.metrics import NodeMetrics
-from chatbx_server.cluster.lookup import (FORGET_NODE_SCRIPT, UNSET_SCRIPT, DirectoryLookup,
-                                          user_key)
+from chatbx_server.cluster.lookup import (FORGET_FULLS_LUA, FORGET_NODE_SCRIPT, UNSET_SCRIPT,
+                                          DirectoryLookup, user_key)
 from chatbx_server.cluster.redis import command_connection, parse_redis_url, subscriber
 from chatbx_server.cluster.rooms import ROOM_TARGET, RoomOwnership
 from chatbx_server.events import DELIVER, FILTER, StanzaEvent
@@ -737,20 +737,11 @@ return redis.call('XADD', KEYS[2], '*', 'b', ARGV[3])
 #: session out of its account's entry (as FORGET_NODE_SCRIPT), the hash and
 #: the run's connection counts (KEYS[2]) deleted, the sessions returned
 #: (flat field/value list)
-END_PREVIOUS_RUN_SCRIPT = """
-local raw = redis.call('HGETALL', KEYS[1])
-for i = 1, #raw, 2 do
-  local full = raw[i]
-  local slash = string.find(full, '/', 1, true)
-  local bare = slash and string.sub(full, 1, slash - 1) or full
-  local key = ARGV[2] .. 'user:' .. bare
-  if redis.call('HGET', key, full) == ARGV[1] then
-    redis.call('HDEL', key, full)
-  end
-end
-redis.call('DEL', KEYS[1], KEYS[2])
-return raw
-"""
+END_PREVIOUS_RUN_SCRIPT = ("local raw = redis.call('HGETALL', KEYS[1])\n"
+                           "local fulls = {}\n"
+                           "for i = 1, #raw, 2 do fulls[#fulls + 1] = raw[i] end\n"
+                           + FORGET_FULLS_LUA
+                           + "redis.call('DEL', KEYS[1], KEYS[2])\nreturn raw\n")
 
 
 _SUBSCRIPTION_TYPES = frozenset(("subscribe", "subscribed", "unsubscribe", "unsubscribed"))

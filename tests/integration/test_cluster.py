@@ -209,6 +209,26 @@ def test_carbons_reach_a_resource_on_another_node(redis_url, postgres_url, chatb
     run(main(), timeout=90)
 
 
+def _kill(node: Any) -> float:
+    """SIGKILL a node's process group (no clean stop); returns when it was killed."""
+    proc, node.proc = node.proc, None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    return time.monotonic()
+
+
+async def _bob_receives(node: Any, full: str, *bodies: str) -> None:
+    """Bob logs in on ``node`` as ``full`` and gets these messages (stored offline)."""
+    bob = await slix_login(node, full)
+    msgs = Inbox(bob, "message")
+    bob.send_presence()
+    try:
+        for body in bodies:
+            await msgs.wait(lambda m, body=body: m["body"] == body, what=f"the message {body!r}")
+    finally:
+        await slix_close(bob)
+
+
 def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgres_url, chatbx_server):
     """node1 (Bob's) is killed with SIGKILL: Alice sees Bob go unavailable
     within the bound; a message sent to Bob's full JID right after the kill
@@ -219,11 +239,7 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
     async def main() -> None:
         (alice, a_pres, _), (bob, _, _) = await _friends(node0, node1)
         try:
-            proc = node1.proc
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            node1.proc = None
-            killed = time.monotonic()
+            killed = _kill(node1)
             alice.send_message(mto=f"{BOB}/phone", mbody="in flight", mtype="chat")
             await a_pres.wait(lambda p: p["type"] == "unavailable" and p["from"].full == f"{BOB}/phone",
                               timeout=OFFLINE_WITHIN, what="bob's unavailable presence")
@@ -234,14 +250,7 @@ def test_killed_node_users_go_offline_and_messages_are_stored(redis_url, postgre
         finally:
             bob.abort()
         try:
-            bob2 = await slix_login(node0, f"{BOB}/phone")
-            msgs = Inbox(bob2, "message")
-            bob2.send_presence()
-            try:
-                await msgs.wait(lambda m: m["body"] == "in flight", what="the in-flight message")
-                await msgs.wait(lambda m: m["body"] == "while offline", what="the offline message")
-            finally:
-                await slix_close(bob2)
+            await _bob_receives(node0, f"{BOB}/phone", "in flight", "while offline")
         finally:
             await slix_close(alice)
 
@@ -257,11 +266,7 @@ def test_node_restarted_under_its_name_ends_its_old_sessions(redis_url, postgres
     async def main() -> None:
         (alice, a_pres, _), (bob, _, _) = await _friends(node0, node1)
         try:
-            proc = node1.proc
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            node1.proc = None
-            killed = time.monotonic()
+            killed = _kill(node1)
             node1.start()
             print(f"node1 listening again {time.monotonic() - killed:.1f}s after the kill")
             await a_pres.wait(lambda p: p["type"] == "unavailable" and p["from"].full == f"{BOB}/phone",
@@ -270,13 +275,7 @@ def test_node_restarted_under_its_name_ends_its_old_sessions(redis_url, postgres
         finally:
             bob.abort()
         try:
-            bob2 = await slix_login(node1, f"{BOB}/laptop")
-            msgs = Inbox(bob2, "message")
-            bob2.send_presence()
-            try:
-                await msgs.wait(lambda m: m["body"] == "after the restart", what="the offline message")
-            finally:
-                await slix_close(bob2)
+            await _bob_receives(node1, f"{BOB}/laptop", "after the restart")
         finally:
             await slix_close(alice)
 
@@ -419,10 +418,7 @@ def test_room_with_occupants_on_three_nodes(redis_url, postgres_url, chatbx_serv
             # by a surviving node; the others rejoin (no 201: not a new room).
             owner = _redis_cli(redis_url, "HGET", "chatbx:rooms", room)
             index = int(owner.removeprefix("node"))
-            proc = nodes[index].proc
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            nodes[index].proc = None
+            _kill(nodes[index])
             survivors = [c for i, c in enumerate(clients) if i != index]
             nicks = [n for i, n in enumerate(("Alice", "Bob", "Carol")) if i != index]
             # The owner's death is noticed: the reaper takes it off the node list.
@@ -562,10 +558,7 @@ def test_resume_after_the_holder_was_killed_binds_anew_and_gets_offline(
         try:
             alice.abort()
             await asyncio.wait_for(events["disconnected"].wait(), CLIENT_TIMEOUT)
-            proc = node0.proc
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-            node0.proc = None
+            _kill(node0)
             bob.send_message(mto=f"{ALICE}/phone", mbody="to the dead node", mtype="chat")
             events["started"].clear()
             alice.connect("127.0.0.1", node1.c2s_port)

@@ -6,33 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from twisted.internet import defer
 
-from tests.unit.fakes import bind, create_user, make_server
-from tests.unit.pephelpers import befriend
-from tests.unit.test_cluster import install_redis
-from tests.unit.test_cluster_smacks import MODULES, Bus
-
-
-def _node(bus: Bus, name: str) -> Any:
-    server = make_server(config_text=f'[modules]\nenabled = [{MODULES}]\n'
-                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\n'
-                                     f'node = "{name}"\n')
-    for user in ("alice@localhost", "bob@localhost"):
-        create_user(server, user, "pencil")
-    befriend(server, "alice@localhost", "bob@localhost")
-    bus.servers[name] = server
-    return server
-
-
-@pytest.fixture
-def bus(monkeypatch: pytest.MonkeyPatch) -> Bus:
-    redis = install_redis(monkeypatch, Bus())
-    _node(redis, "n1")
-    _node(redis, "n2")
-    redis.pump()
-    return redis
+from tests.unit.fakes import bind
+from tests.unit.test_cluster_smacks import Bus, bus, node_on  # noqa: F401 (fixture)
 
 
 def test_sessions_of_the_previous_run_end_when_the_node_restarts(bus: Bus) -> None:
@@ -55,7 +32,7 @@ def test_sessions_of_the_previous_run_end_when_the_node_restarts(bus: Bus) -> No
     held: list[defer.Deferred] = []
     time_reply = bus.replies["TIME"]
     bus.replies["TIME"] = lambda: held.append(defer.Deferred()) or held[-1]
-    restarted = _node(bus, "n1")
+    restarted = node_on(bus, "n1")
     bus.replies["TIME"] = time_reply
     assert bob.take() == []  # not before the live nodes are known
     held[0].callback(time_reply())
@@ -79,7 +56,7 @@ def test_a_first_start_ends_nothing(bus: Bus) -> None:
     bob = bind(n2, "bob@localhost/pc", available=True)
     bus.pump()
     bob.take()
-    _node(bus, "n3")
+    node_on(bus, "n3")
     bus.pump()
     assert [p for p in bob.take() if p.name == "presence"] == []
     assert any(c[0] == "EVAL" and c[1] == "chatbx:sessions:n3" for c in bus.commands)

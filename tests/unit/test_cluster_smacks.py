@@ -142,17 +142,23 @@ class Bus(FakeRedis):
         raise AssertionError("the nodes never went quiet")
 
 
+def node_on(bus: Bus, name: str) -> Any:
+    """A server that is cluster node ``name`` on ``bus``, with Alice and Bob as friends."""
+    server = make_server(config_text=f'[modules]\nenabled = [{MODULES}]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\n'
+                                     f'node = "{name}"\n')
+    for user in ("alice@localhost", "bob@localhost"):
+        create_user(server, user, "pencil")
+    befriend(server, "alice@localhost", "bob@localhost")
+    bus.servers[name] = server
+    return server
+
+
 @pytest.fixture
 def bus(monkeypatch: pytest.MonkeyPatch) -> Bus:
     redis = install_redis(monkeypatch, Bus())
     for name in ("n1", "n2"):
-        server = make_server(config_text=f'[modules]\nenabled = [{MODULES}]\n'
-                                         '[cluster]\nredis = "redis://127.0.0.1:1/0"\n'
-                                         f'node = "{name}"\n')
-        for user in ("alice@localhost", "bob@localhost"):
-            create_user(server, user, "pencil")
-        befriend(server, "alice@localhost", "bob@localhost")
-        redis.servers[name] = server
+        node_on(redis, name)
     redis.pump()
     return redis
 
