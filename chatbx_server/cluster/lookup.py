@@ -48,7 +48,8 @@ log = Logger(observer=log_observer)
 
 #: seconds a lookup may take before the held stanzas go on with the cache
 LOOKUP_TIMEOUT = 2.0
-#: lookups per held queue when notifications keep arriving meanwhile
+#: lookups per held queue when notifications keep arriving meanwhile, or
+#: when lookups time out (a stanza waits at most MAX_TRIES * LOOKUP_TIMEOUT)
 MAX_TRIES = 3
 
 
@@ -197,6 +198,13 @@ class DirectoryLookup:
         if self._waiting.get(bare) is not waiting:
             return
         if isinstance(reply, Failure):
+            if reply.check(defer.TimeoutError) and waiting.tries < MAX_TRIES:
+                # A busy node can be seconds behind its own reactor: the
+                # reply may be waiting to be read. Asked again before the
+                # held stanzas give up on it (which would store messages
+                # for an online user offline).
+                self._lookup(bare, waiting)
+                return
             log.failure("cluster: directory lookup of {user} failed", reply, user=bare)
         elif waiting.dirty:
             if waiting.tries < MAX_TRIES:

@@ -138,3 +138,44 @@ def test_held_stanzas_are_bounded_per_account(bus: Bus) -> None:
     bus.pump()
     assert bodies(bob.take()) == ["1"]
     assert offline_count(n1, "bob@localhost") == 1
+
+
+def test_a_lookup_that_times_out_is_asked_again(bus: Bus) -> None:
+    """A lookup unanswered within LOOKUP_TIMEOUT (a node seconds behind its
+    reactor) is asked again, up to MAX_TRIES: Alice's message reaches Bob on
+    n2 when a later answer comes, instead of offline storage; only when
+    every try timed out does the message go on with the cache (offline)."""
+    from chatbx_server.cluster import lookup
+
+    alice, bob, late = bob_on_n2_unheard(bus)
+    n1 = bus.servers["n1"]
+    bus.held_lookups = []
+    before = n1.cluster.lookup.lookups
+    send(alice, "<message to='bob@localhost' type='chat'><body>1</body></message>")
+    n1.clock.advance(lookup.LOOKUP_TIMEOUT)
+    assert n1.cluster.lookup.lookups == before + 2 and n1.cluster.lookup.held() == 1
+    bus.answer_lookups()  # the first, timed out: ignored; the second, answered
+    bus.held_lookups = None
+    bus.pump()
+    assert bodies(bob.take()) == ["1"]
+    assert offline_count(n1, "bob@localhost") == 0
+
+
+def test_a_lookup_that_never_answers_gives_up_after_max_tries(bus: Bus) -> None:
+    """Redis silent: after MAX_TRIES timeouts the held message goes on with
+    what the cache knows (here: no session, so offline storage)."""
+    from chatbx_server.cluster import lookup
+
+    alice, bob, late = bob_on_n2_unheard(bus)
+    n1 = bus.servers["n1"]
+    bus.held_lookups = []
+    before = n1.cluster.lookup.lookups
+    send(alice, "<message to='bob@localhost' type='chat'><body>1</body></message>")
+    for _ in range(lookup.MAX_TRIES - 1):
+        n1.clock.advance(lookup.LOOKUP_TIMEOUT)
+        assert n1.cluster.lookup.held() == 1
+    n1.clock.advance(lookup.LOOKUP_TIMEOUT)
+    assert n1.cluster.lookup.lookups == before + lookup.MAX_TRIES
+    assert n1.cluster.lookup.held() == 0
+    assert offline_count(n1, "bob@localhost") == 1
+    bus.held_lookups = None
