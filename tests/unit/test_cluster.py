@@ -357,6 +357,32 @@ def test_a_dead_owner_costs_one_reload_of_the_stored_rooms(fake_redis: FakeRedis
     assert len(reloads) == 2
 
 
+def test_a_room_whose_dead_owner_this_node_never_saw_dead_is_read_from_storage(
+        fake_redis: FakeRedis) -> None:
+    """Another node's reaper took the dead owner n2 off the node list before
+    this node's heartbeat found it stale, so this node never saw the death:
+    the first stanza for n2's room re-reads the stored rooms before the room
+    is claimed and served here (else it would be created anew, empty)."""
+    server = make_server(config_text='[modules]\nenabled = ["message", "presence", "muc"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode = "n1"\n')
+    muc = server.modules.get("muc")
+    order: list[str] = []
+    muc.reload_stored = lambda: order.append("reload") or defer.succeed([])
+    fake_redis.replies["ZRANGE"] = ["n1", str(T0 * 1000)]  # n2 already reaped
+    owners = iter(["n2", "n1"])
+    fake_redis.replies["HGET"] = lambda: next(owners, "n1")
+    server.clock.advance(cluster_node.HEARTBEAT)
+    assert order == []
+    create_user(server, "alice@localhost")
+    alice = bind(server, "alice@localhost/a", available=True)
+    join = stanza("<presence to='team@conference.localhost/Alice'>"
+                  "<x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    join["from"] = alice.jid.full
+    server.router.route(join, alice)
+    assert order == ["reload"]
+    assert server.cluster.rooms.owners.get("team@conference.localhost") == "n1"
+
+
 def test_caps_of_a_session_on_another_node_are_known(fake_redis: FakeRedis) -> None:
     """A remote session's presence carries caps (XEP-0115) whose features its
     node stored: caps.wants answers for it, so PEP notifications reach
