@@ -241,16 +241,12 @@ class Cluster:
         self._track(self.handover.forget_node(self.node).addErrback(self._failed))
 
     def _previous_sessions_ended(self, raw: Any) -> None:
-        stubs = []
-        for full, state in _pairs(raw).items():
+        stubs = self._ended_sessions(self.node, raw)
+        for stub in stubs:
             # Not "gone" for the whole node: that would take this run's
             # sessions, listed meanwhile, out of the caches too.
-            self.redis.publish(CHANNEL, json.dumps({"n": self.node, "f": full})
+            self.redis.publish(CHANNEL, json.dumps({"n": self.node, "f": stub.jid.full})
                                ).addErrback(self._failed)
-            stub = RemoteSession(self, self.node, JID.parse(full))
-            stub.update(json.loads(state))
-            stub.closed = True
-            stubs.append(stub)
         if not stubs:
             return
         log.warn("cluster: node {node} restarted; {count} sessions of its previous run ended",
@@ -264,6 +260,18 @@ class Cluster:
 
         # Not tracked: a stop() before any heartbeat got through must not wait for it.
         self._first_tick.addCallback(broadcast).addErrback(self._failed)
+
+    def _ended_sessions(self, node: str, raw: Any) -> list[RemoteSession]:
+        """Closed stubs of the sessions in ``raw``, a ``sessions:<node>``
+        hash as HGETALL gives it (for session/closed: their contacts are
+        told they went offline)."""
+        stubs = []
+        for full, state in _pairs(raw).items():
+            stub = RemoteSession(self, node, JID.parse(full))
+            stub.update(json.loads(state))
+            stub.closed = True
+            stubs.append(stub)
+        return stubs
 
     # -- local sessions -> directory ----------------------------------------------
     def session_added(self, session: Any) -> None:
@@ -442,12 +450,7 @@ class Cluster:
         # Its sessions as Redis has them (this node's cache may have
         # forgotten them already, when a send to the node was refused).
         raw = yield self.redis.execute_command("HGETALL", _sessions_key(node))
-        stubs = []
-        for full, state in _pairs(raw).items():
-            stub = RemoteSession(self, node, JID.parse(full))
-            stub.update(json.loads(state))
-            stub.closed = True
-            stubs.append(stub)
+        stubs = self._ended_sessions(node, raw)
         log.warn("cluster: node {node} died; {count} sessions ended", node=node, count=len(stubs))
         for stub in stubs:
             # As if the session had closed here: presence.py broadcasts

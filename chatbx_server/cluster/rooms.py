@@ -135,15 +135,15 @@ class RoomOwnership:
         if owner is not None and owner not in live:
             # Perhaps only this node's view is behind (it has just started).
             live = yield self.cluster.live_nodes()
-        if owner is not None and owner not in live and owner != self.cluster.node:
-            # Its owner died. This node may not have seen the death itself
-            # (another node's reaper can take a dead node off the list
-            # before this node's heartbeat finds it stale): the room may
-            # come here, so the stored rooms are read as they are now (once
-            # per death), before the room is served from them.
-            self.node_died(owner)
-            if self._reloading is not None:
-                yield self._reloading
+            if owner not in live and owner != self.cluster.node:
+                # Its owner died. This node may not have seen the death
+                # itself (another node's reaper can take a dead node off the
+                # list before this node's heartbeat finds it stale): the room
+                # may come here, so the stored rooms are read as they are now
+                # (once per death), before the room is served from them.
+                self.node_died(owner)
+                if self._reloading is not None:
+                    yield self._reloading
         if owner is None or owner not in live:
             choice = rendezvous(room, sorted(live))
             if owner is None:

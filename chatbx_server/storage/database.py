@@ -188,8 +188,8 @@ def checks_own_references(fn: Callable[..., T]) -> Callable[..., T]:
     """Mark a ``_txn`` function that reads, in its own transaction, every
     row its inserts refer to, and inserts only rows whose parents it found:
     on SQLite it runs with foreign-key enforcement off, which otherwise
-    looks up the parent of every inserted row again (about a quarter of an
-    archive row's insert). Nothing can remove a parent between the read and
+    looks up the parent of every inserted row again (archive rows: 7.5 ->
+    7.0 µs each). Nothing can remove a parent between the read and
     the insert: SQLite has one writer, and a transaction that read before
     another one's commit fails to write (SQLITE_BUSY, retried from the
     start). Cascading deletes are unaffected: they run on other
