@@ -354,6 +354,8 @@ class Cluster:
         elif note.get("gone"):
             self.live.discard(node)
             self._track(self._node_left(node))
+        elif note.get("dead"):
+            self._forget_node(node)  # its reaper tells its contacts
         elif "s" in note:
             self.live.add(node)
             self.sessions.put_remote(node, note["f"], note["s"])
@@ -447,6 +449,10 @@ class Cluster:
                                                "NX", "PX", str(int(NODE_TTL * 10000)))
         if got != "OK":
             return
+        # Every node learns of the death now, also one whose heartbeat would
+        # not see the stale entry before this reaper removes it: its rooms
+        # may move there (cluster/rooms.py reloads the stored rooms).
+        self.redis.publish(CHANNEL, json.dumps({"n": node, "dead": True})).addErrback(self._failed)
         # Its sessions as Redis has them (this node's cache may have
         # forgotten them already, when a send to the node was refused).
         raw = yield self.redis.execute_command("HGETALL", _sessions_key(node))

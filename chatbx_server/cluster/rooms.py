@@ -164,7 +164,21 @@ class RoomOwnership:
             self._buried.difference_update(nodes)
 
     def deliver(self, stanza: Any) -> Any:
-        """A room stanza forwarded to this node (its owner)."""
+        """A room stanza forwarded to this node (its owner); while the stored
+        rooms are being re-read (a room may just have moved here), after
+        that, in arrival order."""
+        reloading = self._reloading
+        if reloading is None:
+            return self._deliver_now(stanza)
+        done: defer.Deferred = defer.Deferred()
+
+        def now(_: Any) -> None:
+            defer.maybeDeferred(self._deliver_now, stanza).chainDeferred(done)
+
+        reloading.addBoth(now)
+        return done
+
+    def _deliver_now(self, stanza: Any) -> Any:
         from chatbx_server.xmpp.jid import JID, parse_or_none
 
         to = JID.parse(stanza.getAttribute("to"))

@@ -383,6 +383,50 @@ def test_a_room_whose_dead_owner_this_node_never_saw_dead_is_read_from_storage(
     assert server.cluster.rooms.owners.get("team@conference.localhost") == "n1"
 
 
+def test_a_reaped_node_is_announced_and_room_stanzas_wait_for_the_reload(
+        fake_redis: FakeRedis) -> None:
+    """The reaper of a dead node announces the death on the directory channel;
+    a node whose own heartbeat never saw it stale forgets the node's sessions
+    and re-reads the stored rooms (once), and a room stanza forwarded to it
+    meanwhile is served only after that re-read, in order."""
+    server = make_server(config_text='[modules]\nenabled = ["message", "presence", "muc"]\n'
+                                     '[cluster]\nredis = "redis://127.0.0.1:1/0"\nnode = "n1"\n')
+    muc = server.modules.get("muc")
+    reloading: list[defer.Deferred] = []
+
+    def reload_stored() -> defer.Deferred:
+        reloading.append(defer.Deferred())
+        return reloading[-1]
+
+    muc.reload_stored = reload_stored
+    remote(server, "n2", "bob@localhost/phone")
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "dead": True}))
+    assert server.sessions.available("bob@localhost") == [] and len(reloading) == 1
+    served: list[str] = []
+    handler = server.cluster.rooms.services["conference.localhost"]
+    server.cluster.rooms.services["conference.localhost"] = (
+        lambda event: served.append(event.stanza["id"]))
+    for n in ("1", "2"):
+        server.cluster.rooms.deliver(stanza(
+            f"<message to='team@conference.localhost' from='bob@localhost/phone' id='{n}' "
+            "type='groupchat'/>"))
+    assert served == []
+    reloading[0].callback([])
+    assert served == ["1", "2"]
+    server.cluster._on_message("chatbx:directory", json.dumps({"n": "n2", "dead": True}))
+    assert len(reloading) == 1  # one re-read per death
+    server.cluster.rooms.services["conference.localhost"] = handler
+
+
+def test_the_reaper_announces_the_death(fake_redis: FakeRedis) -> None:
+    server = cluster_server()
+    remote(server, "n2", "bob@localhost/phone")
+    old = T0 * 1000 - int(cluster_node.NODE_TTL * 1000) - 1
+    fake_redis.replies["ZRANGE"] = ["n1", str(T0 * 1000), "n2", str(old)]
+    server.clock.advance(cluster_node.HEARTBEAT)
+    assert ("PUBLISH", "chatbx:directory", json.dumps({"n": "n2", "dead": True})) in fake_redis.commands
+
+
 def test_caps_of_a_session_on_another_node_are_known(fake_redis: FakeRedis) -> None:
     """A remote session's presence carries caps (XEP-0115) whose features its
     node stored: caps.wants answers for it, so PEP notifications reach
